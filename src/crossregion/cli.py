@@ -34,7 +34,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser; only the command named in ``argv`` gets its module imported and its options."""
     from crossregion import __version__
 
-    parser = argparse.ArgumentParser(prog="crossregion", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="crossregion",
+        description="Cross-Region Adaptation (CRA) for domain-adaptive semantic segmentation.",
+    )
     parser.add_argument("--version", action="version", version=f"crossregion {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
