@@ -1,0 +1,102 @@
+"""Reading weight files and comparing state dicts, shared by ImageNet and checkpoint loading."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Added to every key by DistributedDataParallel and torch.compile respectively.
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+
+
+def read_torch_file(path: str | Path, *, what: str) -> Any:
+    """``torch.load`` of a local file on CPU, with errors that name the file.
+
+    Only tensors and plain Python containers are unpickled (``weights_only=True``), so a file from
+    someone else cannot run code.
+
+    Args:
+        path: the file.
+        what: what the file should be, for the messages ("checkpoint", "ImageNet weights").
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is truncated, not a PyTorch file, or holds arbitrary Python objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"cannot read {what} {path}: the file is truncated or not a PyTorch file ({reason})"
+        ) from error
+
+
+def save_torch_file_atomically(payload: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``.
+
+    A crash mid-write leaves the previous file intact instead of a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, temp_name)
+        os.replace(temp_name, path)
+    except BaseException:
+        os.unlink(temp_name)
+        raise
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Removes leading ``module.`` / ``_orig_mod.`` (in any order and number) from every key."""
+    stripped = {}
+    for key, value in state_dict.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        stripped[key] = value
+    return stripped
+
+
+def is_state_dict(candidate: Any) -> bool:
+    """True for a mapping of string keys to tensors."""
+    return isinstance(candidate, dict) and all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in candidate.items()
+    )
+
+
+def describe_state_dict_mismatch(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], *, limit: int = 6
+) -> str:
+    """One readable sentence listing missing keys, unexpected keys and shape mismatches.
+
+    Returns an empty string when keys and shapes agree; at most ``limit`` keys are shown per kind.
+    """
+
+    def listing(items: list[str]) -> str:
+        shown = ", ".join(items[:limit])
+        return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    mismatched = [
+        f"{key} expected {tuple(expected[key].shape)} found {tuple(found[key].shape)}"
+        for key in expected
+        if key in found and expected[key].shape != found[key].shape
+    ]
+    parts = []
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatches ({listing(mismatched)})")
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({listing(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({listing(unexpected)})")
+    return "; ".join(parts)
