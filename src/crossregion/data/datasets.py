@@ -137,7 +137,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             ValueError: the label holds IDs the label set does not know; they are listed.
         """
         raw = self.load_raw_label(index)
-        known, lut = self._tables(raw.dtype)
+        known, lut = self.label_tables(raw.dtype)
         if not known[raw].all():
             unknown_ids = np.unique(raw[~known[raw]]).tolist()
             raise ValueError(
@@ -169,7 +169,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise ValueError(f"{type(self).__name__} split {self.split!r} at {self.root} has no labels")
         return self.label_paths[index]
 
-    def _tables(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    def label_tables(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """(known-ID mask, LUT) sized for ``dtype``: 256 entries for uint8, 65536 for uint16."""
         size = 256 if dtype == np.uint8 else 65536
         if size not in self._tables_by_size:
