@@ -201,5 +201,17 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary_line(metrics: dict[str, Any]) -> str:
+    """``mIoU19 47.31`` (and ``, mIoU13 ...`` for 16-class models) for the console."""
+
+    def number(value: float | None) -> str:
+        return "n/a (no class scored)" if value is None else f"{value:.2f}"
+
+    line = f"mIoU{metrics['num_classes']} {number(metrics['miou'])}"
+    if "miou13" in metrics:
+        line += f", mIoU13 {number(metrics['miou13'])}"
+    return line
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"

@@ -1,0 +1,161 @@
+"""evaluate-predictions against cityscapesScripts and by hand; evaluate and predict end to end."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures import CITYSCAPES_IDS, write_cityscapes, write_label_png  # noqa: E402
+
+from crossregion.cli import main as cli_main
+from crossregion.data.datasets import build_dataset
+from crossregion.data.labels import CITYSCAPES_19
+from crossregion.eval.predictions import evaluate_predictions
+
+SIZE = (12, 20)  # (height, width) of every test image
+
+
+def _val_labels(root: Path) -> dict[str, Path]:
+    return {p.name[: -len("_gtFine_labelIds.png")]: p for p in sorted((root / "gtFine" / "val").rglob("*.png"))}
+
+
+def _cityscapes_scripts_scores(prediction_files, label_files):
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
+
+    official.args.evalInstLevelScore = False
+    official.args.quiet = True
+    official.args.JSONOutput = False
+    result = official.evaluateImgLists([str(p) for p in prediction_files], [str(p) for p in label_files], official.args)
+    return result["classScores"], official.getScoreAverage(result["classScores"], official.args)
+
+
+def test_agrees_with_cityscapes_scripts_on_random_label_id_predictions(tmp_path):
+    root = write_cityscapes(tmp_path / "cs", splits=("val",), per_city=3, size=SIZE, seed=1)
+    rng = np.random.default_rng(2)
+    predictions = tmp_path / "pred"
+    prediction_files = []
+    labels = _val_labels(root)
+    for stem in labels:
+        # Random label IDs, void ones included (false negatives for cityscapesScripts too);
+        # half the files in per-city folders, half flat, as both layouts are accepted.
+        city = stem.split("_")[0]
+        folder = predictions / city if city == "aachen" else predictions
+        path = folder / f"{stem}_leftImg8bit.png"
+        write_label_png(path, rng.choice(np.asarray(CITYSCAPES_IDS, dtype=np.uint8), size=SIZE))
+        prediction_files.append(path)
+    dataset = build_dataset("cityscapes", root, "val")
+    metrics, decision = evaluate_predictions(dataset, predictions, progress=False)
+    assert decision.id_type == "label"
+    official_scores, official_mean = _cityscapes_scripts_scores(prediction_files, list(labels.values()))
+    for name in CITYSCAPES_19.class_names:
+        ours, theirs = metrics["per_class_iou"][name], official_scores[name]
+        if math.isnan(theirs):
+            assert ours is None
+        else:
+            assert ours / 100 == pytest.approx(theirs, abs=1e-6)
+    assert metrics["miou"] / 100 == pytest.approx(official_mean, abs=1e-6)
+
+
+def test_train_id_predictions_score_like_their_label_id_versions(tmp_path):
+    root = write_cityscapes(tmp_path / "cs", splits=("val",), size=SIZE, seed=3)
+    rng = np.random.default_rng(4)
+    train_dir, label_dir = tmp_path / "train", tmp_path / "label"
+    to_label_id = CITYSCAPES_19.train_id_to_cityscapes_id()
+    for stem in _val_labels(root):
+        train_ids = rng.integers(0, 19, size=SIZE).astype(np.uint8)
+        write_label_png(train_dir / f"{stem}.png", train_ids)
+        write_label_png(label_dir / f"{stem}.png", to_label_id[train_ids])
+    dataset = build_dataset("cityscapes", root, "val")
+    from_train, decision = evaluate_predictions(dataset, train_dir, id_type="train", progress=False)
+    from_label, _ = evaluate_predictions(dataset, label_dir, progress=False)
+    assert decision.id_type == "train"
+    assert from_train["per_class_iou"] == from_label["per_class_iou"]
+
+
+def test_hand_computed_case_with_ignore_pixels_and_absent_classes(tmp_path):
+    # One 2×4 image with three classes in play: road (7 -> 0), sidewalk (8 -> 1), building (11 -> 2);
+    # label ID 0 (unlabeled) is ignored. Every other class is absent from GT and prediction.
+    root = tmp_path / "cs"
+    label = np.array([[7, 7, 7, 8], [8, 0, 0, 11]], dtype=np.uint8)
+    write_label_png(root / "gtFine" / "val" / "x" / "x_000000_000000_gtFine_labelIds.png", label)
+    (root / "leftImg8bit" / "val" / "x").mkdir(parents=True)
+    Image.new("RGB", (4, 2)).save(root / "leftImg8bit" / "val" / "x" / "x_000000_000000_leftImg8bit.png")
+    prediction = np.array([[0, 0, 1, 1], [255, 2, 5, 1]], dtype=np.uint8)  # train IDs; 255 = no prediction
+    write_label_png(tmp_path / "pred" / "x_000000_000000_trainIds.png", prediction)
+    dataset = build_dataset("cityscapes", root, "val")
+    metrics, decision = evaluate_predictions(dataset, tmp_path / "pred", progress=False)
+    assert decision.id_type == "train"
+    ious = metrics["per_class_iou"]
+    # road: TP 2, GT 3, predicted 2 -> 2/3. sidewalk: TP 1, GT 2 (one "no prediction"),
+    # predicted 3 (one on road, one on building) -> 1/4. building: TP 0, GT 1 -> 0.
+    # pole is predicted only on ignored pixels: absent, like the other 15 classes.
+    assert ious["road"] == pytest.approx(200 / 3)
+    assert ious["sidewalk"] == pytest.approx(25.0)
+    assert ious["building"] == 0.0
+    assert ious["pole"] is None and ious["sky"] is None
+    assert metrics["miou"] == pytest.approx((200 / 3 + 25) / 3)
+    assert metrics["pixel_accuracy"] == pytest.approx(50.0)
+
+
+def _write_train_predictions(root: Path, out: Path, size=SIZE, suffix="_trainIds.png"):
+    for stem in _val_labels(root):
+        write_label_png(out / f"{stem}{suffix}", np.zeros(size, dtype=np.uint8))
+
+
+def test_cli_writes_metrics_and_says_which_ids_it_assumed(tmp_path, capsys):
+    root = write_cityscapes(tmp_path / "cs", splits=("val",), size=SIZE)
+    _write_train_predictions(root, tmp_path / "pred")
+    # pictures written by `crossregion predict` next to the IDs are skipped
+    Image.new("RGB", (SIZE[1], SIZE[0])).save(tmp_path / "pred" / "aachen_000000_000000_color.png")
+    status = cli_main([
+        "evaluate-predictions", "--dataset", "cityscapes", "--root", str(root), "--split", "val",
+        "--predictions", str(tmp_path / "pred"), "--output", str(tmp_path / "out"),
+    ])
+    assert status == 0
+    assert "reading predictions as train IDs" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["settings"]["prediction_id_type"] == "train"
+    assert (tmp_path / "out" / "metrics.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("missing", "1 of 4 images have no prediction"),
+        ("extra", "belong to no image"),
+        ("size", "is 10x6, expected 20x12"),
+        ("rgb", "is a RGB image"),
+        ("mismatch", "--id-type train, but predictions hold"),
+    ],
+)
+def test_bad_prediction_folders_name_the_files(tmp_path, capsys, problem, message):
+    root = write_cityscapes(tmp_path / "cs", splits=("val",), size=SIZE)
+    predictions = tmp_path / "pred"
+    _write_train_predictions(root, predictions)
+    first = sorted(predictions.iterdir())[0]
+    if problem == "missing":
+        first.unlink()
+    elif problem == "extra":
+        write_label_png(predictions / "zurich_000000_000000.png", np.zeros(SIZE, dtype=np.uint8))
+    elif problem == "size":
+        write_label_png(first, np.zeros((6, 10), dtype=np.uint8))
+    elif problem == "rgb":
+        Image.new("RGB", (SIZE[1], SIZE[0])).save(first)
+    elif problem == "mismatch":
+        write_label_png(first, np.full(SIZE, 26, dtype=np.uint8))  # car as a label ID
+    status = cli_main([
+        "evaluate-predictions", "--dataset", "cityscapes", "--root", str(root), "--predictions", str(predictions),
+        "--output", str(tmp_path / "out"),
+        # "--id-type=train" in one word: cli.py attaches every command whose name is a word of argv
+        "--id-type=" + ("train" if problem == "mismatch" else "auto"),
+    ])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert message in error
+    if problem in ("size", "rgb", "missing"):
+        assert first.name.split("_trainIds")[0] in error
