@@ -227,17 +227,28 @@ class _Canvas:
         self._image = ImageDraw.Draw(self.image)
         self._shadow = ImageDraw.Draw(self.shadow)
 
-    def polygon(self, points: np.ndarray, label: int | None, colour: Rgb) -> None:
+    def polygon(self, points, label: int | None, colour: Rgb) -> None:
         """Fill a pixel polygon; ``label=None`` paints the image only (a detail of the same class)."""
         flat = np.asarray(points, dtype=np.float64).ravel().tolist()
+        self._fill(flat, label, colour)
+
+    def _fill(self, flat: list[float], label: int | None, colour: Rgb) -> None:
         if label is not None:
             self._labels.polygon(flat, fill=label)
         self._image.polygon(flat, fill=colour)
 
     def quad(self, corners_world, label: int | None, colour: Rgb) -> None:
-        """Fill the projection of a planar world quad given as four (x, y, z) corners."""
-        corners = np.asarray(corners_world, dtype=np.float64)
-        self.polygon(self.camera.project(corners[:, 0], corners[:, 1], corners[:, 2]), label, colour)
+        """Fill the projection of a planar world quad given as four (x, y, z) corners.
+
+        Plain Python arithmetic: for four points it is ~10x faster than NumPy, and scenes
+        draw thousands of quads (windows, fence posts).
+        """
+        camera = self.camera
+        flat = []
+        for x, y, z in corners_world:
+            z = max(z, NEAR_Z)
+            flat += (camera.centre_x + camera.focal * x / z, camera.horizon_y + camera.focal * (camera.height_m - y) / z)
+        self._fill(flat, label, colour)
 
     def ellipse(self, x, y, z, radius_x, radius_y, label: int | None, colour: Rgb, ring: float = 0.0):
         """An upright ellipse (or a ring of width ``ring`` metres) facing the camera at depth z."""
@@ -411,10 +422,13 @@ class _SceneRenderer:
         return draw
 
     def _windows(self, x: float, z0: float, z1: float, top: float, banded: bool) -> None:
-        """Window grid on a facade; skipped where windows would be under ~1.5 pixels."""
+        """Window grid on a facade, up to the depth where a 1.2 m window is ~1.5 pixels wide.
+
+        A window at depth z on a facade at lateral offset x spans about focal * |x| * 1.2 / z**2
+        pixels; the farther ones would cost draw calls without showing.
+        """
         c = self.canvas
-        if c.camera.focal * 1.2 / z1 < 1.5:
-            z1 = c.camera.focal * 1.2 / 1.5
+        z1 = min(z1, float(np.sqrt(c.camera.focal * abs(x) * 1.2 / 1.5)))
         if z1 <= z0 + 2.0:
             return
         glass = self.colour("window")
