@@ -1,0 +1,243 @@
+"""YAML presets -> ``ExperimentConfig``: one level of ``base:``, dotted overrides, strict typing.
+
+A preset is a name (``gta5_source_only``, a file in the package's ``configs/`` folder) or a path to
+a YAML file. Its ``base:`` names another preset whose values it overrides key by key; the base may
+not have a base itself. Overrides ``optim.lr=2.5e-4`` are parsed with YAML scalar rules. An
+unknown key or a value of the wrong type raises, naming the key and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from crossregion.config.schema import ExperimentConfig
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped in the package."""
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def find_preset(name_or_path: str) -> Path:
+    """The YAML file of a preset name or a path; unknown names list the available presets."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        close = difflib.get_close_matches(name_or_path, available_presets(), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise KeyError(
+            f"unknown preset {name_or_path!r}; available: {', '.join(available_presets())} "
+            f"(or give a path to a .yaml file).{hint}"
+        )
+    return preset
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as file:
+        try:
+            data = yaml.safe_load(file)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, recursively for mappings; other values are replaced whole."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_raw(name_or_path: str) -> dict[str, Any]:
+    """The preset as a plain dict with its ``base:`` merged in (one level only)."""
+    path = find_preset(name_or_path)
+    data = _read_yaml(path)
+    base_name = data.pop("base", None)
+    if base_name is None:
+        return data
+    # A file name is relative to the preset that names it; anything else is a preset name.
+    is_file = str(base_name).endswith((".yaml", ".yml"))
+    base_path = find_preset(str(path.parent / base_name) if is_file else str(base_name))
+    base = _read_yaml(base_path)
+    if "base" in base:
+        raise ValueError(
+            f"{path}: its base {base_path} has a base itself ({base['base']!r}); only one level of "
+            "base: is allowed — copy the values into one of the two files"
+        )
+    return _merge(base, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=2.5e-4"`` -> (``["optim", "lr"]``, ``0.00025``); the value follows YAML rules."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"override {text!r} must look like section.key=value, e.g. optim.lr=2.5e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {text!r}: value is not a YAML scalar or list: {error}") from error
+    # YAML 1.1 reads "2.5e-4" (no dot) as a string; a number-looking string is meant as a number.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return key.split("."), parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``data`` with each dotted override set (new intermediate mappings are created)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"override {text!r}: {'.'.join(keys[: depth + 1])} is a value, not a section")
+            node[key] = child = dict(child)
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Load a preset, apply overrides and build the typed, validated config."""
+    data = apply_overrides(load_raw(name_or_path), overrides)
+    return config_from_dict(data, source=str(name_or_path))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Build an ``ExperimentConfig`` from plain data (a loaded preset or a checkpoint's config)."""
+    # Imported here: methods import torch, and only a full config needs the method registry.
+    from crossregion.methods import METHODS
+
+    method_data = data.get("method")
+    if not isinstance(method_data, dict) or "name" not in method_data:
+        raise KeyError(f"{source}: missing method.name; available methods: {', '.join(METHODS.names())}")
+    method_class = METHODS.get(str(method_data["name"]))
+    try:
+        return _build(ExperimentConfig, data, "", {"method": method_class.config_class})
+    except (ValueError, KeyError) as error:
+        message = error.args[0] if error.args else str(error)
+        raise type(error)(f"{source}: {message}") from error
+
+
+def _build(cls: type, data: Any, prefix: str, replace_types: dict[str, type] | None = None) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise KeyError(f"unknown config key '{prefix}{key}'{hint}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        kind = (replace_types or {}).get(name, hints[name])
+        kwargs[name] = _convert(kind, data[name], f"{prefix}{name}")
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise KeyError(f"missing config key(s) {', '.join(prefix + m for m in missing)}")
+    return cls(**kwargs)
+
+
+def _convert(kind: Any, value: Any, key: str) -> Any:
+    """``value`` checked against the type annotation ``kind``; raises naming ``key``."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, key)
+            except (ValueError, KeyError) as error:
+                errors.append(error)
+        raise errors[0]
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, f"{key}.")
+    if origin is tuple:
+        args = typing.get_args(kind)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} expects a list of {len(args)} values, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], item, key) for item in value)
+        if len(value) != len(args):
+            raise ValueError(f"config key {key!r} expects {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_convert(arg, item, key) for arg, item in zip(args, value))
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is bool or kind is str:
+        if isinstance(value, kind):
+            return value
+    else:
+        raise ValueError(f"config key {key!r} has an unsupported type {kind!r}")
+    raise ValueError(f"config key {key!r} expects {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """A config (or any part of it) as plain YAML-safe data: tuples become lists."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [config_to_dict(item) for item in cfg]
+    return cfg
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML, sections in schema order."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path, code_version: str) -> None:
+    """Write the resolved config and the code version (``run_dir/config.yaml``)."""
+    text = f"# code_version: {code_version}\n" + config_to_yaml(cfg)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs, as ``key: old -> new`` lines."""
+    lines = []
+    for key in sorted(set(old) | set(new), key=str):
+        left, right = old.get(key), new.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            lines.extend(config_differences(left, right, f"{prefix}{key}."))
+        elif left != right:
+            lines.append(f"{prefix}{key}: {left!r} -> {right!r}")
+    return lines
+

@@ -1,0 +1,1 @@
+"""The training engine: loop, optimisers and schedule, checkpoints, distribution, precision, logs."""

@@ -1,0 +1,125 @@
+"""Training checkpoints: one atomically written file with the complete state of a run.
+
+Contract (docs/architecture.md): a ``torch.save``d dict with ``format`` ("crossregion"),
+``format_version``, ``code_version``, ``iteration``, ``config`` (resolved, plain dict),
+``model`` (the ``build_segmenter`` arguments), ``models``, ``optimizers``, ``schedulers``,
+``scaler``, ``rng`` and ``data_state``. Files are ``model_iter{N:06d}.pth``; ``last.pth`` and, at
+the end, ``final.pth`` are hard links to the newest one (a copy where links are unsupported).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "crossregion"
+FORMAT_VERSION = 1
+LAST_NAME = "last.pth"
+FINAL_NAME = "final.pth"
+_PERIODIC = re.compile(r"model_iter(\d+)\.pth$")
+
+
+def code_version() -> str:
+    """``git describe`` of the source tree when it is a git checkout, else the package version."""
+    from crossregion import __version__
+
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+git.{described}" if described else __version__
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(temp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _atomic_link(source: Path, target: Path) -> None:
+    """``target`` becomes the same file as ``source``, replaced atomically."""
+    temp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:
+        shutil.copyfile(source, temp)
+    os.replace(temp, target)
+
+
+def periodic_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The ``model_iter*.pth`` files of a run, oldest first."""
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("model_iter*.pth") if (m := _PERIODIC.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def write_checkpoint(state: dict[str, Any], run_dir: str | Path, *, keep_last: int, final: bool = False) -> Path:
+    """Save ``state`` as ``model_iter{N}.pth``, point ``last.pth`` at it, keep the newest ``keep_last``.
+
+    With ``final=True`` ``final.pth`` points at it too.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / f"model_iter{state['iteration']:06d}.pth"
+    atomic_save(state, path)
+    _atomic_link(path, run_dir / LAST_NAME)
+    if final:
+        _atomic_link(path, run_dir / FINAL_NAME)
+    for old in periodic_checkpoints(run_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint on the CPU; a missing, truncated or foreign file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several types for a damaged file
+        raise ValueError(f"checkpoint {path} cannot be read (truncated or not a torch file): {error}") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a crossregion training checkpoint; to start from an official FADA/CRA "
+            "checkpoint use model.init_checkpoint instead of --resume"
+        )
+    return state
+
+
+def capture_rng() -> dict[str, Any]:
+    """The python, numpy and torch (CPU and CUDA) generator states of this process."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

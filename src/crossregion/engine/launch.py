@@ -1,0 +1,223 @@
+"""``crossregion train --config PRESET [key=value ...] --output RUN_DIR [--resume]``.
+
+Turns a config into datasets, models, optimisers and a ``Trainer`` and runs it. Also what
+``torchrun --nproc_per_node=N -m crossregion train ...`` runs on every rank: the global batch
+is split across ranks and only rank 0 writes. Everything that can be wrong with the input
+(config, dataset roots, init checkpoint, a resume from another config) fails before the first
+iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from crossregion.config.io import config_differences, config_to_dict, load_config, save_config
+from crossregion.config.schema import DatasetSpec, ExperimentConfig, ModelConfig
+from crossregion.engine import checkpoint as ckpt
+from crossregion.engine.dist import (
+    barrier, broadcast_object, get_rank, get_world_size, init_distributed, is_main, select_device,
+    shutdown_distributed, wrap_ddp,
+)
+from crossregion.engine.trainer import InfiniteLoader, Trainer
+from crossregion.methods import METHODS, Method
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="preset name (see `crossregion dump-config --list`) or YAML path")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=2.5e-4")
+    parser.add_argument("--output", required=True, help="run folder: config.yaml, checkpoints, metrics.jsonl")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pth (same config)")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    final = train(cfg, args.output, resume=args.resume)
+    if is_main():
+        print(f"final checkpoint: {final}")
+    return 0
+
+
+def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False) -> Path:
+    """Build everything ``cfg`` describes and train; returns the final checkpoint's path."""
+    device = select_device(cfg.engine.device)
+    init_distributed(device)
+    try:
+        method = build_method(cfg)
+        check_datasets(cfg, method)
+        seed_everything(cfg)
+        segmenter, model_args = build_model(cfg.model)
+        datasets = {kind: build_train_dataset(getattr(cfg.data, kind), cfg.model.num_classes)
+                    for kind in method.required_batches}
+        return run_training(
+            cfg, run_dir, method=method, segmenter=segmenter, model_args=model_args, datasets=datasets,
+            device=device, resume=resume, evaluate=build_evaluator(cfg, device),
+        )
+    finally:
+        shutdown_distributed()
+
+
+def build_method(cfg: ExperimentConfig) -> Method:
+    """The configured method, after it checked that ``cfg`` has the data it needs."""
+    method = METHODS.get(cfg.method.name)(cfg.method, num_classes=cfg.model.num_classes)
+    method.check_config(cfg)
+    return method
+
+
+def check_datasets(cfg: ExperimentConfig, method: Method) -> None:
+    """Run ``check_dataset`` on every dataset the run reads (rank 0); stop with its reasons."""
+    from crossregion.data.check import check_dataset
+
+    kinds = [*method.required_batches, *(["target_val"] if cfg.data.target_val is not None else [])]
+    problems = []
+    if is_main():
+        for kind in kinds:
+            spec: DatasetSpec = getattr(cfg.data, kind)
+            report = check_dataset(spec.name, spec.root, spec.split, num_classes=cfg.model.num_classes,
+                                   labelled=spec.labelled, progress=False)
+            if not report.usable:
+                problems.append(f"data.{kind} ({spec.name} at {spec.root}, split {spec.split}) is not usable:\n"
+                                f"{report.format()}")
+    problems = broadcast_object(problems)
+    if problems:
+        raise ValueError("\n".join(problems) + "\nfix the dataset or the config; `crossregion data check` shows details")
+
+
+def seed_everything(cfg: ExperimentConfig) -> None:
+    """Seed python, numpy and torch with ``seed + rank``; deterministic kernels if asked."""
+    seed = cfg.engine.seed + get_rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if cfg.engine.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """The segmenter and its ``build_segmenter`` arguments; loads ``model.init_checkpoint`` if set."""
+    from crossregion.models import build_segmenter, load_segmenter
+
+    model_args = {"backbone": model.backbone, "num_classes": model.num_classes, "pretrained": model.pretrained,
+                  "freeze_bn": model.freeze_bn, "multi_level": model.multi_level}
+    segmenter = build_segmenter(**model_args)
+    if model.init_checkpoint is not None:
+        # load_segmenter names the file and the expected vs found class count on a mismatch.
+        loaded, info = load_segmenter(model.init_checkpoint, backbone=model.backbone, num_classes=model.num_classes)
+        missing, unexpected = segmenter.load_state_dict(loaded.state_dict(), strict=False)
+        # FrozenBatchNorm has no step counter: starting trainable BN from it leaves only that missing.
+        missing = [key for key in missing if not key.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise ValueError(
+                f"model.init_checkpoint {model.init_checkpoint} does not fit model {model_args}: "
+                f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]} (multi_level differs?)"
+            )
+        logger.info("initialised from %s (%s format)", model.init_checkpoint, info["format"])
+    return segmenter, {**model_args, "pretrained": None}
+
+
+def build_train_dataset(spec: DatasetSpec, num_classes: int) -> Dataset:
+    """A training dataset with ``spec``'s transforms, in the official CRA order (spec §1.7)."""
+    from crossregion.data import transforms as T
+    from crossregion.data.datasets import build_dataset
+
+    steps: list[Callable] = []
+    if any(spec.color_jitter):
+        steps.append(T.ColorJitter(*spec.color_jitter))
+    if spec.resize is not None:
+        steps.append(T.Resize(*spec.resize))
+    if spec.scale_range != (1.0, 1.0):
+        steps.append(T.RandomScale(*spec.scale_range))
+    if spec.crop is not None:
+        steps.append(T.RandomCrop(*spec.crop))
+    if spec.flip:
+        steps.append(T.RandomHorizontalFlip(0.5))
+    steps.append(T.Normalize())
+    return build_dataset(spec.name, spec.root, spec.split, num_classes=num_classes,
+                         transform=T.Compose(steps), labelled=spec.labelled)
+
+
+def build_evaluator(cfg: ExperimentConfig, device: torch.device) -> Callable[[nn.Module], dict[str, Any]] | None:
+    """Segmenter -> target-val metrics, for the periodic evaluation; None without ``data.target_val``."""
+    spec = cfg.data.target_val
+    if spec is None or cfg.engine.eval_period == 0:
+        return None
+    from crossregion.data.datasets import build_dataset
+    from crossregion.eval.evaluate import evaluate_segmenter
+
+    dataset = build_dataset(spec.name, spec.root, spec.split, num_classes=cfg.model.num_classes, labelled=True)
+    return lambda segmenter: evaluate_segmenter(segmenter, dataset, input_size=spec.resize, device=device,
+                                                progress=False)
+
+
+def run_training(
+    cfg: ExperimentConfig, run_dir: str | Path, *, method: Method, segmenter: nn.Module,
+    model_args: Mapping[str, Any], datasets: Mapping[str, Dataset], device: torch.device, resume: bool,
+    evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
+) -> Path:
+    """Train built objects: prepares the run folder, wraps for DDP, resumes, runs the ``Trainer``.
+
+    Returns:
+        ``run_dir/final.pth``.
+    """
+    run_dir = Path(run_dir)
+    state = _prepare_run_dir(cfg, run_dir, resume)
+    world_size = get_world_size()
+    if cfg.data.batch_size % world_size:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by the {world_size} processes")
+
+    models = method.build_models(segmenter)
+    for name, model in models.items():
+        model.to(device)
+        if cfg.engine.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if cfg.engine.sync_bn and world_size > 1:
+            models[name] = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizers = method.build_optimizers(models, cfg.optim)
+    wrapped = {name: wrap_ddp(model, device) for name, model in models.items()}
+    loaders = {
+        kind: InfiniteLoader(dataset, batch_size=cfg.data.batch_size // world_size,
+                             num_workers=cfg.data.num_workers, seed=cfg.engine.seed, name=kind)
+        for kind, dataset in datasets.items()
+    }
+    trainer = Trainer(cfg=cfg, method=method, models=wrapped, optimizers=optimizers, loaders=loaders,
+                      device=device, run_dir=run_dir, model_args=model_args, evaluate=evaluate)
+    if state is not None:
+        trainer.load_state_dict(state)
+        logger.info("resumed at iteration %d", trainer.iteration)
+    trainer.train()
+    return run_dir / ckpt.FINAL_NAME
+
+
+def _prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """Create the folder, write ``config.yaml``; with ``resume`` return the last checkpoint (or None)."""
+    last = run_dir / ckpt.LAST_NAME
+    if not resume and last.exists():
+        raise ValueError(f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output")
+    state = None
+    if resume and last.exists():
+        state = ckpt.load_checkpoint(last)
+        differences = config_differences(state["config"], config_to_dict(cfg))
+        if differences:
+            raise ValueError(
+                f"cannot resume {last}: it was trained with another config; differences (checkpoint -> now):\n  "
+                + "\n  ".join(differences)
+                + "\nrun with the original config (see its config.yaml) or start a new --output"
+            )
+    elif resume:
+        logger.info("no checkpoint in %s yet: starting from iteration 0", run_dir)
+    if is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml", ckpt.code_version())
+    barrier()
+    return state

@@ -1,0 +1,55 @@
+"""Training logs: ``metrics.jsonl`` (one JSON object per line), optional TensorBoard, progress bar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+class MetricWriter:
+    """Appends records to ``run_dir/metrics.jsonl`` and mirrors scalars to TensorBoard if asked.
+
+    Appending (not truncating) keeps the history of a resumed run in one file.
+    """
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = False) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tensorboard = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise ValueError(
+                    "engine.tensorboard=true needs the tensorboard package: pip install 'crossregion[tensorboard]'"
+                ) from error
+            self._tensorboard = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tensorboard.add_scalar(key, value, record["iteration"])
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+class ProgressBar:
+    """A tqdm bar over iterations with ETA and the losses of the last log window."""
+
+    def __init__(self, *, start: int, total: int, enabled: bool) -> None:
+        self._bar = tqdm(total=total, initial=start, desc="train", unit="it", dynamic_ncols=True, disable=not enabled)
+
+    def update_to(self, iteration: int, losses: dict[str, float]) -> None:
+        """Show ``iteration`` finished iterations and the window's mean losses."""
+        self._bar.set_postfix({key.removeprefix("loss/"): f"{value:.4f}" for key, value in losses.items()}, refresh=False)
+        self._bar.update(iteration - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()

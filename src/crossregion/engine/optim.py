@@ -1,0 +1,62 @@
+"""Optimisers and the poly learning-rate schedule (spec §1.6, §2.4, §4.1).
+
+Every optimiser follows lr_t = base_lr * (1 - t / max_iters) ** power, with t the number of
+finished iterations. The schedule scales each parameter group's own base lr, so the head's
+x10 group keeps its ratio without anything indexing ``param_groups[1]``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from crossregion.config.schema import OptimConfig
+
+
+def poly_factor(iteration: int, max_iters: int, power: float) -> float:
+    """(1 - t / max_iters) ** power, clamped at 0 past the horizon."""
+    return max(0.0, 1.0 - iteration / max_iters) ** power
+
+
+def build_poly_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR with the poly factor over ``optim.max_iters``; step it once per iteration."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda iteration: poly_factor(iteration, optim.max_iters, optim.poly_power)
+    )
+
+
+def build_segmenter_sgd(segmenter: nn.Module, optim: OptimConfig) -> torch.optim.SGD:
+    """SGD with the backbone at ``optim.lr`` and the head at ``optim.lr * optim.head_lr_mult``.
+
+    ``segmenter.parameter_groups()`` splits the parameters; frozen ones (FrozenBatchNorm,
+    ``requires_grad=False``) are left out.
+    """
+    backbone_params, head_params = _split_parameters(segmenter)
+    return torch.optim.SGD(
+        [
+            {"params": backbone_params, "lr": optim.lr},
+            {"params": head_params, "lr": optim.lr * optim.head_lr_mult},
+        ],
+        lr=optim.lr,
+        momentum=optim.momentum,
+        weight_decay=optim.weight_decay,
+    )
+
+
+def build_discriminator_adam(discriminator: nn.Module, optim: OptimConfig) -> torch.optim.Adam:
+    """Adam for a discriminator: ``optim.disc_lr``, betas ``optim.disc_betas``, no weight decay."""
+    return torch.optim.Adam(
+        [p for p in discriminator.parameters() if p.requires_grad], lr=optim.disc_lr, betas=optim.disc_betas
+    )
+
+
+def _split_parameters(segmenter: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    groups = segmenter.parameter_groups()
+    backbone, head = groups["backbone"], groups["head"]
+
+    def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+        return [p for p in params if p.requires_grad]
+
+    return trainable(backbone), trainable(head)

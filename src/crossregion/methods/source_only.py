@@ -1,0 +1,59 @@
+"""Source-only training: supervised cross-entropy on labelled source images (spec §2.4).
+
+The stage-0 model of the pipeline. With ``data.source`` set to the labelled target train split
+(``cityscapes``, ``split: train``, ``labelled: true``) the same method trains the target oracle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from crossregion.config.schema import MethodConfig
+from crossregion.methods.base import METHODS, Method
+from crossregion.methods.losses import segmentation_cross_entropy
+
+
+@dataclass(frozen=True)
+class SourceOnlyConfig(MethodConfig):
+    """Source-only CE. No temperature (FADA train_src.py uses plain CE)."""
+
+    name: str = "source_only"
+    # Weight of the auxiliary (layer3) head's CE when model.multi_level is on: 0.1 as
+    # AdaptSegNet/ADVENT (spec §4.2); unused for single-level models.
+    aux_loss_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.aux_loss_weight < 0:
+            raise ValueError(f"method.aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
+
+
+@METHODS.register("source_only")
+class SourceOnly(Method):
+    """Supervised segmentation on the source domain.
+
+    One phase per iteration: forward the source batch, CE against its labels at label
+    resolution (plus the weighted auxiliary CE for multi-level models), one SGD step.
+    """
+
+    config_class = SourceOnlyConfig
+    required_batches = ("source",)
+
+    def training_step(
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+    ) -> dict[str, torch.Tensor]:
+        source = batches["source"]
+        outputs = models["segmenter"](source["image"])
+        loss_seg = segmentation_cross_entropy(outputs["logits"], source["mask"])
+        losses = {"loss/seg_src": loss_seg}
+        total = loss_seg
+        if "aux_logits" in outputs:
+            loss_aux = segmentation_cross_entropy(outputs["aux_logits"], source["mask"])
+            losses["loss/seg_src_aux"] = loss_aux
+            total = total + self.cfg.aux_loss_weight * loss_aux
+        ctx.backward(total)
+        ctx.step("segmenter")
+        return {key: value.detach() for key, value in losses.items()}
