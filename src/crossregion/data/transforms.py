@@ -192,9 +192,12 @@ def train_transform(
     color_jitter: tuple[float, float, float, float] | None = None,
     float_ignore: float = FLOAT_IGNORE,
 ) -> Compose:
-    """Training augmentation, in the order of the official CRA pipeline (cra-spec §1.7).
+    """Training augmentation: the official CRA pipeline (cra-spec §1.7), jitter moved last.
 
-    Colour jitter (image only) -> resize -> random scale -> random crop -> flip -> normalise.
+    Resize -> random scale -> random crop -> flip -> colour jitter (image only) -> normalise.
+    The official code jitters the full image first; jittering the crop is the same per-pixel
+    operation except that contrast blends towards the crop's mean grey instead of the whole
+    image's, and it is ~4x cheaper (hue shift dominates: ~2 s on a 1914×1052 image on 2 cores).
 
     Args:
         crop_size: (height, width) of the crop.
@@ -205,8 +208,6 @@ def train_transform(
         float_ignore: pad value of float maps such as entropy.
     """
     transforms: list[Callable[[Sample], Sample]] = []
-    if color_jitter is not None:
-        transforms.append(ColorJitter(*color_jitter))
     if resize is not None:
         transforms.append(Resize(*resize))
     if scale_range is not None:
@@ -214,6 +215,8 @@ def train_transform(
     transforms.append(RandomCrop(*crop_size, float_ignore=float_ignore))
     if flip_prob > 0:
         transforms.append(RandomHorizontalFlip(flip_prob))
+    if color_jitter is not None:
+        transforms.append(ColorJitter(*color_jitter))
     transforms.append(Normalize())
     return Compose(transforms)
 
