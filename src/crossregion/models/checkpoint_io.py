@@ -202,7 +202,7 @@ def load_segmenter(
     checkpoint = read_torch_file(path, what="checkpoint")
     found_format = detect_format(checkpoint, path)
     if format != "auto" and format != found_format:
-        raise ValueError(f"{path} is a {found_format} checkpoint, not {format}; pass --format {found_format} or auto")
+        raise ValueError(f"{path} is in the {found_format} format, not {format}; pass --format {found_format} or auto")
     reader = _read_official if found_format == OFFICIAL_FORMAT else _read_crossregion
     build_arguments, segmenter_state, extras = reader(checkpoint, path)
 
