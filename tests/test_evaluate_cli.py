@@ -159,3 +159,105 @@ def test_bad_prediction_folders_name_the_files(tmp_path, capsys, problem, messag
     assert message in error
     if problem in ("size", "rgb", "missing"):
         assert first.name.split("_trainIds")[0] in error
+
+
+# ----- evaluate and predict end to end with a tiny checkpoint ---------------------------------
+
+
+def _write_checkpoint(path: Path, num_classes: int, official: bool) -> Path:
+    import torch
+
+    from crossregion.models import build_segmenter
+    from crossregion.models.checkpoint_io import export_official
+
+    torch.manual_seed(0)
+    segmenter = build_segmenter("resnet18", num_classes)
+    if official:
+        export_official(segmenter, path)
+    else:
+        torch.save(
+            {
+                "format": "crossregion",
+                "format_version": 1,
+                "iteration": 0,
+                "model": {"backbone": "resnet18", "num_classes": num_classes},
+                "models": {"segmenter": segmenter.state_dict()},
+            },
+            path,
+        )
+    return path
+
+
+def test_evaluate_and_predict_agree_with_flip_and_multi_scale(tmp_path, capsys):
+    root = write_cityscapes(tmp_path / "cs", splits=("val",), per_city=1, size=(16, 24), seed=5)
+    checkpoint = _write_checkpoint(tmp_path / "official.pth", 19, official=True)
+    inference = ["--flip", "--scales", "0.75,1.25"]
+    assert cli_main([
+        "evaluate", "--checkpoint", str(checkpoint), "--dataset", "cityscapes", "--root", str(root),
+        "--split", "val", "--output", str(tmp_path / "eval"), "--device", "cpu", "--workers", "0", *inference,
+    ]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_classes"] == 19 and 0 <= metrics["miou"] <= 100
+    assert metrics["settings"]["flip"] is True and metrics["settings"]["scales"] == [0.75, 1.25]
+    assert metrics["settings"]["checkpoint_format"] == "official"
+    assert "| road | sidewalk |" in (tmp_path / "eval" / "metrics.md").read_text()
+
+    assert cli_main([
+        "predict", "--checkpoint", str(checkpoint), "--images", str(root / "leftImg8bit" / "val"),
+        "--output", str(tmp_path / "pred"), "--device", "cpu", *inference,
+    ]) == 0
+    stem = "aachen_000000_000000_leftImg8bit"
+    for kind, mode in (("trainIds", "L"), ("labelIds", "L"), ("color", "RGB"), ("overlay", "RGB")):
+        with Image.open(tmp_path / "pred" / f"{stem}_{kind}.png") as written:
+            assert (written.mode, written.size) == (mode, (24, 16))
+    train_ids = np.array(Image.open(tmp_path / "pred" / f"{stem}_trainIds.png"))
+    label_ids = np.array(Image.open(tmp_path / "pred" / f"{stem}_labelIds.png"))
+    np.testing.assert_array_equal(label_ids, CITYSCAPES_19.train_id_to_cityscapes_id()[train_ids])
+    colour = np.array(Image.open(tmp_path / "pred" / f"{stem}_color.png"))
+    np.testing.assert_array_equal(colour[0, 0], CITYSCAPES_19.palette[train_ids[0, 0]])
+
+    # Scoring the written predictions reproduces evaluate's numbers: same inference, same protocol.
+    assert cli_main([
+        "evaluate-predictions", "--dataset", "cityscapes", "--root", str(root), "--predictions",
+        str(tmp_path / "pred"), "--output", str(tmp_path / "scored"),
+    ]) == 0
+    scored = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    assert scored["per_class_iou"] == metrics["per_class_iou"]
+
+
+def test_evaluate_16_class_model_with_sliding_window_reports_miou13(tmp_path):
+    from crossregion.eval.evaluate import evaluate_segmenter
+    from crossregion.models.checkpoint_io import load_segmenter
+
+    root = write_cityscapes(tmp_path / "cs", splits=("val",), per_city=1, size=(16, 24), seed=6)
+    checkpoint = _write_checkpoint(tmp_path / "ours.pth", 16, official=False)
+    segmenter, info = load_segmenter(checkpoint)
+    assert info["format"] == "crossregion"
+    dataset = build_dataset("cityscapes", root, "val", num_classes=16)
+    metrics = evaluate_segmenter(
+        segmenter, dataset, input_size=(24, 32), window=(16, 16), stride=(16, 16), progress=False
+    )
+    assert metrics["num_classes"] == 16 and "miou13" in metrics
+    assert "terrain" not in metrics["per_class_iou"]
+    assert metrics["settings"]["input_size_wh"] == [32, 24] and metrics["settings"]["window_wh"] == [16, 16]
+    assert metrics["settings"]["num_images"] == 2
+    assert dataset.transform is None and not segmenter.training
+
+
+def test_evaluate_rejects_a_checkpoint_with_another_class_count(tmp_path, capsys):
+    root = write_cityscapes(tmp_path / "cs", splits=("val",), size=(16, 24))
+    checkpoint = _write_checkpoint(tmp_path / "official.pth", 19, official=True)
+    status = cli_main([
+        "evaluate", "--checkpoint", str(checkpoint), "--dataset", "cityscapes", "--root", str(root),
+        "--output", str(tmp_path / "eval"), "--num-classes", "16", "--device", "cpu",
+    ])
+    assert status == 2
+    assert "official.pth" in capsys.readouterr().err
+
+
+def test_predict_reports_missing_inputs(tmp_path, capsys):
+    checkpoint = _write_checkpoint(tmp_path / "official.pth", 19, official=True)
+    status = cli_main(["predict", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "nope.png"),
+                       "--output", str(tmp_path / "out")])
+    assert status == 2
+    assert "nope.png does not exist" in capsys.readouterr().err
