@@ -178,3 +178,14 @@ def test_size_mismatch_resizes_label_and_warns_once(tmp_path, caplog):
     assert torch.equal(first["mask"], second["mask"])
     warnings = [r for r in caplog.records if "resizing the label" in r.getMessage()]
     assert len(warnings) == 1 and "00001.png" in warnings[0].getMessage()
+
+
+def test_corrupt_or_colour_label_names_the_file(tmp_path):
+    root = write_gta5(tmp_path / "gta5", n=2)
+    (root / "labels" / "00001.png").write_bytes(b"\x89PNG broken")
+    Image.new("RGB", (12, 8)).save(root / "labels" / "00002.png")
+    dataset = build_dataset("gta5", root, "all")
+    with pytest.raises(ValueError, match=r"cannot read label .*00001.png"):
+        dataset.load_label(0)
+    with pytest.raises(ValueError, match=r"00002.png: expected a single-channel label image, got mode 'RGB'"):
+        dataset[1]

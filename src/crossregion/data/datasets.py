@@ -147,6 +147,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
             )
         return lut[raw]
 
+    def label_tables(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(known-ID mask, LUT) sized for ``dtype``: 256 entries for uint8, 65536 for uint16."""
+        size = 256 if dtype == np.uint8 else 65536
+        if size not in self._tables_by_size:
+            self._tables_by_size[size] = (self.label_set.known_ids_mask(size), self.label_set.lookup_table(size))
+        return self._tables_by_size[size]
+
     def __getitem__(self, index: int) -> Sample:
         image = self.load_image(index)
         sample: Sample = {
@@ -168,13 +175,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if self.label_paths is None:
             raise ValueError(f"{type(self).__name__} split {self.split!r} at {self.root} has no labels")
         return self.label_paths[index]
-
-    def label_tables(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        """(known-ID mask, LUT) sized for ``dtype``: 256 entries for uint8, 65536 for uint16."""
-        size = 256 if dtype == np.uint8 else 65536
-        if size not in self._tables_by_size:
-            self._tables_by_size[size] = (self.label_set.known_ids_mask(size), self.label_set.lookup_table(size))
-        return self._tables_by_size[size]
 
     def _resize_label(self, index: int, label: np.ndarray, height: int, width: int) -> np.ndarray:
         path = self._label_path(index)
