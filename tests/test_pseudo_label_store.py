@@ -138,3 +138,39 @@ def test_reader_errors(tmp_path):
         store.check_compatible(threshold=0.3)
     with pytest.raises(FileNotFoundError, match="no labels"):
         store.load("nope")
+
+
+def test_pseudo_label_command_end_to_end_and_resume(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixtures import write_cityscapes
+
+    from crossregion.cli import main as cli_main
+    from crossregion.models import build_segmenter
+    from crossregion.models.checkpoint_io import export_official
+
+    root = write_cityscapes(tmp_path / "cs", splits=("train",), per_city=2, size=(16, 24), seed=3)
+    torch.manual_seed(0)
+    segmenter = build_segmenter("resnet18", 19)
+    export_official(segmenter, tmp_path / "cda.pth")
+    command = [
+        "pseudo-label", "--checkpoint", str(tmp_path / "cda.pth"), "--dataset", "cityscapes", "--root", str(root),
+        "--output", str(tmp_path / "store"), "--input-size", "16", "8", "--device", "cpu", "--workers", "0",
+    ]
+    assert cli_main(command) == 0
+    store = PseudoLabelStore(tmp_path / "store")
+    assert store.num_classes == 19 and len(store.names) == 4
+    pseudo_label, entropy = store.load(store.names[0])
+    assert pseudo_label.shape == entropy.shape == (16, 24)  # the original image size, not the input size
+    assert store.stats["num_pixels"] == 4 * 16 * 24
+    # Interrupted run: drop one image's completion marker; the rerun redoes only that image.
+    marker = tmp_path / "store" / "image_stats" / f"{store.names[1]}.json"
+    marker.unlink()
+    untouched = (tmp_path / "store" / "labels" / f"{store.names[0]}.png").stat().st_mtime_ns
+    assert cli_main(command) == 0
+    assert marker.exists()
+    assert (tmp_path / "store" / "labels" / f"{store.names[0]}.png").stat().st_mtime_ns == untouched
+    assert cli_main(command + ["--flip"]) == 2
+    assert "other settings" in capsys.readouterr().err
