@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fixtures import CITYSCAPES_IDS, write_cityscapes, write_label_png  # noqa: E402
+from fixtures import CITYSCAPES_IDS, write_cityscapes, write_label_png
 
 from crossregion.cli import main as cli_main
 from crossregion.data.datasets import build_dataset
@@ -21,7 +21,10 @@ SIZE = (12, 20)  # (height, width) of every test image
 
 
 def _val_labels(root: Path) -> dict[str, Path]:
-    return {p.name[: -len("_gtFine_labelIds.png")]: p for p in sorted((root / "gtFine" / "val").rglob("*.png"))}
+    return {
+        p.name[: -len("_gtFine_labelIds.png")]: p
+        for p in sorted((root / "gtFine" / "val").rglob("*.png"))
+    }
 
 
 def _cityscapes_scripts_scores(prediction_files, label_files):
@@ -30,7 +33,9 @@ def _cityscapes_scripts_scores(prediction_files, label_files):
     official.args.evalInstLevelScore = False
     official.args.quiet = True
     official.args.JSONOutput = False
-    result = official.evaluateImgLists([str(p) for p in prediction_files], [str(p) for p in label_files], official.args)
+    result = official.evaluateImgLists(
+        [str(p) for p in prediction_files], [str(p) for p in label_files], official.args
+    )
     return result["classScores"], official.getScoreAverage(result["classScores"], official.args)
 
 
@@ -51,7 +56,9 @@ def test_agrees_with_cityscapes_scripts_on_random_label_id_predictions(tmp_path)
     dataset = build_dataset("cityscapes", root, "val")
     metrics, decision = evaluate_predictions(dataset, predictions, progress=False)
     assert decision.id_type == "label"
-    official_scores, official_mean = _cityscapes_scripts_scores(prediction_files, list(labels.values()))
+    official_scores, official_mean = _cityscapes_scripts_scores(
+        prediction_files, list(labels.values())
+    )
     for name in CITYSCAPES_19.class_names:
         ours, theirs = metrics["per_class_iou"][name], official_scores[name]
         if math.isnan(theirs):
@@ -84,8 +91,12 @@ def test_hand_computed_case_with_ignore_pixels_and_absent_classes(tmp_path):
     label = np.array([[7, 7, 7, 8], [8, 0, 0, 11]], dtype=np.uint8)
     write_label_png(root / "gtFine" / "val" / "x" / "x_000000_000000_gtFine_labelIds.png", label)
     (root / "leftImg8bit" / "val" / "x").mkdir(parents=True)
-    Image.new("RGB", (4, 2)).save(root / "leftImg8bit" / "val" / "x" / "x_000000_000000_leftImg8bit.png")
-    prediction = np.array([[0, 0, 1, 1], [255, 2, 5, 1]], dtype=np.uint8)  # train IDs; 255 = no prediction
+    Image.new("RGB", (4, 2)).save(
+        root / "leftImg8bit" / "val" / "x" / "x_000000_000000_leftImg8bit.png"
+    )
+    prediction = np.array(
+        [[0, 0, 1, 1], [255, 2, 5, 1]], dtype=np.uint8
+    )  # train IDs; 255 = no prediction
     write_label_png(tmp_path / "pred" / "x_000000_000000_trainIds.png", prediction)
     dataset = build_dataset("cityscapes", root, "val")
     metrics, decision = evaluate_predictions(dataset, tmp_path / "pred", progress=False)
@@ -112,10 +123,21 @@ def test_cli_writes_metrics_and_says_which_ids_it_assumed(tmp_path, capsys):
     _write_train_predictions(root, tmp_path / "pred")
     # pictures written by `crossregion predict` next to the IDs are skipped
     Image.new("RGB", (SIZE[1], SIZE[0])).save(tmp_path / "pred" / "aachen_000000_000000_color.png")
-    status = cli_main([
-        "evaluate-predictions", "--dataset", "cityscapes", "--root", str(root), "--split", "val",
-        "--predictions", str(tmp_path / "pred"), "--output", str(tmp_path / "out"),
-    ])
+    status = cli_main(
+        [
+            "evaluate-predictions",
+            "--dataset",
+            "cityscapes",
+            "--root",
+            str(root),
+            "--split",
+            "val",
+            "--predictions",
+            str(tmp_path / "pred"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert status == 0
     assert "reading predictions as train IDs" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -137,7 +159,7 @@ def test_bad_prediction_folders_name_the_files(tmp_path, capsys, problem, messag
     root = write_cityscapes(tmp_path / "cs", splits=("val",), size=SIZE)
     predictions = tmp_path / "pred"
     _write_train_predictions(root, predictions)
-    first = sorted(predictions.iterdir())[0]
+    first = min(predictions.iterdir())
     if problem == "missing":
         first.unlink()
     elif problem == "extra":
@@ -148,12 +170,21 @@ def test_bad_prediction_folders_name_the_files(tmp_path, capsys, problem, messag
         Image.new("RGB", (SIZE[1], SIZE[0])).save(first)
     elif problem == "mismatch":
         write_label_png(first, np.full(SIZE, 26, dtype=np.uint8))  # car as a label ID
-    status = cli_main([
-        "evaluate-predictions", "--dataset", "cityscapes", "--root", str(root), "--predictions", str(predictions),
-        "--output", str(tmp_path / "out"),
-        # "--id-type=train" in one word: cli.py attaches every command whose name is a word of argv
-        "--id-type=" + ("train" if problem == "mismatch" else "auto"),
-    ])
+    status = cli_main(
+        [
+            "evaluate-predictions",
+            "--dataset",
+            "cityscapes",
+            "--root",
+            str(root),
+            "--predictions",
+            str(predictions),
+            "--output",
+            str(tmp_path / "out"),
+            # "--id-type=train" in one word: cli.py attaches every command whose name is a word of argv
+            "--id-type=" + ("train" if problem == "mismatch" else "auto"),
+        ]
+    )
     error = capsys.readouterr().err
     assert status == 2
     assert message in error
@@ -192,20 +223,52 @@ def test_evaluate_and_predict_agree_with_flip_and_multi_scale(tmp_path, capsys):
     root = write_cityscapes(tmp_path / "cs", splits=("val",), per_city=1, size=(16, 24), seed=5)
     checkpoint = _write_checkpoint(tmp_path / "official.pth", 19, official=True)
     inference = ["--flip", "--scales", "0.75,1.25"]
-    assert cli_main([
-        "evaluate", "--checkpoint", str(checkpoint), "--dataset", "cityscapes", "--root", str(root),
-        "--split", "val", "--output", str(tmp_path / "eval"), "--device", "cpu", "--workers", "0", *inference,
-    ]) == 0
+    assert (
+        cli_main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--dataset",
+                "cityscapes",
+                "--root",
+                str(root),
+                "--split",
+                "val",
+                "--output",
+                str(tmp_path / "eval"),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                *inference,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_classes"] == 19 and 0 <= metrics["miou"] <= 100
     assert metrics["settings"]["flip"] is True and metrics["settings"]["scales"] == [0.75, 1.25]
     assert metrics["settings"]["checkpoint_format"] == "official"
     assert "| road | sidewalk |" in (tmp_path / "eval" / "metrics.md").read_text()
 
-    assert cli_main([
-        "predict", "--checkpoint", str(checkpoint), "--images", str(root / "leftImg8bit" / "val"),
-        "--output", str(tmp_path / "pred"), "--device", "cpu", *inference,
-    ]) == 0
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--images",
+                str(root / "leftImg8bit" / "val"),
+                "--output",
+                str(tmp_path / "pred"),
+                "--device",
+                "cpu",
+                *inference,
+            ]
+        )
+        == 0
+    )
     stem = "aachen_000000_000000_leftImg8bit"
     for kind, mode in (("trainIds", "L"), ("labelIds", "L"), ("color", "RGB"), ("overlay", "RGB")):
         with Image.open(tmp_path / "pred" / f"{stem}_{kind}.png") as written:
@@ -217,10 +280,22 @@ def test_evaluate_and_predict_agree_with_flip_and_multi_scale(tmp_path, capsys):
     np.testing.assert_array_equal(colour[0, 0], CITYSCAPES_19.palette[train_ids[0, 0]])
 
     # Scoring the written predictions reproduces evaluate's numbers: same inference, same protocol.
-    assert cli_main([
-        "evaluate-predictions", "--dataset", "cityscapes", "--root", str(root), "--predictions",
-        str(tmp_path / "pred"), "--output", str(tmp_path / "scored"),
-    ]) == 0
+    assert (
+        cli_main(
+            [
+                "evaluate-predictions",
+                "--dataset",
+                "cityscapes",
+                "--root",
+                str(root),
+                "--predictions",
+                str(tmp_path / "pred"),
+                "--output",
+                str(tmp_path / "scored"),
+            ]
+        )
+        == 0
+    )
     scored = json.loads((tmp_path / "scored" / "metrics.json").read_text())
     assert scored["per_class_iou"] == metrics["per_class_iou"]
 
@@ -239,7 +314,9 @@ def test_evaluate_16_class_model_with_sliding_window_reports_miou13(tmp_path):
     )
     assert metrics["num_classes"] == 16 and "miou13" in metrics
     assert "terrain" not in metrics["per_class_iou"]
-    assert metrics["settings"]["input_size_wh"] == [32, 24] and metrics["settings"]["window_wh"] == [16, 16]
+    assert metrics["settings"]["input_size_wh"] == [32, 24] and metrics["settings"][
+        "window_wh"
+    ] == [16, 16]
     assert metrics["settings"]["num_images"] == 2
     assert dataset.transform is None and not segmenter.training
 
@@ -247,17 +324,39 @@ def test_evaluate_16_class_model_with_sliding_window_reports_miou13(tmp_path):
 def test_evaluate_rejects_a_checkpoint_with_another_class_count(tmp_path, capsys):
     root = write_cityscapes(tmp_path / "cs", splits=("val",), size=(16, 24))
     checkpoint = _write_checkpoint(tmp_path / "official.pth", 19, official=True)
-    status = cli_main([
-        "evaluate", "--checkpoint", str(checkpoint), "--dataset", "cityscapes", "--root", str(root),
-        "--output", str(tmp_path / "eval"), "--num-classes", "16", "--device", "cpu",
-    ])
+    status = cli_main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "cityscapes",
+            "--root",
+            str(root),
+            "--output",
+            str(tmp_path / "eval"),
+            "--num-classes",
+            "16",
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 2
     assert "official.pth" in capsys.readouterr().err
 
 
 def test_predict_reports_missing_inputs(tmp_path, capsys):
     checkpoint = _write_checkpoint(tmp_path / "official.pth", 19, official=True)
-    status = cli_main(["predict", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "nope.png"),
-                       "--output", str(tmp_path / "out")])
+    status = cli_main(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--images",
+            str(tmp_path / "nope.png"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert status == 2
     assert "nope.png does not exist" in capsys.readouterr().err

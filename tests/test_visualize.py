@@ -57,8 +57,14 @@ def test_write_panel_lays_out_rows_and_titled_columns(tmp_path):
     rng = np.random.default_rng(0)
     titles = ["image", "prediction A", "trusted / untrusted", "prediction B", "ground truth"]
     rows = 2
-    columns = [(title, [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(rows)]) for title in titles]
-    columns[1] = (titles[1], [np.zeros((10, 15, 3), dtype=np.uint8)] * rows)  # resized to the row's size
+    columns = [
+        (title, [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(rows)])
+        for title in titles
+    ]
+    columns[1] = (
+        titles[1],
+        [np.zeros((10, 15, 3), dtype=np.uint8)] * rows,
+    )  # resized to the row's size
     path = write_panel(tmp_path / "fig" / "panel.png", columns, gap=4)
     panel = np.asarray(Image.open(path))
     assert panel.shape[1] == 5 * 30 + 6 * 4
@@ -66,7 +72,7 @@ def test_write_panel_lays_out_rows_and_titled_columns(tmp_path):
     title_strip = panel[: panel.shape[0] - rows * 24]
     assert (title_strip < 128).any()  # the titles are drawn
     top = panel.shape[0] - rows * 24
-    np.testing.assert_array_equal(panel[top : top + 20, 4 : 34], columns[0][1][0])
-    assert (panel[top : top + 20, 38 : 68] == 0).all()
+    np.testing.assert_array_equal(panel[top : top + 20, 4:34], columns[0][1][0])
+    assert (panel[top : top + 20, 38:68] == 0).all()
     with pytest.raises(ValueError, match="same, non-zero number"):
         write_panel(tmp_path / "bad.png", [("a", [columns[0][1][0]]), ("b", [])])

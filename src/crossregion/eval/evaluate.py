@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,9 @@ def evaluate_segmenter(
         The ``metrics.json`` dict (``metrics_dict``); ``settings`` holds the inference options.
     """
     if not dataset.labelled:
-        raise ValueError(f"{type(dataset).__name__} {dataset.split!r} at {dataset.root} is unlabelled; cannot evaluate")
+        raise ValueError(
+            f"{type(dataset).__name__} {dataset.split!r} at {dataset.root} is unlabelled; cannot evaluate"
+        )
     rank, world_size = _rank_and_world_size()
     shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
     loader = torch.utils.data.DataLoader(shard, batch_size=1, num_workers=num_workers)
@@ -71,8 +74,13 @@ def evaluate_segmenter(
             images = sample["image"].to(device, non_blocking=True)
             labels = sample["mask"].to(device, non_blocking=True)
             probs = predict_probs(
-                segmenter, images, output_size=tuple(labels.shape[-2:]),
-                flip=flip, scales=scales, window=window, stride=stride,
+                segmenter,
+                images,
+                output_size=tuple(labels.shape[-2:]),
+                flip=flip,
+                scales=scales,
+                window=window,
+                stride=stride,
             )
             confusion.update(probs.argmax(dim=1), labels)
     finally:
@@ -98,22 +106,39 @@ def _rank_and_world_size() -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a crossregion or official FADA/CRA checkpoint")
     parser.add_argument(
-        "--format", choices=("auto", "crossregion", "official"), default="auto",
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a crossregion or official FADA/CRA checkpoint",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("auto", "crossregion", "official"),
+        default="auto",
         help="checkpoint format (default: detected from the file)",
     )
-    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root")
+    parser.add_argument(
+        "--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root"
+    )
     parser.add_argument("--root", type=Path, required=True, help="dataset root folder")
     parser.add_argument("--split", default="val", help="split name or list file (default val)")
-    parser.add_argument("--output", type=Path, required=True, help="folder for metrics.json and metrics.md")
     parser.add_argument(
-        "--num-classes", type=int, choices=(16, 19),
+        "--output", type=Path, required=True, help="folder for metrics.json and metrics.md"
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        choices=(16, 19),
         help="classes the checkpoint must predict (default: whatever it holds); 16 scores the SYNTHIA setting",
     )
     add_inference_arguments(parser)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present")
-    parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2)")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="image-decoding worker processes (default 2)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -122,13 +147,23 @@ def main(args: argparse.Namespace) -> int:
 
     options = inference_options(args)
     device = select_device(args.device)
-    segmenter, info = load_segmenter(args.checkpoint, format=args.format, num_classes=args.num_classes, device=device)
+    segmenter, info = load_segmenter(
+        args.checkpoint, format=args.format, num_classes=args.num_classes, device=device
+    )
     dataset = build_dataset(args.dataset, args.root, args.split, num_classes=info["num_classes"])
     logger.info(
         "evaluating %s (%s, %s, %d classes) on %s %s: %d images",
-        args.checkpoint, info["format"], info["backbone"], info["num_classes"], args.dataset, args.split, len(dataset),
+        args.checkpoint,
+        info["format"],
+        info["backbone"],
+        info["num_classes"],
+        args.dataset,
+        args.split,
+        len(dataset),
     )
-    metrics = evaluate_segmenter(segmenter, dataset, device=device, num_workers=args.workers, **options)
+    metrics = evaluate_segmenter(
+        segmenter, dataset, device=device, num_workers=args.workers, **options
+    )
     metrics["settings"] = {
         "checkpoint": str(args.checkpoint),
         "checkpoint_format": info["format"],
@@ -139,5 +174,7 @@ def main(args: argparse.Namespace) -> int:
         **metrics["settings"],
     }
     json_path, markdown_path = write_metrics(metrics, args.output)
-    print(f"{summary_line(metrics)} on {len(dataset)} images; wrote {json_path} and {markdown_path}")
+    print(
+        f"{summary_line(metrics)} on {len(dataset)} images; wrote {json_path} and {markdown_path}"
+    )
     return 0

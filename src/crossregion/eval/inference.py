@@ -9,7 +9,7 @@ is resized bilinearly with ``align_corners=True`` as the official ``multi_scale_
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,9 @@ def predict_probs(
                 logits = segmenter(inputs)["logits"]
             else:
                 logits = sliding_window_logits(segmenter, inputs, window=window, stride=stride)
-            logits = F.interpolate(logits.float(), size=output_size, mode="bilinear", align_corners=True)
+            logits = F.interpolate(
+                logits.float(), size=output_size, mode="bilinear", align_corners=True
+            )
             probs = logits.softmax(dim=1)
             if flipped:
                 probs = probs.flip(-1)
@@ -106,9 +108,13 @@ def sliding_window_logits(
         for left in lefts:
             crop = images[..., top : top + crop_height, left : left + crop_width]
             logits = segmenter(crop)["logits"].float()
-            logits = F.interpolate(logits, size=(crop_height, crop_width), mode="bilinear", align_corners=True)
+            logits = F.interpolate(
+                logits, size=(crop_height, crop_width), mode="bilinear", align_corners=True
+            )
             if logits_sum is None:
-                logits_sum = images.new_zeros(images.shape[0], logits.shape[1], height, width, dtype=torch.float32)
+                logits_sum = images.new_zeros(
+                    images.shape[0], logits.shape[1], height, width, dtype=torch.float32
+                )
             logits_sum[..., top : top + crop_height, left : left + crop_width] += logits
             coverage[..., top : top + crop_height, left : left + crop_width] += 1
     return logits_sum / coverage
@@ -124,18 +130,31 @@ def _crop_starts(length: int, crop: int, stride: int) -> list[int]:
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """The options shared by ``evaluate`` and ``predict``: input size, flip, scales, window."""
     parser.add_argument(
-        "--input-size", nargs=2, type=int, metavar=("W", "H"),
+        "--input-size",
+        nargs=2,
+        type=int,
+        metavar=("W", "H"),
         help="resize each image to W×H before inference (FADA/CRA: 1024 512 for CDA, 2048 1024 for CRA); "
         "default: the image size",
     )
-    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument(
-        "--scales", type=_parse_scales, default=(1.0,), metavar="S1,S2,...",
+        "--flip", action="store_true", help="average with the horizontally flipped image"
+    )
+    parser.add_argument(
+        "--scales",
+        type=_parse_scales,
+        default=(1.0,),
+        metavar="S1,S2,...",
         help="comma-separated input scales whose softmax maps are averaged, e.g. 0.75,1.0,1.25 (default 1.0)",
     )
-    parser.add_argument("--window", nargs=2, type=int, metavar=("W", "H"), help="sliding-window crop size")
     parser.add_argument(
-        "--stride", nargs=2, type=int, metavar=("W", "H"),
+        "--window", nargs=2, type=int, metavar=("W", "H"), help="sliding-window crop size"
+    )
+    parser.add_argument(
+        "--stride",
+        nargs=2,
+        type=int,
+        metavar=("W", "H"),
         help="sliding-window step (needs --window; default two thirds of the window)",
     )
 
@@ -144,7 +163,9 @@ def _parse_scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--scales takes comma-separated numbers like 0.75,1.0,1.25, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--scales takes comma-separated numbers like 0.75,1.0,1.25, got {text!r}"
+        )
     if any(scale <= 0 for scale in scales):
         raise argparse.ArgumentTypeError(f"--scales must be positive, got {text!r}")
     return scales

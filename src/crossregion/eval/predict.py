@@ -39,7 +39,9 @@ def collect_images(paths: list[Path]) -> list[Path]:
     images: list[Path] = []
     for path in paths:
         if path.is_dir():
-            images += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
         elif path.is_file():
             images.append(path)
         else:
@@ -81,24 +83,40 @@ def predict_image(
     pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
     sample = eval_transform(size=input_size)({"image": pixels})
     probs = predict_probs(
-        segmenter, sample["image"][None].to(device), output_size=(image.height, image.width), **inference
+        segmenter,
+        sample["image"][None].to(device),
+        output_size=(image.height, image.width),
+        **inference,
     )
     return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a crossregion or official FADA/CRA checkpoint")
     parser.add_argument(
-        "--format", choices=("auto", "crossregion", "official"), default="auto",
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a crossregion or official FADA/CRA checkpoint",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("auto", "crossregion", "official"),
+        default="auto",
         help="checkpoint format (default: detected from the file)",
     )
     parser.add_argument(
-        "--images", type=Path, nargs="+", required=True, metavar="PATH",
+        "--images",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="PATH",
         help="image files and/or folders (searched recursively for .png/.jpg/.jpeg)",
     )
     parser.add_argument("--output", type=Path, required=True, help="folder for the written PNGs")
     add_inference_arguments(parser)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -125,5 +143,7 @@ def main(args: argparse.Namespace) -> int:
         save_png(to_label_id[train_ids], args.output / f"{path.stem}_labelIds.png")
         save_png(colour, args.output / f"{path.stem}_color.png")
         save_png(overlay(image, colour, OVERLAY_ALPHA), args.output / f"{path.stem}_overlay.png")
-    print(f"wrote predictions of {len(images)} image(s) ({info['num_classes']} classes) to {args.output}")
+    print(
+        f"wrote predictions of {len(images)} image(s) ({info['num_classes']} classes) to {args.output}"
+    )
     return 0

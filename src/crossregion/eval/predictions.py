@@ -51,7 +51,9 @@ def image_stem(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
-def match_prediction_files(predictions_dir: Path, stems: list[str], id_type: str) -> dict[str, Path]:
+def match_prediction_files(
+    predictions_dir: Path, stems: list[str], id_type: str
+) -> dict[str, Path]:
     """Finds the prediction file of every image stem under ``predictions_dir`` (recursively).
 
     A file belongs to a stem when its name is the stem followed by ``.png`` or by one of
@@ -126,7 +128,9 @@ def read_prediction(path: Path) -> np.ndarray:
         raise ValueError(f"cannot read prediction {path}: {error}") from error
 
 
-def decide_id_type(values: set[int], num_classes: int, requested: str, files: list[Path]) -> IdTypeDecision:
+def decide_id_type(
+    values: set[int], num_classes: int, requested: str, files: list[Path]
+) -> IdTypeDecision:
     """Decides whether prediction values are train IDs or Cityscapes label IDs.
 
     Values outside ``0..K-1`` (other than 255) can only be label IDs; 255 or values above 33 can
@@ -158,15 +162,24 @@ def decide_id_type(values: set[int], num_classes: int, requested: str, files: li
     if requested != "auto":
         return IdTypeDecision(requested, f"--id-type {requested}; values {shown} fit")
     if not fits_label:
-        return IdTypeDecision("train", f"values {shown} include {sorted(values - CITYSCAPES_LABEL_IDS)}, no label IDs")
+        return IdTypeDecision(
+            "train", f"values {shown} include {sorted(values - CITYSCAPES_LABEL_IDS)}, no label IDs"
+        )
     if not fits_train:
-        return IdTypeDecision("label", f"values {shown} include {sorted(values - train_ids)}, no train IDs")
+        return IdTypeDecision(
+            "label", f"values {shown} include {sorted(values - train_ids)}, no train IDs"
+        )
     if all(path.name.endswith(LABEL_IDS_SUFFIX) for path in files):
-        return IdTypeDecision("label", f"values {shown} fit both; file names end with {LABEL_IDS_SUFFIX}")
+        return IdTypeDecision(
+            "label", f"values {shown} fit both; file names end with {LABEL_IDS_SUFFIX}"
+        )
     if all(path.name.endswith(TRAIN_IDS_SUFFIX) for path in files):
-        return IdTypeDecision("train", f"values {shown} fit both; file names end with {TRAIN_IDS_SUFFIX}")
+        return IdTypeDecision(
+            "train", f"values {shown} fit both; file names end with {TRAIN_IDS_SUFFIX}"
+        )
     return IdTypeDecision(
-        "train", f"values {shown} fit both train and label IDs; assuming train IDs (pass --id-type label if not)"
+        "train",
+        f"values {shown} fit both train and label IDs; assuming train IDs (pass --id-type label if not)",
     )
 
 
@@ -194,7 +207,9 @@ def evaluate_predictions(
     if id_type not in ID_TYPES:
         raise ValueError(f"id_type must be one of {ID_TYPES}, got {id_type!r}")
     if not dataset.labelled:
-        raise ValueError(f"{type(dataset).__name__} {dataset.split!r} at {dataset.root} is unlabelled; cannot score")
+        raise ValueError(
+            f"{type(dataset).__name__} {dataset.split!r} at {dataset.root} is unlabelled; cannot score"
+        )
     predictions_dir = Path(predictions_dir)
     stems = [image_stem(name) for name in dataset.names]
     files = match_prediction_files(predictions_dir, stems, id_type)
@@ -202,7 +217,9 @@ def evaluate_predictions(
 
     values: set[int] = set()
     wrong_size = []
-    for index, path in enumerate(tqdm(ordered_files, desc="check predictions", unit="file", disable=not progress)):
+    for index, path in enumerate(
+        tqdm(ordered_files, desc="check predictions", unit="file", disable=not progress)
+    ):
         prediction = read_prediction(path)
         with Image.open(dataset.label_paths[index]) as label:
             width, height = label.size
@@ -215,14 +232,17 @@ def evaluate_predictions(
     if wrong_size:
         raise ValueError(
             f"{len(wrong_size)} prediction(s) differ in size from their labels (W×H): "
-            + "; ".join(wrong_size[:_MAX_LISTED]) + ("; ..." if len(wrong_size) > _MAX_LISTED else "")
+            + "; ".join(wrong_size[:_MAX_LISTED])
+            + ("; ..." if len(wrong_size) > _MAX_LISTED else "")
         )
     decision = decide_id_type(values, dataset.num_classes, id_type, ordered_files)
 
     # label ID -> train ID; void and (for 16 classes) unscored label IDs become 255 = no class.
     to_train_ids = torch.from_numpy(dataset.label_set.lookup_table(256).astype(np.int64))
     confusion = ConfusionMatrix(dataset.num_classes)
-    for index, path in enumerate(tqdm(ordered_files, desc="score predictions", unit="file", disable=not progress)):
+    for index, path in enumerate(
+        tqdm(ordered_files, desc="score predictions", unit="file", disable=not progress)
+    ):
         prediction = torch.from_numpy(read_prediction(path))
         if decision.id_type == "label":
             prediction = to_train_ids[prediction]
@@ -242,17 +262,31 @@ def _listing(items: list[str]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root")
+    parser.add_argument(
+        "--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root"
+    )
     parser.add_argument("--root", type=Path, required=True, help="dataset root folder")
     parser.add_argument("--split", default="val", help="split name or list file (default val)")
-    parser.add_argument("--predictions", type=Path, required=True, help="folder of prediction PNGs (<image stem>*.png)")
-    parser.add_argument("--output", type=Path, required=True, help="folder for metrics.json and metrics.md")
     parser.add_argument(
-        "--id-type", choices=ID_TYPES, default="auto",
+        "--predictions",
+        type=Path,
+        required=True,
+        help="folder of prediction PNGs (<image stem>*.png)",
+    )
+    parser.add_argument(
+        "--output", type=Path, required=True, help="folder for metrics.json and metrics.md"
+    )
+    parser.add_argument(
+        "--id-type",
+        choices=ID_TYPES,
+        default="auto",
         help="what the PNGs hold: train IDs, Cityscapes label IDs, or auto-detect (default)",
     )
     parser.add_argument(
-        "--num-classes", type=int, choices=(16, 19), default=19,
+        "--num-classes",
+        type=int,
+        choices=(16, 19),
+        default=19,
         help="19 (Cityscapes) or 16 (SYNTHIA setting: terrain, truck, train ignored); default 19",
     )
 
@@ -261,7 +295,14 @@ def main(args: argparse.Namespace) -> int:
     dataset = build_dataset(args.dataset, args.root, args.split, num_classes=args.num_classes)
     metrics, decision = evaluate_predictions(dataset, args.predictions, id_type=args.id_type)
     print(f"reading predictions as {decision.id_type} IDs: {decision.reason}")
-    metrics["settings"] = {"dataset": args.dataset, "root": str(args.root), "split": args.split, **metrics["settings"]}
+    metrics["settings"] = {
+        "dataset": args.dataset,
+        "root": str(args.root),
+        "split": args.split,
+        **metrics["settings"],
+    }
     json_path, markdown_path = write_metrics(metrics, args.output)
-    print(f"{summary_line(metrics)} on {len(dataset)} images; wrote {json_path} and {markdown_path}")
+    print(
+        f"{summary_line(metrics)} on {len(dataset)} images; wrote {json_path} and {markdown_path}"
+    )
     return 0

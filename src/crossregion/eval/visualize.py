@@ -5,8 +5,8 @@ NumPy and PIL only (no matplotlib). Never imported by a training step; hooks cal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,8 +26,15 @@ UNSCORED_COLOUR = (128, 128, 128)
 # grey-scale print); the 256-entry table interpolates linearly between them.
 _VIRIDIS_ANCHORS = np.array(
     [
-        (68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
-        (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
+        (68, 1, 84),
+        (71, 44, 122),
+        (59, 81, 139),
+        (44, 113, 142),
+        (33, 144, 141),
+        (39, 173, 129),
+        (92, 200, 99),
+        (170, 220, 50),
+        (253, 231, 37),
     ],
     dtype=np.float64,
 )
@@ -49,7 +56,9 @@ def _to_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(array)
 
 
-def colorize(train_ids: np.ndarray | torch.Tensor, palette: Sequence[tuple[int, int, int]]) -> np.ndarray:
+def colorize(
+    train_ids: np.ndarray | torch.Tensor, palette: Sequence[tuple[int, int, int]]
+) -> np.ndarray:
     """Colours a train-ID map with a palette; ``IGNORE_INDEX`` and IDs beyond the palette are black.
 
     Shape:
@@ -74,7 +83,9 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
     if isinstance(image, torch.Tensor) and array.ndim == 3 and array.shape[0] == 3:
         array = array.transpose(1, 2, 0)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 image (H×W×3 array or 3×H×W tensor), got {array.shape} {array.dtype}")
+        raise ValueError(
+            f"expected an RGB uint8 image (H×W×3 array or 3×H×W tensor), got {array.shape} {array.dtype}"
+        )
     return array
 
 
@@ -118,7 +129,9 @@ def render_entropy(entropy: np.ndarray | torch.Tensor, vmax: float | None = None
     return rgb
 
 
-def render_trusted(trusted: np.ndarray | torch.Tensor, scored: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+def render_trusted(
+    trusted: np.ndarray | torch.Tensor, scored: np.ndarray | torch.Tensor | None = None
+) -> np.ndarray:
     """The trusted/untrusted map of Fig. 3: white trusted, black untrusted, grey not scored.
 
     Shape:
@@ -164,21 +177,31 @@ def write_panel(
     for row in range(num_rows):
         cells = [Image.fromarray(to_rgb_array(images[row])) for _, images in columns]
         size = cells[0].size
-        rows.append([cell if cell.size == size else cell.resize(size, Image.NEAREST) for cell in cells])
+        rows.append(
+            [cell if cell.size == size else cell.resize(size, Image.NEAREST) for cell in cells]
+        )
     font = ImageFont.load_default()
     title_height = max(_text_size(font, title)[1] for title, _ in columns) + 2 * gap
     cell_widths = [max(rows[r][c].size[0] for r in range(num_rows)) for c in range(len(columns))]
     row_heights = [row[0].size[1] for row in rows]
     panel = Image.new(
         "RGB",
-        (sum(cell_widths) + gap * (len(columns) + 1), title_height + sum(row_heights) + gap * num_rows),
+        (
+            sum(cell_widths) + gap * (len(columns) + 1),
+            title_height + sum(row_heights) + gap * num_rows,
+        ),
         (255, 255, 255),
     )
     draw = ImageDraw.Draw(panel)
     left = gap
     for column, (title, _) in enumerate(columns):
         text_width = _text_size(font, title)[0]
-        draw.text((left + max(0, (cell_widths[column] - text_width) // 2), gap), title, fill=(0, 0, 0), font=font)
+        draw.text(
+            (left + max(0, (cell_widths[column] - text_width) // 2), gap),
+            title,
+            fill=(0, 0, 0),
+            font=font,
+        )
         top = title_height
         for row in range(num_rows):
             panel.paste(rows[row][column], (left, top))
