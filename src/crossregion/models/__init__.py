@@ -1,14 +1,19 @@
 """Segmenters (DeepLabv2 on ResNet / VGG-16), discriminators and checkpoint import/export."""
 
-from crossregion.models.backbones import BACKBONES, FrozenBatchNorm2d, build_feature_extractor, load_pretrained_backbone
+from crossregion.models.backbones import (
+    BACKBONES,
+    FrozenBatchNorm2d,
+    build_feature_extractor,
+    load_pretrained_backbone,
+)
 from crossregion.models.checkpoint_io import export_official, load_segmenter
 from crossregion.models.deeplabv2 import ASPPClassifier, Segmenter, build_segmenter
 from crossregion.models.discriminators import FineGrainedDiscriminator, OutputSpaceDiscriminator
 from crossregion.models.weights import strip_wrapper_prefixes
 
 __all__ = [
-    "ASPPClassifier",
     "BACKBONES",
+    "ASPPClassifier",
     "FineGrainedDiscriminator",
     "FrozenBatchNorm2d",
     "OutputSpaceDiscriminator",

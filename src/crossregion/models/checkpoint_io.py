@@ -65,36 +65,49 @@ def detect_format(checkpoint: Any, path: str | Path) -> str:
         ValueError: neither (not a segmenter checkpoint) or both (pass ``format`` explicitly).
     """
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} is not a checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
+        # ValueError, not TypeError: a wrong file is a user error, reported in one line by the CLI.
+        raise ValueError(  # noqa: TRY004
+            f"{path} is not a checkpoint: it holds a {type(checkpoint).__name__}, not a dict"
+        )
     is_ours = checkpoint.get("format") == CROSSREGION_FORMAT
     is_official = "feature_extractor" in checkpoint and "classifier" in checkpoint
     if is_ours and is_official:
-        raise ValueError(f"{path} looks like both checkpoint formats; pass --format official or crossregion")
+        raise ValueError(
+            f"{path} looks like both checkpoint formats; pass --format official or crossregion"
+        )
     if is_ours:
         return CROSSREGION_FORMAT
     if is_official:
         return OFFICIAL_FORMAT
     keys = ", ".join(sorted(map(str, checkpoint))[:10])
     raise ValueError(
-        f"{path} is not a segmenter checkpoint: expected a crossregion checkpoint (format='crossregion') "
-        f"or an official FADA/CRA one (keys 'feature_extractor' and 'classifier'); found keys: {keys}"
+        f"{path} is not a segmenter checkpoint: expected a crossregion checkpoint "
+        "(format='crossregion') or an official FADA/CRA one (keys 'feature_extractor' and "
+        f"'classifier'); found keys: {keys}"
     )
 
 
 def infer_official_architecture(
-    feature_state: dict[str, torch.Tensor], classifier_state: dict[str, torch.Tensor], path: str | Path
+    feature_state: dict[str, torch.Tensor],
+    classifier_state: dict[str, torch.Tensor],
+    path: str | Path,
 ) -> dict[str, Any]:
     """``build_segmenter`` arguments (backbone, num_classes, freeze_bn, multi_level) of an official
     checkpoint, from its (prefix-free) ``feature_extractor`` and ``classifier`` state dicts.
 
     Raises:
-        ValueError: the keys match no known backbone, or the classifier has no ``conv2d_list.0.weight``.
+        ValueError: the keys match no known backbone, or the classifier is not an ASPP.
     """
     if "conv2d_list.0.weight" not in classifier_state:
-        raise ValueError(f"{path}: 'classifier' has no conv2d_list.0.weight; it is not a DeepLabv2 ASPP classifier")
+        raise ValueError(
+            f"{path}: 'classifier' has no conv2d_list.0.weight; "
+            "it is not a DeepLabv2 ASPP classifier"
+        )
     num_classes = classifier_state["conv2d_list.0.weight"].shape[0]
     if "backbone.layer4.0.conv1.weight" in feature_state:
-        layer3_blocks = {int(match.group(1)) for key in feature_state if (match := _LAYER3_BLOCK.match(key))}
+        layer3_blocks = {
+            int(match.group(1)) for key in feature_state if (match := _LAYER3_BLOCK.match(key))
+        }
         bottleneck = "backbone.layer1.0.conv3.weight" in feature_state
         layout = (bottleneck, len(layer3_blocks))
         if layout not in _RESNET_BY_LAYOUT:
@@ -110,10 +123,16 @@ def infer_official_architecture(
     else:
         keys = ", ".join(list(feature_state)[:5])
         raise ValueError(
-            f"{path}: 'feature_extractor' matches no known backbone (expected backbone.layer4.* for a "
+            f"{path}: 'feature_extractor' matches no known backbone "
+            "(expected backbone.layer4.* for a "
             f"ResNet or backbone.31.* for VGG-16); first keys: {keys}"
         )
-    return {"backbone": backbone, "num_classes": num_classes, "freeze_bn": freeze_bn, "multi_level": False}
+    return {
+        "backbone": backbone,
+        "num_classes": num_classes,
+        "freeze_bn": freeze_bn,
+        "multi_level": False,
+    }
 
 
 def _fine_grained_discriminator_state(states: dict[str, Any]) -> dict[str, torch.Tensor] | None:
@@ -121,19 +140,26 @@ def _fine_grained_discriminator_state(states: dict[str, Any]) -> dict[str, torch
     candidates = [
         strip_wrapper_prefixes(state)
         for state in states.values()
-        if is_state_dict(state) and set(strip_wrapper_prefixes(state)) == _FINE_GRAINED_DISCRIMINATOR_KEYS
+        if is_state_dict(state)
+        and set(strip_wrapper_prefixes(state)) == _FINE_GRAINED_DISCRIMINATOR_KEYS
     ]
     return candidates[0] if len(candidates) == 1 else None
 
 
-def _read_official(checkpoint: dict[str, Any], path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+def _read_official(
+    checkpoint: dict[str, Any], path: str | Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
     parts = {}
     for name in ("feature_extractor", "classifier"):
         if not is_state_dict(checkpoint.get(name)):
             raise ValueError(f"{path}: '{name}' is not a state dict")
         parts[name] = strip_wrapper_prefixes(checkpoint[name])
-    build_arguments = infer_official_architecture(parts["feature_extractor"], parts["classifier"], path)
-    segmenter_state = {f"{name}.{key}": value for name, state in parts.items() for key, value in state.items()}
+    build_arguments = infer_official_architecture(
+        parts["feature_extractor"], parts["classifier"], path
+    )
+    segmenter_state = {
+        f"{name}.{key}": value for name, state in parts.items() for key, value in state.items()
+    }
     model_d = checkpoint.get("model_D")
     extras = {
         "iteration": int(checkpoint.get("iteration", 0)),
@@ -142,11 +168,20 @@ def _read_official(checkpoint: dict[str, Any], path: str | Path) -> tuple[dict[s
     return build_arguments, segmenter_state, extras
 
 
-def _read_crossregion(checkpoint: dict[str, Any], path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+def _read_crossregion(
+    checkpoint: dict[str, Any], path: str | Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
     model_arguments = checkpoint.get("model")
     models = checkpoint.get("models")
-    if not isinstance(model_arguments, dict) or "backbone" not in model_arguments or "num_classes" not in model_arguments:
-        raise ValueError(f"{path}: checkpoint key 'model' must hold the build_segmenter arguments (backbone, num_classes, ...)")
+    if (
+        not isinstance(model_arguments, dict)
+        or "backbone" not in model_arguments
+        or "num_classes" not in model_arguments
+    ):
+        raise ValueError(
+            f"{path}: checkpoint key 'model' must hold the build_segmenter arguments "
+            "(backbone, num_classes, ...)"
+        )
     if not isinstance(models, dict) or not is_state_dict(models.get("segmenter")):
         raise ValueError(f"{path}: checkpoint has no 'models' -> 'segmenter' state dict")
     build_arguments = {
@@ -198,11 +233,16 @@ def load_segmenter(
             architecture / class count; the message names the file and the expected vs found shapes.
     """
     if format not in CHECKPOINT_FORMATS:
-        raise ValueError(f"unknown checkpoint format {format!r}; choose one of {', '.join(CHECKPOINT_FORMATS)}")
+        raise ValueError(
+            f"unknown checkpoint format {format!r}; choose one of {', '.join(CHECKPOINT_FORMATS)}"
+        )
     checkpoint = read_torch_file(path, what="checkpoint")
     found_format = detect_format(checkpoint, path)
     if format != "auto" and format != found_format:
-        raise ValueError(f"{path} is in the {found_format} format, not {format}; pass --format {found_format} or auto")
+        raise ValueError(
+            f"{path} is in the {found_format} format, not {format}; "
+            f"pass --format {found_format} or auto"
+        )
     reader = _read_official if found_format == OFFICIAL_FORMAT else _read_crossregion
     build_arguments, segmenter_state, extras = reader(checkpoint, path)
 
@@ -250,11 +290,16 @@ def export_official(
     """
     segmenter = _unwrap(segmenter)
     if getattr(segmenter, "aux_classifier", None) is not None:
-        logger.warning("the official format has no auxiliary classifier; %s keeps the main one only", path)
+        logger.warning(
+            "the official format has no auxiliary classifier; %s keeps the main one only", path
+        )
     prefix = "module." if ddp_prefix else ""
 
     def official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {prefix + key: value.detach().cpu() for key, value in strip_wrapper_prefixes(state).items()}
+        return {
+            prefix + key: value.detach().cpu()
+            for key, value in strip_wrapper_prefixes(state).items()
+        }
 
     payload: dict[str, Any] = {
         "iteration": int(iteration),
@@ -262,17 +307,27 @@ def export_official(
         "classifier": official_keys(segmenter.classifier.state_dict()),
     }
     if discriminator is not None:
-        discriminator_state = discriminator if isinstance(discriminator, dict) else discriminator.state_dict()
+        discriminator_state = (
+            discriminator if isinstance(discriminator, dict) else discriminator.state_dict()
+        )
         payload["model_D"] = official_keys(discriminator_state)
     save_torch_file_atomically(payload, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a crossregion or official FADA/CRA checkpoint")
-    parser.add_argument("--output", type=Path, required=True, help="the official-format file to write")
-    parser.add_argument("--format", choices=CHECKPOINT_FORMATS, default="auto", help="format of CHECKPOINT")
     parser.add_argument(
-        "--ddp-prefix", action="store_true", help="prefix keys with 'module.' (official distributed training)"
+        "checkpoint", type=Path, help="a crossregion or official FADA/CRA checkpoint"
+    )
+    parser.add_argument(
+        "--output", type=Path, required=True, help="the official-format file to write"
+    )
+    parser.add_argument(
+        "--format", choices=CHECKPOINT_FORMATS, default="auto", help="format of CHECKPOINT"
+    )
+    parser.add_argument(
+        "--ddp-prefix",
+        action="store_true",
+        help="prefix keys with 'module.' (official distributed training)",
     )
 
 

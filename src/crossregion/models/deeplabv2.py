@@ -16,7 +16,8 @@ ASPP_INIT_STD = 0.01
 class ASPPClassifier(nn.Module):
     """DeepLabv2 ASPP: parallel 3x3 convs with growing dilation whose outputs are summed.
 
-    No BatchNorm, ReLU, dropout or image pooling; weights N(0, 0.01), default bias init (spec §3.2).
+    No BatchNorm, ReLU, dropout or image pooling; weights N(0, 0.01), default bias init
+    (spec §3.2).
 
     Args:
         in_channels: feature channels C_f.
@@ -28,10 +29,13 @@ class ASPPClassifier(nn.Module):
         - Output: (N, K, H, W)
     """
 
-    def __init__(self, in_channels: int, num_classes: int, dilations: tuple[int, ...] = ASPP_DILATIONS) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, dilations: tuple[int, ...] = ASPP_DILATIONS
+    ) -> None:
         super().__init__()
         self.conv2d_list = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, 3, padding=dilation, dilation=dilation) for dilation in dilations
+            nn.Conv2d(in_channels, num_classes, 3, padding=dilation, dilation=dilation)
+            for dilation in dilations
         )
         for conv in self.conv2d_list:
             nn.init.normal_(conv.weight, mean=0.0, std=ASPP_INIT_STD)
@@ -56,7 +60,10 @@ class Segmenter(nn.Module):
     """
 
     def __init__(
-        self, feature_extractor: nn.Module, classifier: ASPPClassifier, aux_classifier: ASPPClassifier | None = None
+        self,
+        feature_extractor: nn.Module,
+        classifier: ASPPClassifier,
+        aux_classifier: ASPPClassifier | None = None,
     ) -> None:
         super().__init__()
         self.feature_extractor = feature_extractor
@@ -94,7 +101,9 @@ class Segmenter(nn.Module):
 
         The trainer gives ``head`` its larger learning rate (×10 in FADA/CRA).
         """
-        heads = [self.classifier] + ([self.aux_classifier] if self.aux_classifier is not None else [])
+        heads = [self.classifier] + (
+            [self.aux_classifier] if self.aux_classifier is not None else []
+        )
         return {
             "backbone": [p for p in self.feature_extractor.parameters() if p.requires_grad],
             "head": [p for head in heads for p in head.parameters() if p.requires_grad],
@@ -121,16 +130,23 @@ def build_segmenter(
 
     Raises:
         KeyError: unknown backbone.
-        ValueError: bad ``num_classes``, multi-level VGG, or a ``pretrained`` file that does not fit.
+        ValueError: bad ``num_classes``, multi-level VGG, or a ``pretrained`` file that does not
+            fit.
         FileNotFoundError: ``pretrained`` does not exist.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     feature_extractor = build_feature_extractor(backbone, freeze_bn=freeze_bn)
     if multi_level and not hasattr(feature_extractor, "forward_with_intermediate"):
-        raise ValueError(f"multi_level needs a ResNet backbone (layer3 features); {backbone!r} has none")
+        raise ValueError(
+            f"multi_level needs a ResNet backbone (layer3 features); {backbone!r} has none"
+        )
     if pretrained is not None:
         load_pretrained_backbone(feature_extractor, pretrained)
     classifier = ASPPClassifier(feature_extractor.feature_channels, num_classes)
-    aux_classifier = ASPPClassifier(feature_extractor.intermediate_channels, num_classes) if multi_level else None
+    aux_classifier = (
+        ASPPClassifier(feature_extractor.intermediate_channels, num_classes)
+        if multi_level
+        else None
+    )
     return Segmenter(feature_extractor, classifier, aux_classifier)

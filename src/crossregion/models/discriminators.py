@@ -1,4 +1,4 @@
-"""Discriminators: FADA's fine-grained (class x domain) one and the AdaptSegNet/ADVENT output-space one.
+"""Discriminators: FADA's fine-grained (class x domain) one, AdaptSegNet/ADVENT's output-space one.
 
 Both return logits at their own resolution; callers upsample. Submodule names match the official
 code so their checkpoints load (FADA ``model_D``: ``D.0``, ``D.2``, ``cls1``, ``cls2``; ADVENT:
@@ -50,7 +50,8 @@ class OutputSpaceDiscriminator(nn.Module):
     """AdaptSegNet/ADVENT fully convolutional discriminator (spec §4.1).
 
     Five 4x4 convs with stride 2 (K -> ndf -> 2ndf -> 4ndf -> 8ndf -> 1), LeakyReLU(0.2) after the
-    first four. Takes softmax probabilities (AdaptSegNet) or weighted self-information maps (ADVENT).
+    first four. Takes softmax probabilities (AdaptSegNet) or weighted self-information maps
+    (ADVENT).
 
     Args:
         num_classes: K, the input channels.
