@@ -57,7 +57,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False) -
         check_datasets(cfg, method)
         seed_everything(cfg)
         segmenter, model_args = build_model(cfg.model)
-        datasets = {kind: build_train_dataset(getattr(cfg.data, kind), cfg.model.num_classes)
+        datasets = {kind: method.build_dataset(kind, getattr(cfg.data, kind), cfg.model.num_classes)
                     for kind in method.required_batches}
         return run_training(
             cfg, run_dir, method=method, segmenter=segmenter, model_args=model_args, datasets=datasets,
@@ -128,8 +128,15 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
 
 def build_train_dataset(spec: DatasetSpec, num_classes: int) -> Dataset:
     """A training dataset with ``spec``'s transforms, in the official CRA order (spec §1.7)."""
-    from crossregion.data import transforms as T
     from crossregion.data.datasets import build_dataset
+
+    return build_dataset(spec.name, spec.root, spec.split, num_classes=num_classes,
+                         transform=build_train_transform(spec), labelled=spec.labelled)
+
+
+def build_train_transform(spec: DatasetSpec) -> Callable:
+    """``spec``'s training transforms in the official CRA order (spec §1.7), then normalisation."""
+    from crossregion.data import transforms as T
 
     steps: list[Callable] = []
     if any(spec.color_jitter):
@@ -143,8 +150,7 @@ def build_train_dataset(spec: DatasetSpec, num_classes: int) -> Dataset:
     if spec.flip:
         steps.append(T.RandomHorizontalFlip(0.5))
     steps.append(T.Normalize())
-    return build_dataset(spec.name, spec.root, spec.split, num_classes=num_classes,
-                         transform=T.Compose(steps), labelled=spec.labelled)
+    return T.Compose(steps)
 
 
 def build_evaluator(cfg: ExperimentConfig, device: torch.device) -> Callable[[nn.Module], dict[str, Any]] | None:

@@ -19,8 +19,9 @@ from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from crossregion.config.schema import ExperimentConfig, MethodConfig, OptimConfig
+from crossregion.config.schema import DatasetSpec, ExperimentConfig, MethodConfig, OptimConfig
 from crossregion.engine.dist import unwrap
 from crossregion.engine.optim import build_segmenter_sgd
 from crossregion.registry import Registry
@@ -56,6 +57,16 @@ class Method:
                 raise ValueError(f"method {cfg.method.name!r} trains on data.{kind}; set data.{kind} in the config")
         if "source" in self.required_batches and not cfg.data.source.labelled:
             raise ValueError(f"method {cfg.method.name!r} needs labels on data.source; set data.source.labelled: true")
+
+    def build_dataset(self, kind: str, spec: DatasetSpec, num_classes: int) -> Dataset:
+        """The training dataset of batch ``kind``; default: ``spec``'s dataset with its transforms.
+
+        CRA and the methods built on it override this to add pseudo labels and entropy maps to
+        the target samples, augmented jointly with the image.
+        """
+        from crossregion.engine.launch import build_train_dataset  # launch imports this module
+
+        return build_train_dataset(spec, num_classes)
 
     def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
         """The models this method trains; the segmenter is always ``"segmenter"``."""
