@@ -89,3 +89,29 @@ def test_16_class_metrics_report_miou13_from_the_same_per_class_ious():
         sum(ious[name] for name in SYNTHIA_13_CLASS_NAMES) / 13
     )
     assert metrics["miou13"] != pytest.approx(metrics["miou"])
+
+
+def _reduce_in_process(rank: int, world_size: int, init_file: str, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        confusion = ConfusionMatrix(2)
+        # rank 0 sees one correct class-0 pixel, rank 1 one class-1 pixel predicted as class 0
+        confusion.update(torch.tensor([0]), torch.tensor([rank]))
+        confusion.all_reduce()
+        results[rank] = confusion.matrix.tolist()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes import torch: several seconds
+def test_all_reduce_sums_over_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_reduce_in_process, args=(2, str(tmp_path / "init"), results), nprocs=2)
+    assert results[0] == results[1] == [[1, 0, 0], [1, 0, 0]]
