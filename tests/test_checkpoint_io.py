@@ -8,6 +8,9 @@ ResNet-101 is instantiated once for the whole module.
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -162,6 +165,11 @@ def crossregion_checkpoint(segmenter, build_arguments, models=None):
         "models": {"segmenter": segmenter.state_dict(), **(models or {})},
         "optimizers": {},
         "schedulers": {},
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        },
     }
 
 

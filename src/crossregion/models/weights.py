@@ -7,17 +7,39 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 # Added to every key by DistributedDataParallel and torch.compile respectively.
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 
 
+def _numpy_data_globals() -> list[Any]:
+    """The constructors numpy pickles arrays, scalars and dtypes with.
+
+    Training checkpoints hold numpy's RNG state (an array). These globals only rebuild data, so
+    allowing them keeps ``weights_only`` loading safe.
+    """
+    dtypes = [
+        np.dtype(name)
+        for name in ("bool", "int32", "int64", "uint8", "uint32", "float32", "float64")
+    ]
+    array_reconstruct = np.empty(0).__reduce__()[0]
+    scalar_reconstruct = np.float64(0).__reduce__()[0]
+    return [
+        np.ndarray,
+        np.dtype,
+        array_reconstruct,
+        scalar_reconstruct,
+        *(type(dtype) for dtype in dtypes),
+    ]
+
+
 def read_torch_file(path: str | Path, *, what: str) -> Any:
     """``torch.load`` of a local file on CPU, with errors that name the file.
 
-    Only tensors and plain Python containers are unpickled (``weights_only=True``), so a file from
-    someone else cannot run code.
+    Only tensors, plain Python containers and numpy data are unpickled (``weights_only=True``),
+    so a file from someone else cannot run code.
 
     Args:
         path: the file.
@@ -31,7 +53,8 @@ def read_torch_file(path: str | Path, *, what: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
