@@ -31,8 +31,12 @@ DATA_COMMANDS: tuple[tuple[str, str, str], ...] = (
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    """The parser; only the command named in ``argv`` gets its module imported and its options."""
+    """The parser; only the command ``argv`` selects gets its module imported and its options."""
     from crossregion import __version__
+
+    selected = [token for token in argv if not token.startswith("-")][:2]
+    command = selected[0] if selected else None
+    data_command = selected[1] if command == "data" and len(selected) > 1 else None
 
     parser = argparse.ArgumentParser(
         prog="crossregion",
@@ -43,13 +47,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module, help_text in COMMANDS:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        if name in argv:
+        if name == command:
             _attach(sub, module)
     data = commands.add_parser("data", help="dataset tools: synth, check", description="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     for name, module, help_text in DATA_COMMANDS:
         sub = data_commands.add_parser(name, help=help_text, description=help_text)
-        if "data" in argv and name in argv:
+        if name == data_command:
             _attach(sub, module)
     return parser
 
