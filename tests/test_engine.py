@@ -1,0 +1,79 @@
+"""Engine: poly schedule, loader order and resume, step checks, non-finite losses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from crossregion.engine.launch import build_method, run_training, seed_everything
+from crossregion.engine.optim import poly_factor
+from crossregion.engine.trainer import InfiniteLoader, NonFiniteLossError
+from crossregion.methods.source_only import SourceOnly
+from tiny_training import NUM_CLASSES, TinyDataset, TinySegmenter, tiny_config
+
+
+def test_poly_factor_matches_the_official_stop_value():
+    assert poly_factor(0, 62_500, 0.9) == 1.0
+    assert poly_factor(40_000, 62_500, 0.9) == pytest.approx(0.39872, abs=1e-5)  # spec §1.6
+
+
+def test_infinite_loader_resumes_mid_epoch():
+    dataset = TinyDataset(augment=False, sleep=0.0)
+    loader = InfiniteLoader(dataset, batch_size=4, num_workers=0, seed=3, name="source")
+    order = [next(loader)["index"].tolist() for _ in range(5)]  # 2 batches per epoch: crosses epochs
+    assert order[0] != order[2]  # a new permutation each epoch
+    resumed = InfiniteLoader(dataset, batch_size=4, num_workers=0, seed=3, name="source")
+    resumed.load_state_dict({"epoch": 1, "position": 1})
+    assert [next(resumed)["index"].tolist() for _ in range(2)] == order[3:5]
+
+
+def test_loader_smaller_than_a_batch_is_an_error():
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        InfiniteLoader(TinyDataset(augment=False, sleep=0.0), batch_size=16, num_workers=0, seed=0, name="source")
+
+
+class _NaNAfter(SourceOnly):
+    """Source-only whose loss becomes NaN from iteration ``bad_iteration`` (0-based) on."""
+
+    bad_iteration = 4
+
+    def training_step(self, models, batches, ctx):
+        losses = super().training_step(models, batches, ctx)
+        if ctx.iteration >= self.bad_iteration:
+            losses["loss/seg_src"] = losses["loss/seg_src"] * float("nan")
+        return losses
+
+
+def test_nan_loss_stops_naming_the_iteration_and_loss(tmp_path):
+    torch.set_num_threads(1)
+    cfg = tiny_config(iters=20, batch=2)
+    seed_everything(cfg)
+    with pytest.raises(NonFiniteLossError, match=r"iteration=5! loss 'loss/seg_src'"):
+        run_training(cfg, tmp_path, method=_NaNAfter(cfg.method, num_classes=NUM_CLASSES),
+                     segmenter=TinySegmenter(), model_args={}, datasets={"source": TinyDataset(augment=False, sleep=0)},
+                     device=torch.device("cpu"), resume=False)
+    assert not (tmp_path / "final.pth").exists()
+
+
+def test_existing_run_needs_resume(tmp_path):
+    cfg = tiny_config(iters=3, batch=2)
+
+    def run(resume: bool) -> None:
+        seed_everything(cfg)
+        run_training(cfg, tmp_path, method=build_method(cfg), segmenter=TinySegmenter(), model_args={},
+                     datasets={"source": TinyDataset(augment=False, sleep=0)}, device=torch.device("cpu"),
+                     resume=resume)
+
+    run(False)
+    with pytest.raises(ValueError, match="--resume"):
+        run(False)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines and "loss/seg_src" in lines[-1]
+
+
+def test_method_without_its_data_is_rejected():
+    cfg = tiny_config(iters=3, batch=2)
+    with pytest.raises(ValueError, match="data.source"):
+        build_method(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=None)))
