@@ -56,9 +56,11 @@ def read_torch_file(path: str | Path, *, what: str) -> Any:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = str(error).strip() or "no message"
+        first_sentence = message.splitlines()[0].split(". ")[0][:200]  # torch's are paragraphs
         raise ValueError(
-            f"cannot read {what} {path}: the file is truncated or not a PyTorch file ({reason})"
+            f"cannot read {what} {path}: the file is truncated or not a PyTorch file "
+            f"({type(error).__name__}: {first_sentence})"
         ) from error
 
 
