@@ -1,0 +1,42 @@
+"""Table-3 baseline "pseudo labels only": retrain on the trusted pseudo labels, nothing else.
+
+CRA without its adversarial part (paper Table 3): the same target data, rare-class scaling,
+trusted mask and self-training loss (``methods/self_training.py``), no discriminator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from crossregion.methods.base import METHODS
+from crossregion.methods.losses import upsample_logits
+from crossregion.methods.self_training import RegionConfig, RegionMethod, trusted_cross_entropy
+
+
+@dataclass(frozen=True)
+class PseudoLabelOnlyConfig(RegionConfig):
+    """Self-training on trusted pixels; the fields are CRA's region fields."""
+
+    name: str = "pseudo_label_only"
+
+
+@METHODS.register("pseudo_label_only")
+class PseudoLabelOnly(RegionMethod):
+    """One phase: forward the target batch, CE on its trusted pixels, one SGD step."""
+
+    config_class = PseudoLabelOnlyConfig
+
+    def training_step(
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+    ) -> dict[str, torch.Tensor]:
+        target = batches["target"]
+        trusted, _ = self.region_masks(target)
+        logits = upsample_logits(models["segmenter"](target["image"])["logits"], tuple(target["pseudo_mask"].shape[-2:]))
+        loss_seg = trusted_cross_entropy(logits, target["pseudo_mask"], trusted, self.cfg.seg_temperature)
+        ctx.backward(loss_seg)
+        ctx.step("segmenter")
+        return {"loss/seg_trusted": loss_seg.detach()}

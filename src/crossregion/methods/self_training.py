@@ -1,0 +1,168 @@
+"""What CRA, its Table-3 baselines and self-distillation share: the pseudo-labelled target data,
+the trusted/untrusted region masks and the self-training loss.
+
+- ``PseudoLabelMethod``: trains on target train joined with a pseudo-label store
+  (``method.pseudo_label_store``), which it validates before training (class count, dataset,
+  split, images). Self-distillation is one.
+- ``RegionMethod``: adds the split into trusted and untrusted pixels (spec §1.4–§1.5):
+  ẽ = e · r[ŷ] with rare-class factors r from the store's class counts, trusted iff ẽ ≤ λ,
+  untrusted iff ẽ > λ, padded pixels in neither region. CRA, pseudo-label-only and entropy
+  minimisation are ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from crossregion.config.schema import DatasetSpec, ExperimentConfig, MethodConfig
+from crossregion.data.labels import IGNORE_INDEX
+from crossregion.methods.base import Method
+from crossregion.methods.cra_losses import rare_class_factors, region_masks, scaled_entropy, validate_threshold
+
+STORE_HINT = "make one with `crossregion pseudo-label --checkpoint CKPT ... --output STORE`"
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig(MethodConfig):
+    """Fields of every method that trains on a pseudo-label store."""
+
+    name: str
+    # The store folder written by `crossregion pseudo-label` on data.target (required).
+    pseudo_label_store: str | None = None
+
+
+@dataclass(frozen=True)
+class RegionConfig(PseudoLabelConfig):
+    """Fields of the methods that split target pixels into trusted and untrusted regions."""
+
+    name: str
+    # λ: trusted iff scaled entropy <= λ (official 0.01; the paper's rule log2/(K logK) = 0.0124).
+    entropy_threshold: float = 0.01
+    # A class is rare if its share of the store's pseudo-label pixels is below this (official 1%).
+    rare_share: float = 0.01
+    # Entropy factor of rare-class pixels (cra.yaml 0.5, the paper's "1/2"; 1 turns scaling off).
+    rare_factor: float = 0.5
+    # T dividing the logits of the self-training CE: the official code uses 1.8, the paper none (1).
+    seg_temperature: float = 1.8
+    # BatchNorm momentum of the segmenter; None keeps PyTorch's 0.1. The official CRA step
+    # forwards the same batch twice, so its running statistics move twice per iteration with
+    # momentum 0.1, i.e. once with 1 - (1 - 0.1)^2 = 0.19: cra.yaml sets 0.19 to reproduce them
+    # with our single forward pass (and the Table-3 baselines share it, so BN behaves alike).
+    bn_momentum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.bn_momentum is not None and not 0.0 < self.bn_momentum <= 1.0:
+            raise ValueError(f"method.bn_momentum must be in (0, 1] or null, got {self.bn_momentum}")
+        if self.seg_temperature <= 0:
+            raise ValueError(f"method.seg_temperature must be positive, got {self.seg_temperature}")
+        if not 0.0 <= self.rare_share < 1.0:
+            raise ValueError(f"method.rare_share must be in [0, 1), got {self.rare_share}")
+        if not 0.0 < self.rare_factor <= 1.0:
+            raise ValueError(f"method.rare_factor must be in (0, 1], got {self.rare_factor}")
+
+
+def trusted_cross_entropy(
+    logits: torch.Tensor, pseudo_label: torch.Tensor, trusted: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Cross-entropy of ``logits / temperature`` against the pseudo label, mean over trusted pixels.
+
+    The official code takes the mean over trusted pixels too, but a batch without any trusted
+    pixel gives NaN there; here it gives 0 (sum over no pixels, divided by at least 1).
+
+    Args:
+        logits: segmentation logits at the pseudo label's resolution.
+        pseudo_label: train IDs, 255 = none.
+        trusted: the pixels that count.
+        temperature: T (official CRA: 1.8).
+
+    Returns:
+        A float32 scalar.
+
+    Shape:
+        - logits: (N, K, H, W)
+        - pseudo_label: (N, H, W) int64
+        - trusted: (N, H, W) bool
+    """
+    targets = torch.where(trusted, pseudo_label, torch.full_like(pseudo_label, IGNORE_INDEX))
+    pixel_sum = F.cross_entropy(logits.float() / temperature, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return pixel_sum / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+class PseudoLabelMethod(Method):
+    """A method trained on target train plus a pseudo-label store (``method.pseudo_label_store``).
+
+    Opens the store when built, so a missing or foreign store fails before anything else.
+
+    Raises:
+        ValueError: ``pseudo_label_store`` is unset, or the store was made by a model with
+            another class count.
+        FileNotFoundError: no store at that path.
+    """
+
+    required_batches = ("target",)
+
+    def __init__(self, cfg: PseudoLabelConfig, *, num_classes: int) -> None:
+        super().__init__(cfg, num_classes=num_classes)
+        from crossregion.data.pseudo_labels import PseudoLabelStore
+
+        if cfg.pseudo_label_store is None:
+            raise ValueError(f"method {cfg.name!r} needs method.pseudo_label_store=STORE; {STORE_HINT}")
+        self.store = PseudoLabelStore(cfg.pseudo_label_store)
+        self.store.check_compatible(num_classes=num_classes)
+
+    def check_config(self, cfg: ExperimentConfig) -> None:
+        """The store must be of ``data.target``'s dataset and split (its images are checked when loaded)."""
+        super().check_config(cfg)
+        self.store.check_compatible(dataset=cfg.data.target.name, split=cfg.data.target.split)
+
+    def build_dataset(self, kind: str, spec: DatasetSpec, num_classes: int) -> Dataset:
+        """The target split joined with the store, augmented jointly by ``spec``'s transforms."""
+        from crossregion.data.datasets import build_dataset
+        from crossregion.data.pseudo_labelled import PseudoLabelledDataset
+        from crossregion.engine.launch import build_train_transform  # launch imports the methods
+
+        images = build_dataset(spec.name, spec.root, spec.split, num_classes=num_classes, labelled=False)
+        return PseudoLabelledDataset(images, self.store, build_train_transform(spec))
+
+
+class RegionMethod(PseudoLabelMethod):
+    """A pseudo-label method that splits target pixels into trusted and untrusted regions.
+
+    Raises:
+        ValueError: λ is outside (0, 1/K], besides ``PseudoLabelMethod``'s errors.
+    """
+
+    def __init__(self, cfg: RegionConfig, *, num_classes: int) -> None:
+        super().__init__(cfg, num_classes=num_classes)
+        validate_threshold(cfg.entropy_threshold, num_classes)
+        # Counts of the CDA model's argmax over all target-train pixels (spec §1.4).
+        self.class_factors = rare_class_factors(
+            self.store.class_pixel_counts, share=cfg.rare_share, factor=cfg.rare_factor
+        )
+
+    def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
+        if self.cfg.bn_momentum is not None:
+            for module in segmenter.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = self.cfg.bn_momentum
+        return super().build_models(segmenter)
+
+    def region_masks(self, target: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(trusted, untrusted)`` bool masks of a target batch, on its device.
+
+        Shape:
+            - target["entropy"], target["pseudo_mask"]: (N, H, W)
+            - outputs: (N, H, W) bool
+        """
+        entropy = target["entropy"]
+        if self.class_factors.device != entropy.device:
+            # K floats, moved once: later steps find them on the device.
+            self.class_factors = self.class_factors.to(entropy.device)
+        scaled = scaled_entropy(entropy, target["pseudo_mask"], self.class_factors)
+        return region_masks(scaled, self.cfg.entropy_threshold)
