@@ -267,9 +267,10 @@ def load_pretrained_backbone(feature_extractor: nn.Module, path: str | Path) -> 
     """Loads a torchvision-format ImageNet state dict file into ``feature_extractor.backbone``.
 
     Works with torchvision's ``resnet*-*.pth`` and ``vgg16-397923af.pth`` files (and state dicts
-    with the same keys, e.g. ``vgg16-00b39a1b.pth``). The classification head is dropped;
-    ``num_batches_tracked`` entries are ignored; VGG's fc6/fc7 stay randomly initialised.
-    Nothing downloads.
+    with the same keys, e.g. the caffe-converted ``vgg16-00b39a1b.pth`` of the FADA configs, which
+    expects BGR 0-255 input minus the caffe mean instead of torchvision's normalisation). The
+    classification head is dropped; ``num_batches_tracked`` entries are ignored; VGG's fc6/fc7
+    stay randomly initialised. Nothing downloads.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
