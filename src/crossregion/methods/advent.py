@@ -1,0 +1,132 @@
+"""ADVENT: AdvEnt (adversarial entropy maps) and MinEnt (entropy minimisation) (spec §4.3).
+
+*ADVENT: Adversarial Entropy Minimization for Domain Adaptation in Semantic Segmentation*,
+Vu et al., CVPR 2019, arXiv:1811.12833. One method with ``variant: advent | minent``; AdvEnt
+is AdaptSegNet's step (``methods/adaptsegnet.py``) with weighted self-information maps as the
+discriminators' input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossregion.config.schema import MethodConfig, OptimConfig
+from crossregion.engine.optim import build_segmenter_sgd
+from crossregion.methods.adaptsegnet import OutputSpaceAdaptation
+from crossregion.methods.base import METHODS
+from crossregion.methods.cra_losses import normalized_entropy
+from crossregion.methods.losses import upsample_logits
+
+VARIANTS = ("advent", "minent")
+
+
+def weighted_self_information(probs: torch.Tensor) -> torch.Tensor:
+    """ADVENT's map I = -p · log2(p) / log2(K), per class channel.
+
+    ``p = 0`` gives exactly 0 (``xlogy``; ADVENT adds 1e-30 inside the log instead). The class
+    mean of I is ``normalized_entropy`` (CRA's e).
+
+    Shape:
+        - probs: (N, K, H, W) softmax probabilities
+        - output: (N, K, H, W)
+    """
+    num_classes = probs.shape[1]
+    return -torch.special.xlogy(probs, probs) / math.log(num_classes)
+
+
+def entropy_loss(probs: torch.Tensor) -> torch.Tensor:
+    """MinEnt's loss: Σ_k -p log2 p / log2 K summed over classes, mean over all N·H·W pixels.
+
+    Equals K times the mean of ``normalized_entropy`` (e = H / (K ln K)), which is how it is
+    computed here so CRA and ADVENT share one entropy.
+
+    Shape:
+        - probs: (N, K, H, W) softmax probabilities
+        - output: scalar
+    """
+    return probs.shape[1] * normalized_entropy(probs, dim=1).mean()
+
+
+@dataclass(frozen=True)
+class AdventConfig(MethodConfig):
+    """ADVENT weights (spec §4.3). Single-level training is ``model.multi_level: false``."""
+
+    name: str = "advent"
+    # "advent": discriminators on weighted self-information maps; "minent": entropy loss, no D.
+    variant: str = "advent"
+    # Weight of the auxiliary head's source CE.
+    seg_aux_weight: float = 0.1
+    # Weight of the target loss of the main and auxiliary heads: the adversarial loss (AdvEnt)
+    # or the entropy loss (MinEnt); both are 0.001 / 0.0002 in ADVENT.
+    target_main_weight: float = 0.001
+    target_aux_weight: float = 0.0002
+    # AdvEnt only: each discriminator's loss is this times BCE(source, 0) plus BCE(target, 1).
+    disc_domain_weight: float = 0.5
+    # AdvEnt only: width of the discriminators' first conv (official: 64).
+    disc_width: int = 64
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"method.variant must be one of {VARIANTS}, got {self.variant!r}")
+        for key in ("seg_aux_weight", "target_main_weight", "target_aux_weight", "disc_domain_weight"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
+        if self.disc_width <= 0:
+            raise ValueError(f"method.disc_width must be positive, got {self.disc_width}")
+
+
+@METHODS.register("advent")
+class Advent(OutputSpaceAdaptation):
+    """AdvEnt or MinEnt, chosen by ``variant``.
+
+    AdvEnt runs ``OutputSpaceAdaptation``'s three phases with I maps. MinEnt has one phase
+    after the source CE: the target forward, the weighted entropy loss of each head, backward,
+    one SGD step; it has no discriminator.
+    """
+
+    config_class = AdventConfig
+
+    def discriminator_input(self, probs: torch.Tensor) -> torch.Tensor:
+        return weighted_self_information(probs)
+
+    def adversarial_weights(self) -> dict[str, float]:
+        return {"main": self.cfg.target_main_weight, "aux": self.cfg.target_aux_weight}
+
+    def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
+        if self.cfg.variant == "minent":
+            return {"segmenter": segmenter}
+        return super().build_models(segmenter)
+
+    def build_optimizers(self, models: Mapping[str, nn.Module], optim: OptimConfig) -> dict[str, torch.optim.Optimizer]:
+        if self.cfg.variant == "minent":
+            return {"segmenter": build_segmenter_sgd(models["segmenter"], optim)}
+        return super().build_optimizers(models, optim)
+
+    def training_step(
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+    ) -> dict[str, torch.Tensor]:
+        if self.cfg.variant == "advent":
+            return super().training_step(models, batches, ctx)
+        segmenter = models["segmenter"]
+        source, target = batches["source"], batches["target"]
+        # (1) Segmentation on source.
+        _, losses = self.segment_source(segmenter, source, ctx)
+
+        # (2) Minimise the entropy of target predictions at the image size.
+        outputs_tgt = segmenter(target["image"])
+        size_tgt = tuple(target["image"].shape[-2:])
+        losses["loss/ent_tgt"] = entropy_loss(F.softmax(upsample_logits(outputs_tgt["logits"], size_tgt), dim=1))
+        loss_tgt = self.cfg.target_main_weight * losses["loss/ent_tgt"]
+        if "aux_logits" in outputs_tgt:
+            probs_aux = F.softmax(upsample_logits(outputs_tgt["aux_logits"], size_tgt), dim=1)
+            losses["loss/ent_tgt_aux"] = entropy_loss(probs_aux)
+            loss_tgt = loss_tgt + self.cfg.target_aux_weight * losses["loss/ent_tgt_aux"]
+        ctx.backward(loss_tgt)
+        ctx.step("segmenter")
+        return {key: value.detach() for key, value in losses.items()}
