@@ -7,6 +7,7 @@ instead of being aligned with the trusted region by a discriminator as CRA does.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -15,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossregion.methods.base import METHODS
-from crossregion.methods.cra_losses import normalized_entropy
 from crossregion.methods.losses import upsample_logits
 from crossregion.methods.self_training import RegionConfig, RegionMethod, trusted_cross_entropy
 
@@ -44,11 +44,12 @@ def masked_entropy_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     Shape:
         - logits: (N, K, H, W)
         - mask: (N, H, W) bool
-        - output: scalar, float32
+        - output: scalar (float32 under autocast, which runs softmax in float32)
     """
-    num_classes = logits.shape[1]
-    # normalized_entropy is H / (K ln K); times K gives H / ln K in [0, 1].
-    entropy = normalized_entropy(F.softmax(logits.float(), dim=1)) * num_classes
+    # From log_softmax, not from probabilities: p log p has an infinite gradient where a
+    # probability underflows to 0, log_softmax stays finite.
+    log_probs = F.log_softmax(logits, dim=1)
+    entropy = -(log_probs.exp() * log_probs).sum(dim=1) / math.log(logits.shape[1])
     return (entropy * mask).sum() / mask.numel()
 
 

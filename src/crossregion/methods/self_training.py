@@ -82,7 +82,7 @@ def trusted_cross_entropy(
         temperature: T (official CRA: 1.8).
 
     Returns:
-        A float32 scalar.
+        A scalar (float32 under autocast, which runs cross-entropy in float32).
 
     Shape:
         - logits: (N, K, H, W)
@@ -90,7 +90,7 @@ def trusted_cross_entropy(
         - trusted: (N, H, W) bool
     """
     targets = torch.where(trusted, pseudo_label, torch.full_like(pseudo_label, IGNORE_INDEX))
-    pixel_sum = F.cross_entropy(logits.float() / temperature, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    pixel_sum = F.cross_entropy(logits / temperature, targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return pixel_sum / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
