@@ -214,6 +214,15 @@ def test_weighted_self_information_matches_cra_entropy() -> None:
     assert weighted_self_information(one_hot).abs().sum() == 0
 
 
+def test_entropy_gradient_is_finite_for_saturated_predictions() -> None:
+    """A softmax that underflows to exactly 0 must not give NaN gradients (xlogy would)."""
+    logits = torch.tensor([-200.0, 100.0, 100.0, 0.0]).view(1, NUM_CLASSES, 1, 1).requires_grad_()
+    probs = torch.softmax(logits, dim=1)
+    assert probs.min() == 0
+    (entropy_loss(probs) + weighted_self_information(probs).sum()).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="method.variant"):
         AdventConfig(variant="advnet")

@@ -20,37 +20,41 @@ from crossregion.config.schema import MethodConfig, OptimConfig
 from crossregion.engine.optim import build_segmenter_sgd
 from crossregion.methods.adaptsegnet import OutputSpaceAdaptation
 from crossregion.methods.base import METHODS
-from crossregion.methods.cra_losses import normalized_entropy
 from crossregion.methods.losses import upsample_logits
 
 VARIANTS = ("advent", "minent")
 
 
-def weighted_self_information(probs: torch.Tensor) -> torch.Tensor:
-    """ADVENT's map I = -p · log2(p) / log2(K), per class channel.
+# ADVENT's epsilon inside the log: keeps log(0) and its gradient finite for saturated softmax
+# outputs (xlogy would give a NaN gradient at p = 0). Representable in float32 and bf16.
+LOG_EPSILON = 1e-30
 
-    ``p = 0`` gives exactly 0 (``xlogy``; ADVENT adds 1e-30 inside the log instead). The class
-    mean of I is ``normalized_entropy`` (CRA's e).
+
+def weighted_self_information(probs: torch.Tensor) -> torch.Tensor:
+    """ADVENT's map I = -p · log2(p + 1e-30) / log2(K), per class channel.
+
+    Its class mean is CRA's normalised entropy e (``cra_losses.normalized_entropy``) up to the
+    epsilon, which is there so the map can be trained through: its gradient stays finite where
+    a probability underflows to 0.
 
     Shape:
         - probs: (N, K, H, W) softmax probabilities
         - output: (N, K, H, W)
     """
     num_classes = probs.shape[1]
-    return -torch.special.xlogy(probs, probs) / math.log(num_classes)
+    return -probs * torch.log(probs + LOG_EPSILON) / math.log(num_classes)
 
 
 def entropy_loss(probs: torch.Tensor) -> torch.Tensor:
     """MinEnt's loss: Σ_k -p log2 p / log2 K summed over classes, mean over all N·H·W pixels.
 
-    Equals K times the mean of ``normalized_entropy`` (e = H / (K ln K)), which is how it is
-    computed here so CRA and ADVENT share one entropy.
+    Equals K times the mean of CRA's normalised entropy e = H / (K ln K).
 
     Shape:
         - probs: (N, K, H, W) softmax probabilities
         - output: scalar
     """
-    return probs.shape[1] * normalized_entropy(probs, dim=1).mean()
+    return weighted_self_information(probs).sum(dim=1).mean()
 
 
 @dataclass(frozen=True)
