@@ -101,7 +101,9 @@ class OutputSpaceAdaptation(Method):
         }
         return {"segmenter": segmenter, **discriminators}
 
-    def build_optimizers(self, models: Mapping[str, nn.Module], optim: OptimConfig) -> dict[str, torch.optim.Optimizer]:
+    def build_optimizers(
+        self, models: Mapping[str, nn.Module], optim: OptimConfig
+    ) -> dict[str, torch.optim.Optimizer]:
         """SGD for the segmenter (head ×``head_lr_mult``), one Adam per discriminator."""
         optimizers = {"segmenter": build_segmenter_sgd(models["segmenter"], optim)}
         for name, model in models.items():
@@ -109,10 +111,14 @@ class OutputSpaceAdaptation(Method):
                 optimizers[name] = build_discriminator_adam(model, optim)
         return optimizers
 
-    def _maps(self, outputs: Mapping[str, torch.Tensor], size: tuple[int, int], levels: list[str]) -> dict[str, torch.Tensor]:
+    def _maps(
+        self, outputs: Mapping[str, torch.Tensor], size: tuple[int, int], levels: list[str]
+    ) -> dict[str, torch.Tensor]:
         """Each level's discriminator input at the image size (spec §4.1 upsamples before D)."""
         return {
-            level: self.discriminator_input(F.softmax(upsample_logits(outputs[LOGIT_KEYS[level]], size), dim=1))
+            level: self.discriminator_input(
+                F.softmax(upsample_logits(outputs[LOGIT_KEYS[level]], size), dim=1)
+            )
             for level in levels
         }
 

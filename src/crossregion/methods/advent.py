@@ -107,7 +107,9 @@ class Advent(OutputSpaceAdaptation):
             return {"segmenter": segmenter}
         return super().build_models(segmenter)
 
-    def build_optimizers(self, models: Mapping[str, nn.Module], optim: OptimConfig) -> dict[str, torch.optim.Optimizer]:
+    def build_optimizers(
+        self, models: Mapping[str, nn.Module], optim: OptimConfig
+    ) -> dict[str, torch.optim.Optimizer]:
         if self.cfg.variant == "minent":
             return {"segmenter": build_segmenter_sgd(models["segmenter"], optim)}
         return super().build_optimizers(models, optim)
@@ -125,7 +127,8 @@ class Advent(OutputSpaceAdaptation):
         # (2) Minimise the entropy of target predictions at the image size.
         outputs_tgt = segmenter(target["image"])
         size_tgt = tuple(target["image"].shape[-2:])
-        losses["loss/ent_tgt"] = entropy_loss(F.softmax(upsample_logits(outputs_tgt["logits"], size_tgt), dim=1))
+        probs_tgt = F.softmax(upsample_logits(outputs_tgt["logits"], size_tgt), dim=1)
+        losses["loss/ent_tgt"] = entropy_loss(probs_tgt)
         loss_tgt = self.cfg.target_main_weight * losses["loss/ent_tgt"]
         if "aux_logits" in outputs_tgt:
             probs_aux = F.softmax(upsample_logits(outputs_tgt["aux_logits"], size_tgt), dim=1)

@@ -38,7 +38,8 @@ class FadaConfig(MethodConfig):
     soft_label_clip: float = 0.9
     # Weight of the target adversarial loss in the segmenter's objective.
     adv_weight: float = 0.001
-    # Discriminator loss = disc_source_weight · CE(source -> [a_s; 0]) + disc_target_weight · CE(target -> [0; a_t]).
+    # Discriminator loss = disc_source_weight · CE(source -> [a_s; 0])
+    #                    + disc_target_weight · CE(target -> [0; a_t]).
     disc_source_weight: float = 0.5
     disc_target_weight: float = 0.5
     # Width of the discriminator's first conv; the second has half (official: 256 -> 128).
@@ -82,7 +83,9 @@ class Fada(Method):
         )
         return {"segmenter": segmenter, "discriminator": discriminator}
 
-    def build_optimizers(self, models: Mapping[str, nn.Module], optim: OptimConfig) -> dict[str, torch.optim.Optimizer]:
+    def build_optimizers(
+        self, models: Mapping[str, nn.Module], optim: OptimConfig
+    ) -> dict[str, torch.optim.Optimizer]:
         return {
             "segmenter": build_segmenter_sgd(models["segmenter"], optim),
             "discriminator": build_discriminator_adam(models["discriminator"], optim),
@@ -107,19 +110,24 @@ class Fada(Method):
 
         # (2) Fool the frozen discriminator: target features should look like source of the same class.
         outputs_tgt = segmenter(target["image"])
-        soft_labels_tgt = soft_domain_labels(upsample_logits(outputs_tgt["logits"], size_tgt), temperature, clip)
+        logits_tgt = upsample_logits(outputs_tgt["logits"], size_tgt)
+        soft_labels_tgt = soft_domain_labels(logits_tgt, temperature, clip)
         with frozen(discriminator) as frozen_discriminator:
-            disc_logits_tgt = upsample_logits(frozen_discriminator(outputs_tgt["features"]), size_tgt).float()
-            loss_adv = soft_label_cross_entropy(disc_logits_tgt, domain_targets(soft_labels_tgt, SOURCE_DOMAIN))
+            disc_logits = upsample_logits(frozen_discriminator(outputs_tgt["features"]), size_tgt).float()
+            loss_adv = soft_label_cross_entropy(disc_logits, domain_targets(soft_labels_tgt, SOURCE_DOMAIN))
         ctx.backward(self.cfg.adv_weight * loss_adv)
         ctx.step("segmenter")
 
         # (3) Discriminator on detached features: source -> [a_s; 0], target -> [0; a_t].
         disc_logits_src = upsample_logits(discriminator(features_src), size_src).float()
-        loss_disc_src = soft_label_cross_entropy(disc_logits_src, domain_targets(soft_labels_src, SOURCE_DOMAIN))
+        targets_src = domain_targets(soft_labels_src, SOURCE_DOMAIN)
+        loss_disc_src = soft_label_cross_entropy(disc_logits_src, targets_src)
         disc_logits_tgt = upsample_logits(discriminator(outputs_tgt["features"].detach()), size_tgt).float()
-        loss_disc_tgt = soft_label_cross_entropy(disc_logits_tgt, domain_targets(soft_labels_tgt, TARGET_DOMAIN))
-        ctx.backward(self.cfg.disc_source_weight * loss_disc_src + self.cfg.disc_target_weight * loss_disc_tgt)
+        targets_tgt = domain_targets(soft_labels_tgt, TARGET_DOMAIN)
+        loss_disc_tgt = soft_label_cross_entropy(disc_logits_tgt, targets_tgt)
+        ctx.backward(
+            self.cfg.disc_source_weight * loss_disc_src + self.cfg.disc_target_weight * loss_disc_tgt
+        )
         ctx.step("discriminator")
 
         losses = {
