@@ -243,7 +243,8 @@ def test_config_validation() -> None:
         METHODS.get("adaptsegnet")(without_target.method, num_classes=19).check_config(without_target)
 
 
-CDA_PRESETS = [name for name in available_presets() if re.search(r"source_only|adaptsegnet|advent|minent|fada", name)]
+CDA_PRESET_NAME = r"(demo|gta5|synthia|synscapes)_(source_only|adaptsegnet|advent|minent|fada)(_vgg16)?"
+CDA_PRESETS = [name for name in available_presets() if re.fullmatch(CDA_PRESET_NAME, name)]
 
 
 def test_every_paper_setup_has_a_preset() -> None:
