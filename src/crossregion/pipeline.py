@@ -288,10 +288,11 @@ def _bn_target_stage(stages: Stages, cfg: PipelineConfig, name: str, model: Stag
         from crossregion.models.checkpoint_io import load_segmenter
 
         device = _device(cfg)
-        segmenter, _ = load_segmenter(model.outputs["checkpoint"], device=device)
-        if not reestimate_batchnorm(segmenter, _target_images(cfg, labelled=False), device):
+        segmenter, info = load_segmenter(model.outputs["checkpoint"], device=device)
+        images = _target_images(cfg, info["num_classes"], labelled=False)
+        if not reestimate_batchnorm(segmenter, images, device):
             return {"miou": None, "note": "the model has no trainable BatchNorm (frozen BN): nothing to re-estimate"}
-        return _evaluate_segmenter(cfg, segmenter, folder / "eval")
+        return _evaluate_segmenter(cfg, segmenter, info["num_classes"], folder / "eval")
 
     payload = {"kind": "bn_target", "upstream": [model.hash], "target": dataclasses.asdict(cfg.target)}
     return stages.run(name, payload, work)
@@ -304,31 +305,25 @@ def _device(cfg: PipelineConfig) -> torch.device:
     return select_device(cfg.device)
 
 
-def _target_images(cfg: PipelineConfig, *, labelled: bool, split: str | None = None):
+def _target_images(cfg: PipelineConfig, num_classes: int, *, labelled: bool, split: str | None = None):
     from crossregion.data.datasets import build_dataset
 
     return build_dataset(cfg.target.name, cfg.target.root, split or cfg.target.train_split,
-                         num_classes=_num_classes(cfg), labelled=labelled)
-
-
-def _num_classes(cfg: PipelineConfig) -> int:
-    from crossregion.config.io import load_config
-
-    return load_config(cfg.source.preset).model.num_classes
+                         num_classes=num_classes, labelled=labelled)
 
 
 def _evaluate_checkpoint(cfg: PipelineConfig, checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     from crossregion.models.checkpoint_io import load_segmenter
 
-    segmenter, _ = load_segmenter(checkpoint, device=_device(cfg))
-    return _evaluate_segmenter(cfg, segmenter, out_dir)
+    segmenter, info = load_segmenter(checkpoint, device=_device(cfg))
+    return _evaluate_segmenter(cfg, segmenter, info["num_classes"], out_dir)
 
 
-def _evaluate_segmenter(cfg: PipelineConfig, segmenter: nn.Module, out_dir: Path) -> dict[str, Any]:
+def _evaluate_segmenter(cfg: PipelineConfig, segmenter: nn.Module, num_classes: int, out_dir: Path) -> dict[str, Any]:
     from crossregion.eval.evaluate import evaluate_segmenter
     from crossregion.eval.metrics import write_metrics
 
-    dataset = _target_images(cfg, labelled=True, split=cfg.target.val_split)
+    dataset = _target_images(cfg, num_classes, labelled=True, split=cfg.target.val_split)
     metrics = evaluate_segmenter(segmenter, dataset, input_size=cfg.target.input_size, device=_device(cfg),
                                  progress=False)
     write_metrics(metrics, out_dir)
@@ -382,7 +377,7 @@ def regime_of_store(cfg: PipelineConfig, store_path: Path) -> dict[str, Any]:
 
     store = PseudoLabelStore(store_path)
     factors = rare_class_factors(store.class_pixel_counts, cfg.pseudo_label.rare_share, cfg.pseudo_label.rare_factor)
-    dataset = _target_images(cfg, labelled=True)
+    dataset = _target_images(cfg, store.num_classes, labelled=True)
     counts = np.zeros(4, dtype=np.int64)  # valid, trusted, trusted & correct, errors
     errors_untrusted = 0
     for index, name in enumerate(dataset.names):
@@ -417,7 +412,7 @@ def error_share_untrusted(cfg: PipelineConfig, checkpoint: str, store_path: str)
     segmenter, _ = load_segmenter(checkpoint, device=device)
     store = PseudoLabelStore(store_path)
     factors = rare_class_factors(store.class_pixel_counts, cfg.pseudo_label.rare_share, cfg.pseudo_label.rare_factor)
-    dataset = _target_images(cfg, labelled=True)
+    dataset = _target_images(cfg, store.num_classes, labelled=True)
     dataset.transform = eval_transform(size=cfg.target.input_size)
     errors = errors_untrusted = 0
     for index, name in enumerate(dataset.names):
@@ -453,7 +448,7 @@ def write_fig3_panel(cfg: PipelineConfig, path: Path, cda_checkpoint: str, cra_c
     cra, _ = load_segmenter(cra_checkpoint, device=device)
     store = PseudoLabelStore(store_path)
     factors = rare_class_factors(store.class_pixel_counts, cfg.pseudo_label.rare_share, cfg.pseudo_label.rare_factor)
-    dataset = _target_images(cfg, labelled=True, split=cfg.target.val_split)
+    dataset = _target_images(cfg, store.num_classes, labelled=True, split=cfg.target.val_split)
     palette = dataset.label_set.palette
     transform = eval_transform(size=cfg.target.input_size)
     columns: dict[str, list] = {"image": [], "CDA": [], "trusted (white) / untrusted": [], "CDA + CRA": [],
