@@ -1,6 +1,6 @@
 """Accuracy on the synthetic benchmark: the paper's Table 1 and Table 3 analogs over three seeds.
 
-Runs the ``pipeline_demo`` preset with every CDA method (FADA, ADVENT, AdaptSegNet) and both
+Runs the ``demo`` pipeline preset with every CDA method (FADA, ADVENT, AdaptSegNet) and both
 Table-3 baselines, once per training seed (``engine.seed``; the benchmark data are the demo's,
 fixed), into ``OUTPUT/seed<N>``. Each seed's stages are cached, so an interrupted run resumes
 where it stopped and a finished one only re-reads its results. Then reports mean ± sample std
@@ -49,10 +49,10 @@ def quick_stage(spec: StageSpec) -> StageSpec:
 def run_seed(output: Path, data_dir: Path, seed: int, quick: bool) -> dict:
     roots = [f"dataset_roots={{gta5: {data_dir / 'gta5'}, cityscapes: {data_dir / 'cityscapes'}}}",
              f"target.root={data_dir / 'cityscapes'}"]
-    cfg = load_pipeline_config("pipeline_demo", roots)
+    cfg = load_pipeline_config("demo", roots)
     missing = [name for name in BASELINE_TITLES if name not in cfg.baselines]
     if missing:
-        raise ValueError(f"pipeline_demo has no baseline stage {missing}; the Table-3 analog needs both")
+        raise ValueError(f"the demo pipeline has no baseline stage {missing}; the Table-3 analog needs both")
     cfg = dataclasses.replace(cfg, cda_methods=CDA_METHODS,
                               common_overrides=(*cfg.common_overrides, f"engine.seed={seed}"))
     if quick:

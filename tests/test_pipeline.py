@@ -103,3 +103,13 @@ def test_bad_pipeline_configs_fail_clearly(tmp_path, benchmark):
     cfg = load_pipeline_config(str(config_path), ["cra.overrides=[model.init_checkpoint=$source_checkpoint]"])
     with pytest.raises(ValueError, match="placeholder"):
         run_pipeline(cfg, tmp_path / "run")
+
+
+def test_every_shipped_pipeline_preset_loads():
+    from crossregion.config.io import PIPELINE_PRESET_DIR, available_presets
+
+    names = available_presets(PIPELINE_PRESET_DIR)
+    assert {"demo", "gta5_fada_r101"} <= set(names)
+    for name in names:
+        cfg = load_pipeline_config(name)
+        assert cfg.cda_methods, name

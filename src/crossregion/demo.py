@@ -1,7 +1,7 @@
 """``crossregion demo --output DIR``: the whole pipeline on the embedded synthetic benchmark.
 
 Generates the benchmark with fixed arguments into ``DIR/data`` (skipped when its ``synth.json``
-already records the same arguments), runs the ``pipeline_demo`` preset into ``DIR`` and prints
+already records the same arguments), runs the ``demo`` pipeline preset into ``DIR`` and prints
 the tables. ``make demo`` runs it; on the 2-core machine it takes about 7 minutes, and a
 second run reuses every finished stage.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-PRESET = "pipeline_demo"
+PRESET = "demo"
 # The benchmark the demo preset is sized for; part of the demo's definition, not an option.
 SYNTH_ARGUMENTS = {"source_images": 400, "target_train_images": 200, "target_val_images": 100,
                    "height": 128, "width": 256, "seed": 0}

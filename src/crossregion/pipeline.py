@@ -17,7 +17,7 @@ a stage whose ``stage.json`` is complete with the same hash is skipped, a change
 the folder and reruns it (and, through the chained hashes, everything after it). An
 interrupted training stage resumes from its ``last.pth``; an interrupted store resumes per image.
 
-The pipeline config (``configs/pipeline_*.yaml``) names a training preset and overrides per
+The pipeline config (``configs/pipelines/*.yaml``) names a training preset and overrides per
 stage. Overrides may use the placeholders ``$source_checkpoint``, ``$cda_checkpoint``,
 ``$pseudo_labels`` (the store the stage trains on) and ``$cra_checkpoint``, so the wiring
 between stages is visible in the preset (``$$`` is a literal dollar). Target-train ground truth is read only by the report
@@ -42,7 +42,14 @@ import torch
 import yaml
 from torch import nn
 
-from crossregion.config.io import apply_overrides, config_from_dict, config_to_dict, find_preset, load_raw
+from crossregion.config.io import (
+    PIPELINE_PRESET_DIR,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    find_preset,
+    load_raw,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +124,8 @@ class PipelineConfig:
 
 
 def load_pipeline_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """A pipeline preset (name in ``configs/`` or YAML path) with ``key=value`` overrides applied."""
-    data = apply_overrides(load_raw(name_or_path), overrides)
+    """A pipeline preset (name in ``configs/pipelines/`` or YAML path) with ``key=value`` overrides applied."""
+    data = apply_overrides(load_raw(name_or_path, PIPELINE_PRESET_DIR), overrides)
     try:
         return _pipeline_from_dict(data)
     except (TypeError, ValueError, KeyError) as error:
@@ -597,7 +604,7 @@ def _delta(before: float | None, after: float | None) -> str:
 
 # ------------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="pipeline preset (e.g. pipeline_demo) or YAML path")
+    parser.add_argument("--config", required=True, help="pipeline preset (e.g. demo, gta5_fada_r101) or YAML path")
     parser.add_argument("--output", required=True, type=Path, help="run folder: one sub-folder per stage, results.*")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides of the pipeline config, e.g. cda_methods=[fada] oracle=null")

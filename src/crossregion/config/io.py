@@ -20,26 +20,28 @@ import yaml
 from crossregion.config.schema import ExperimentConfig
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Pipeline presets (``crossregion pipeline``) are a different schema, so they live apart.
+PIPELINE_PRESET_DIR = PRESET_DIR / "pipelines"
 
 
-def available_presets() -> list[str]:
-    """Names of the presets shipped in the package."""
-    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+def available_presets(preset_dir: Path = PRESET_DIR) -> list[str]:
+    """Names of the presets shipped in the package (training presets unless told otherwise)."""
+    return sorted(path.stem for path in preset_dir.glob("*.yaml"))
 
 
-def find_preset(name_or_path: str) -> Path:
+def find_preset(name_or_path: str, preset_dir: Path = PRESET_DIR) -> Path:
     """The YAML file of a preset name or a path; unknown names list the available presets."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         return path
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    preset = preset_dir / f"{name_or_path}.yaml"
     if not preset.is_file():
-        close = difflib.get_close_matches(name_or_path, available_presets(), n=3)
+        close = difflib.get_close_matches(name_or_path, available_presets(preset_dir), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise KeyError(
-            f"unknown preset {name_or_path!r}; available: {', '.join(available_presets())} "
+            f"unknown preset {name_or_path!r}; available: {', '.join(available_presets(preset_dir))} "
             f"(or give a path to a .yaml file).{hint}"
         )
     return preset
@@ -69,16 +71,16 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_raw(name_or_path: str) -> dict[str, Any]:
+def load_raw(name_or_path: str, preset_dir: Path = PRESET_DIR) -> dict[str, Any]:
     """The preset as a plain dict with its ``base:`` merged in (one level only)."""
-    path = find_preset(name_or_path)
+    path = find_preset(name_or_path, preset_dir)
     data = _read_yaml(path)
     base_name = data.pop("base", None)
     if base_name is None:
         return data
     # A file name is relative to the preset that names it; anything else is a preset name.
     is_file = str(base_name).endswith((".yaml", ".yml"))
-    base_path = find_preset(str(path.parent / base_name) if is_file else str(base_name))
+    base_path = find_preset(str(path.parent / base_name) if is_file else str(base_name), preset_dir)
     base = _read_yaml(base_path)
     if "base" in base:
         raise ValueError(
