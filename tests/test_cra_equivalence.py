@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pseudo_label_fixtures import NUM_CLASSES, TinySegmenter, rare_store, step_context, target_batch
 
 from crossregion.config.schema import OptimConfig
-from crossregion.engine.optim import build_discriminator_adam, build_segmenter_sgd
+from crossregion.engine.optim import build_discriminator_adam, build_segmenter_optimizer
 from crossregion.methods.cra import CRA, CRAConfig
 
 THRESHOLD, TEMPERATURE, CLIP, ADV_WEIGHT = 0.01, 1.8, 0.9, 0.001
@@ -31,7 +31,7 @@ def upsample(tensor, size):
 
 def official_step(segmenter, discriminator, batch, class_factors):
     """The official iteration, literally (two forwards, NumPy masks, masked losses)."""
-    optimizer_g = build_segmenter_sgd(segmenter, OPTIM)
+    optimizer_g = build_segmenter_optimizer(segmenter, OPTIM)
     optimizer_d = build_discriminator_adam(discriminator, OPTIM)
     images = batch["image"]
     size = tuple(images.shape[-2:])

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from crossregion.engine.launch import build_method, run_training, seed_everything
-from crossregion.engine.optim import poly_factor
+from crossregion.config.schema import OptimConfig
+from crossregion.engine.optim import build_poly_scheduler, build_segmenter_optimizer, poly_factor
 from crossregion.engine.trainer import InfiniteLoader, NonFiniteLossError
 from crossregion.methods.source_only import SourceOnly
 from tiny_training import NUM_CLASSES, TinyDataset, TinySegmenter, tiny_config
@@ -17,6 +18,25 @@ from tiny_training import NUM_CLASSES, TinyDataset, TinySegmenter, tiny_config
 def test_poly_factor_matches_the_official_stop_value():
     assert poly_factor(0, 62_500, 0.9) == 1.0
     assert poly_factor(40_000, 62_500, 0.9) == pytest.approx(0.39872, abs=1e-5)  # spec §1.6
+
+
+@pytest.mark.parametrize("name, optimizer_class", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)])
+def test_segmenter_optimizer_keeps_head_multiplier_and_poly_schedule(name, optimizer_class):
+    optim = OptimConfig(name=name, lr=1e-3, head_lr_mult=10.0, max_iters=10, poly_power=0.9)
+    optimizer = build_segmenter_optimizer(TinySegmenter(), optim)
+    scheduler = build_poly_scheduler(optimizer, optim)
+    assert isinstance(optimizer, optimizer_class)
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    factor = poly_factor(5, 10, 0.9)
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3 * factor, 1e-2 * factor])
+
+
+def test_unknown_optimizer_name_lists_the_choices():
+    with pytest.raises(ValueError, match="optim.name must be one of.*'sgd', 'adam'"):
+        OptimConfig(name="adamw")
 
 
 def test_infinite_loader_resumes_mid_epoch():

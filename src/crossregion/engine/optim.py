@@ -27,22 +27,20 @@ def build_poly_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -
     )
 
 
-def build_segmenter_sgd(segmenter: nn.Module, optim: OptimConfig) -> torch.optim.SGD:
-    """SGD with the backbone at ``optim.lr`` and the head at ``optim.lr * optim.head_lr_mult``.
+def build_segmenter_optimizer(segmenter: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """``optim.name`` (SGD or Adam), backbone at ``optim.lr``, head at ``optim.lr * optim.head_lr_mult``.
 
     ``segmenter.parameter_groups()`` splits the parameters; frozen ones (FrozenBatchNorm,
-    ``requires_grad=False``) are left out.
+    ``requires_grad=False``) are left out. SGD uses ``optim.momentum``; Adam torch's default betas.
     """
     backbone_params, head_params = _split_parameters(segmenter)
-    return torch.optim.SGD(
-        [
-            {"params": backbone_params, "lr": optim.lr},
-            {"params": head_params, "lr": optim.lr * optim.head_lr_mult},
-        ],
-        lr=optim.lr,
-        momentum=optim.momentum,
-        weight_decay=optim.weight_decay,
-    )
+    groups = [
+        {"params": backbone_params, "lr": optim.lr},
+        {"params": head_params, "lr": optim.lr * optim.head_lr_mult},
+    ]
+    if optim.name == "adam":
+        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
 def build_discriminator_adam(discriminator: nn.Module, optim: OptimConfig) -> torch.optim.Adam:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossregion.config.schema import MethodConfig, OptimConfig
-from crossregion.engine.optim import build_discriminator_adam, build_segmenter_sgd
+from crossregion.engine.optim import build_discriminator_adam, build_segmenter_optimizer
 from crossregion.methods.base import METHODS, Method, frozen
 from crossregion.methods.losses import segmentation_cross_entropy, upsample_logits
 from crossregion.models import OutputSpaceDiscriminator
@@ -105,7 +105,7 @@ class OutputSpaceAdaptation(Method):
         self, models: Mapping[str, nn.Module], optim: OptimConfig
     ) -> dict[str, torch.optim.Optimizer]:
         """SGD for the segmenter (head ×``head_lr_mult``), one Adam per discriminator."""
-        optimizers = {"segmenter": build_segmenter_sgd(models["segmenter"], optim)}
+        optimizers = {"segmenter": build_segmenter_optimizer(models["segmenter"], optim)}
         for name, model in models.items():
             if name.startswith("discriminator_"):
                 optimizers[name] = build_discriminator_adam(model, optim)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossregion.config.schema import MethodConfig, OptimConfig
-from crossregion.engine.optim import build_segmenter_sgd
+from crossregion.engine.optim import build_segmenter_optimizer
 from crossregion.methods.adaptsegnet import OutputSpaceAdaptation
 from crossregion.methods.base import METHODS
 from crossregion.methods.losses import upsample_logits
@@ -111,7 +111,7 @@ class Advent(OutputSpaceAdaptation):
         self, models: Mapping[str, nn.Module], optim: OptimConfig
     ) -> dict[str, torch.optim.Optimizer]:
         if self.cfg.variant == "minent":
-            return {"segmenter": build_segmenter_sgd(models["segmenter"], optim)}
+            return {"segmenter": build_segmenter_optimizer(models["segmenter"], optim)}
         return super().build_optimizers(models, optim)
 
     def training_step(

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from crossregion.config.schema import DatasetSpec, ExperimentConfig, MethodConfig, OptimConfig
 from crossregion.engine.dist import unwrap
-from crossregion.engine.optim import build_segmenter_sgd
+from crossregion.engine.optim import build_segmenter_optimizer
 from crossregion.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method")
@@ -74,7 +74,7 @@ class Method:
 
     def build_optimizers(self, models: Mapping[str, nn.Module], optim: OptimConfig) -> dict[str, torch.optim.Optimizer]:
         """One optimiser per name; default: SGD on the segmenter with the head at ``head_lr_mult``."""
-        return {"segmenter": build_segmenter_sgd(models["segmenter"], optim)}
+        return {"segmenter": build_segmenter_optimizer(models["segmenter"], optim)}
 
     def training_step(
         self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any

@@ -29,7 +29,7 @@ from torch import nn
 
 from crossregion.config.schema import ExperimentConfig, OptimConfig
 from crossregion.engine.dist import unwrap
-from crossregion.engine.optim import build_discriminator_adam, build_segmenter_sgd
+from crossregion.engine.optim import build_discriminator_adam, build_segmenter_optimizer
 from crossregion.methods.base import METHODS, frozen
 from crossregion.methods.cra_losses import (
     SOURCE_DOMAIN,
@@ -122,11 +122,11 @@ class CRA(RegionMethod):
 
     def build_optimizers(self, models: Mapping[str, nn.Module], optim: OptimConfig) -> dict[str, torch.optim.Optimizer]:
         optimizers = {
-            "segmenter": build_segmenter_sgd(models["segmenter"], optim),
+            "segmenter": build_segmenter_optimizer(models["segmenter"], optim),
             "discriminator": build_discriminator_adam(models["discriminator"], optim),
         }
         if self.cfg.update_mode == "successive":
-            optimizers["segmenter_adv"] = build_segmenter_sgd(models["segmenter"], optim)
+            optimizers["segmenter_adv"] = build_segmenter_optimizer(models["segmenter"], optim)
         return optimizers
 
     def training_step(

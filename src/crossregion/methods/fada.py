@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from crossregion.config.schema import ExperimentConfig, MethodConfig, OptimConfig
-from crossregion.engine.optim import build_discriminator_adam, build_segmenter_sgd
+from crossregion.engine.optim import build_discriminator_adam, build_segmenter_optimizer
 from crossregion.methods.base import METHODS, Method, frozen
 from crossregion.methods.cra_losses import (
     SOURCE_DOMAIN,
@@ -87,7 +87,7 @@ class Fada(Method):
         self, models: Mapping[str, nn.Module], optim: OptimConfig
     ) -> dict[str, torch.optim.Optimizer]:
         return {
-            "segmenter": build_segmenter_sgd(models["segmenter"], optim),
+            "segmenter": build_segmenter_optimizer(models["segmenter"], optim),
             "discriminator": build_discriminator_adam(models["discriminator"], optim),
         }
 
