@@ -56,6 +56,14 @@ def test_cross_field_checks():
         load_config("demo_source_only", ["model.num_classes=13"])
 
 
+def test_class_balanced_needs_labelled_data():
+    with pytest.raises(ValueError, match="class_balanced.*labelled: true"):
+        load_config("gta5_fada", ["data.target.class_balanced=true"])
+    with pytest.raises(ValueError, match="target_val.class_balanced"):
+        load_config("gta5_fada", ["data.target_val.class_balanced=true"])
+    assert load_config("gta5_fada").data.source.class_balanced
+
+
 def test_unknown_preset_and_method_list_the_available_ones():
     with pytest.raises(KeyError, match="demo_source_only"):
         load_config("demo_sourceonly")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 
+import numpy as np
 import pytest
 import torch
 
 from crossregion.engine.launch import build_method, run_training, seed_everything
 from crossregion.config.schema import OptimConfig
 from crossregion.engine.optim import build_poly_scheduler, build_segmenter_optimizer, poly_factor
-from crossregion.engine.trainer import InfiniteLoader, NonFiniteLossError
+from crossregion.engine import trainer
+from crossregion.engine.checkpoint import load_checkpoint
+from crossregion.engine.trainer import InfiniteLoader, NonFiniteLossError, ResumableClassBalancedSampler
 from crossregion.methods.source_only import SourceOnly
 from tiny_training import NUM_CLASSES, TinyDataset, TinySegmenter, tiny_config
 
@@ -97,3 +102,47 @@ def test_method_without_its_data_is_rejected():
     cfg = tiny_config(iters=3, batch=2)
     with pytest.raises(ValueError, match="data.source"):
         build_method(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=None)))
+
+
+def test_class_balanced_loader_resumes_mid_epoch():
+    dataset = TinyDataset(augment=False, sleep=0.0)
+    presence = np.eye(10, NUM_CLASSES, dtype=bool)  # images 0..3 hold one class each, the rest none
+
+    def loader() -> InfiniteLoader:
+        sampler = ResumableClassBalancedSampler(presence, samples_per_epoch=8, seed=3, sub_epoch_size=4)
+        return InfiniteLoader(dataset, batch_size=4, num_workers=0, seed=3, name="source", sampler=sampler)
+
+    first = loader()  # 2 batches per epoch
+    for _ in range(3):
+        next(first)
+    state = copy.deepcopy(first.state_dict())  # epoch 1, position 1: mid-epoch, after a new draw list
+    order = [next(first)["index"].tolist() for _ in range(3)]
+    assert set(sum(order, [])) <= {0, 1, 2, 3}  # only images that hold a class are drawn
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert [next(resumed)["index"].tolist() for _ in range(3)] == order
+
+
+def test_class_balanced_ranks_split_one_draw_list(monkeypatch):
+    presence = np.eye(10, NUM_CLASSES, dtype=bool)
+    single = list(ResumableClassBalancedSampler(presence, samples_per_epoch=100, seed=5))
+    shares = []
+    for rank in range(2):
+        monkeypatch.setattr(trainer, "get_rank", lambda: rank)
+        monkeypatch.setattr(trainer, "get_world_size", lambda: 2)
+        shares.append(list(ResumableClassBalancedSampler(presence, samples_per_epoch=100, seed=5)))
+    assert len(shares[0]) == len(shares[1]) == len(single) // 2
+    assert shares[0] == single[0::2] and shares[1] == single[1::2]
+
+
+def test_class_balanced_training_runs_and_caches_class_presence(tmp_path):
+    torch.set_num_threads(1)
+    cfg = tiny_config(iters=3, batch=2, class_balanced=True)
+    seed_everything(cfg)
+    final = run_training(cfg, tmp_path, method=build_method(cfg), segmenter=TinySegmenter(), model_args={},
+                         datasets={"source": TinyDataset(augment=False, sleep=0)}, device=torch.device("cpu"),
+                         resume=False)
+    cache = json.loads((tmp_path / "class_presence_source.json").read_text())
+    assert cache["classes"] == [list(range(NUM_CLASSES))] * 10  # random 16x16 masks hold every class
+    data_state = load_checkpoint(final)["data_state"]["source"]
+    assert data_state["position"] == 3 and isinstance(data_state["sampler"]["generator"], torch.Tensor)

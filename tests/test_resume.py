@@ -25,11 +25,12 @@ def _final_models(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run_dir / "final.pth")["models"]["segmenter"]
 
 
-def test_sigkill_then_resume_gives_identical_weights(tmp_path):
-    reference = _run(tmp_path / "reference", "--iters", "24")
+@pytest.mark.parametrize("sampling", [[], ["--class-balanced"]], ids=["shuffled", "class_balanced"])
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, sampling):
+    reference = _run(tmp_path / "reference", "--iters", "24", *sampling)
     # Slow data (20 ms per image) so the kill lands mid-run, after some checkpoints.
     killed_dir = tmp_path / "killed"
-    killed = _run(killed_dir, "--iters", "24", "--sleep", "0.02")
+    killed = _run(killed_dir, "--iters", "24", "--sleep", "0.02", *sampling)
     deadline = time.monotonic() + 60
     while len(periodic_checkpoints(killed_dir)) < 2 and time.monotonic() < deadline and killed.poll() is None:
         time.sleep(0.05)
@@ -38,7 +39,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     killed.wait()
     assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed_dir / "final.pth").exists()
-    resumed = _run(killed_dir, "--iters", "24", "--resume")
+    resumed = _run(killed_dir, "--iters", "24", "--resume", *sampling)
     assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
     assert reference.wait(timeout=120) == 0, reference.stderr.read()
 

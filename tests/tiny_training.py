@@ -1,7 +1,7 @@
 """A tiny source-only run through ``engine.launch.run_training``, for the resume and DDP tests.
 
 Run as a script (also under torchrun): ``python tests/tiny_training.py RUN_DIR [--resume]
-[--iters N] [--batch B] [--no-augment] [--sleep S]``. Deterministic on CPU: one thread,
+[--iters N] [--batch B] [--no-augment] [--sleep S] [--class-balanced]``. Deterministic on CPU: one thread,
 ``num_workers=0``; the random flip draws from torch's global RNG, so resume must restore it.
 """
 
@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
 from crossregion.config.schema import DataConfig, DatasetSpec, EngineConfig, ExperimentConfig, ModelConfig, OptimConfig
+from crossregion.data.labels import LabelSet
 from crossregion.engine.dist import init_distributed, shutdown_distributed
 from crossregion.engine.launch import build_method, run_training, seed_everything
 from crossregion.methods.source_only import SourceOnlyConfig
@@ -38,13 +40,25 @@ class TinySegmenter(nn.Module):
 
 
 class TinyDataset(torch.utils.data.Dataset):
-    """10 fixed random 16x16 samples; optional random flip from the global RNG; optional delay."""
+    """10 fixed random 16x16 samples; optional random flip from the global RNG; optional delay.
+
+    Has what ``compute_class_presence`` reads (``names``, ``label_set``, ``load_label``), for
+    the class-balanced sampler.
+    """
+
+    label_set = LabelSet(name="tiny", class_names=tuple(f"class{c}" for c in range(NUM_CLASSES)),
+                         palette=((0, 0, 0),) * NUM_CLASSES, id_to_train_id={c: c for c in range(NUM_CLASSES)})
+    num_classes = NUM_CLASSES
 
     def __init__(self, *, augment: bool, sleep: float) -> None:
         generator = torch.Generator().manual_seed(123)
         self.images = torch.randn(10, 3, 16, 16, generator=generator)
         self.masks = torch.randint(0, NUM_CLASSES, (10, 16, 16), generator=generator)
+        self.names = [f"{index:03d}" for index in range(len(self.images))]
         self.augment, self.sleep = augment, sleep
+
+    def load_label(self, index: int) -> np.ndarray:
+        return self.masks[index].numpy().astype(np.uint8)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -54,13 +68,13 @@ class TinyDataset(torch.utils.data.Dataset):
         image, mask = self.images[index], self.masks[index]
         if self.augment and torch.rand(()) < 0.5:
             image, mask = image.flip(-1), mask.flip(-1)
-        return {"image": image, "mask": mask, "name": f"{index:03d}", "index": index}
+        return {"image": image, "mask": mask, "name": self.names[index], "index": index}
 
 
-def tiny_config(iters: int, batch: int) -> ExperimentConfig:
+def tiny_config(iters: int, batch: int, class_balanced: bool = False) -> ExperimentConfig:
     return ExperimentConfig(
         method=SourceOnlyConfig(),
-        data=DataConfig(source=DatasetSpec(name="tiny", root="-"), batch_size=batch),
+        data=DataConfig(source=DatasetSpec(name="tiny", root="-", class_balanced=class_balanced), batch_size=batch),
         model=ModelConfig(backbone="tiny", num_classes=NUM_CLASSES),
         optim=OptimConfig(lr=0.05, max_iters=iters + 10, stop_iter=iters),
         engine=EngineConfig(device="cpu", checkpoint_period=3, keep_last=2, log_period=5, seed=7),
@@ -75,9 +89,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--class-balanced", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = tiny_config(args.iters, args.batch)
+    cfg = tiny_config(args.iters, args.batch, args.class_balanced)
     device = torch.device("cpu")
     init_distributed(device)
     try:

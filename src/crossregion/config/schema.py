@@ -48,6 +48,9 @@ class DatasetSpec:
     crop: tuple[int, int] | None = None
     # Horizontal flip with probability 0.5.
     flip: bool = False
+    # FADA's class-balanced sampling (spec §2.5) instead of shuffled passes; labelled source only.
+    # Class presence is read from the labels once and cached in the run folder.
+    class_balanced: bool = False
 
     def __post_init__(self) -> None:
         low, high = self.scale_range
@@ -57,6 +60,11 @@ class DatasetSpec:
             size = getattr(self, key)
             if size is not None and min(size) <= 0:
                 raise ValueError(f"dataset {self.name!r}: {key} must be positive (height, width), got {size}")
+        if self.class_balanced and not self.labelled:
+            raise ValueError(
+                f"dataset {self.name!r}: class_balanced draws images by the classes in their labels, so it "
+                "needs labelled: true (labelled source data); remove class_balanced for unlabelled data"
+            )
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,8 @@ class ExperimentConfig:
                     f"model.num_classes={self.model.num_classes} but data.{key} ({spec.name}) has labels "
                     f"for {' or '.join(map(str, supported))} classes; change model.num_classes or the dataset"
                 )
+        if self.data.target_val is not None and self.data.target_val.class_balanced:
+            raise ValueError("data.target_val is evaluated image by image, not sampled; remove data.target_val.class_balanced")
         if self.data.target_val is not None and not self.data.target_val.labelled:
             raise ValueError("data.target_val is scored against its labels; set data.target_val.labelled: true")
         if self.engine.eval_period > 0 and self.data.target_val is None:

@@ -27,7 +27,7 @@ from crossregion.engine.dist import (
     barrier, broadcast_object, get_rank, get_world_size, init_distributed, is_main, select_device,
     shutdown_distributed, wrap_ddp,
 )
-from crossregion.engine.trainer import InfiniteLoader, Trainer
+from crossregion.engine.trainer import InfiniteLoader, ResumableClassBalancedSampler, Trainer
 from crossregion.methods import METHODS, Method
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,9 @@ def run_training(
     wrapped = {name: wrap_ddp(model, device) for name, model in models.items()}
     loaders = {
         kind: InfiniteLoader(dataset, batch_size=cfg.data.batch_size // world_size,
-                             num_workers=cfg.data.num_workers, seed=cfg.engine.seed, name=kind)
+                             num_workers=cfg.data.num_workers, seed=cfg.engine.seed, name=kind,
+                             sampler=build_class_balanced_sampler(cfg, kind, dataset, run_dir)
+                             if getattr(cfg.data, kind).class_balanced else None)
         for kind, dataset in datasets.items()
     }
     trainer = Trainer(cfg=cfg, method=method, models=wrapped, optimizers=optimizers, loaders=loaders,
@@ -203,6 +205,27 @@ def run_training(
         logger.info("resumed at iteration %d", trainer.iteration)
     trainer.train()
     return run_dir / ckpt.FINAL_NAME
+
+
+def build_class_balanced_sampler(
+    cfg: ExperimentConfig, kind: str, dataset: Dataset, run_dir: Path,
+) -> ResumableClassBalancedSampler:
+    """The class-balanced sampler of ``data.<kind>`` (spec §2.5).
+
+    One epoch is ``optim.max_iters`` global batches, as the official draw list (N = MAX_ITER x
+    BATCH_SIZE) covers the whole poly horizon. Which classes each image holds is read from its
+    labels once by rank 0 and cached in ``RUN_DIR/class_presence_<kind>.json``, so a resumed run
+    reads no label again. The run folder, not the data folder: it is always writable, while
+    dataset roots are often read-only or shared between users (the cost: each new run reads
+    the labels once).
+    """
+    from crossregion.data.sampler import compute_class_presence
+
+    cache = run_dir / f"class_presence_{kind}.json"
+    presence = compute_class_presence(dataset, cache) if is_main() else None
+    return ResumableClassBalancedSampler(
+        broadcast_object(presence), samples_per_epoch=cfg.optim.max_iters * cfg.data.batch_size, seed=cfg.engine.seed,
+    )
 
 
 def _prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> dict[str, Any] | None:

@@ -3,9 +3,9 @@
 A method owns its step (``methods/base.py``); the trainer owns everything around it: data
 order, the poly schedule, mixed precision, the non-finite-loss check, logging, periodic
 evaluation and checkpoints. The state it checkpoints is complete (models, optimisers,
-schedulers, grad scaler, every rank's RNG, each loader's epoch and position), so a run
-killed at any moment and resumed ends with the same weights as an uninterrupted one
-(``num_workers=0``; deterministic kernels).
+schedulers, grad scaler, every rank's RNG, each loader's epoch, position and sampler state),
+so a run killed at any moment and resumed ends with the same weights as an uninterrupted
+one (``num_workers=0``; deterministic kernels).
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from crossregion.config.io import config_to_dict
 from crossregion.config.schema import ExperimentConfig
+from crossregion.data.sampler import SUB_EPOCH_SIZE, ClassBalancedSampler
 from crossregion.engine import checkpoint as ckpt
 from crossregion.engine.amp import autocast, build_grad_scaler
 from crossregion.engine.dist import all_gather_objects, barrier, get_rank, get_world_size, is_main, unwrap
@@ -59,6 +61,61 @@ class ResumableSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self._order) - self.start
 
+    def state_dict(self) -> dict[str, Any]:
+        """Empty: the order is a function of the seed and the epoch, which the loader saves."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore (see ``state_dict``)."""
+
+
+class ResumableClassBalancedSampler(Sampler[int]):
+    """Class-balanced draws (``ClassBalancedSampler``, cra-spec §2.5): this rank's share, from ``start``.
+
+    One epoch is one draw list. Every rank draws the same list from a generator seeded alike
+    and takes every ``world_size``-th index, as ``DistributedSampler`` splits its permutation,
+    so the ranks together see the list a single process would. The resume state is the
+    generator's state at the epoch's start: restoring it draws the same list again.
+
+    Args:
+        class_presence: bool ``[num_images, num_classes]`` (``compute_class_presence``).
+        samples_per_epoch: draws per epoch over all ranks (rounded up to whole sub-epochs).
+        seed: seed of the sampler's own generator, the same on every rank.
+        sub_epoch_size: draws between resets of the class counts.
+    """
+
+    def __init__(
+        self, class_presence: np.ndarray, *, samples_per_epoch: int, seed: int, sub_epoch_size: int = SUB_EPOCH_SIZE,
+    ) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self._draws = ClassBalancedSampler(class_presence, samples_per_epoch, sub_epoch_size=sub_epoch_size,
+                                           generator=self.generator)
+        self.rank, self.world_size = get_rank(), get_world_size()
+        self.samples_per_rank = len(self._draws) // self.world_size
+        self.epoch_start_state = self.generator.get_state()
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """An epoch begins: its list is drawn from the generator's current state (kept for resume)."""
+        self.epoch_start_state = self.generator.get_state()
+
+    def __iter__(self) -> Iterator[int]:
+        share = list(self._draws)[self.rank :: self.world_size][: self.samples_per_rank]
+        return iter(share[self.start :])
+
+    def __len__(self) -> int:
+        return self.samples_per_rank - self.start
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.epoch_start_state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "generator" not in state:
+            raise KeyError("the checkpoint's data_state has no class-balanced sampler state; "
+                           "it was written by a run without data.source.class_balanced")
+        self.generator.set_state(state["generator"])
+        self.epoch_start_state = self.generator.get_state()
+
 
 class InfiniteLoader:
     """Endless batches of one dataset: a new epoch (``set_epoch``) whenever one is exhausted.
@@ -69,10 +126,15 @@ class InfiniteLoader:
         num_workers: loader processes; resume is exact only with 0 (workers carry their own RNG).
         seed: shuffling seed, the same on every rank so the ranks split one permutation.
         name: for error messages (``source``, ``target``).
+        sampler: where the indices come from; default: a ``ResumableSampler`` (a shuffled pass
+            over the dataset per epoch).
     """
 
-    def __init__(self, dataset: Dataset, *, batch_size: int, num_workers: int, seed: int, name: str) -> None:
-        self.sampler = ResumableSampler(dataset, seed=seed)
+    def __init__(
+        self, dataset: Dataset, *, batch_size: int, num_workers: int, seed: int, name: str,
+        sampler: ResumableSampler | ResumableClassBalancedSampler | None = None,
+    ) -> None:
+        self.sampler = sampler if sampler is not None else ResumableSampler(dataset, seed=seed)
         self.batch_size = batch_size
         self.batches_per_epoch = len(self.sampler) // batch_size
         if self.batches_per_epoch == 0:
@@ -109,11 +171,12 @@ class InfiniteLoader:
         self.position += 1
         return batch
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "sampler": self.sampler.state_dict()}
 
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.epoch, self.position, self._iterator = int(state["epoch"]), int(state["position"]), None
+        self.sampler.load_state_dict(state.get("sampler", {}))
 
 
 class StepContext:
