@@ -1,0 +1,225 @@
+"""Domain gap of the synthetic benchmark: source-only, target oracle and each CDA method over seeds.
+
+Trains the demo model with the demo pipeline's stage presets (`configs/pipelines/demo.yaml`) on
+the demo's benchmark: source-only, the oracle (target labels, a reference only), and each CDA
+method (AdaptSegNet, ADVENT, MinEnt, FADA) started from that seed's source-only model; also the
+no-training baseline "source-only + target BatchNorm statistics". Each (seed, model) is a cached
+pipeline stage under ``OUTPUT/seed<N>/``, so an interrupted run resumes where it stopped (a stage
+killed mid-way resumes from its last checkpoint) and a finished one only re-reads its results.
+
+    python bench/domain_gap.py --output runs/bench_domain_gap --doc docs/benchmarks.md   # ~30 min, 2 cores
+    python bench/domain_gap.py --output /tmp/gap --seeds 0 --quick                        # smoke, ~1 min
+
+Reports target-val mIoU mean ± sample std and the equivalent ``crossregion train`` command lines;
+writes ``OUTPUT/domain_gap.md`` and ``domain_gap.json`` and, with ``--doc``, replaces the
+domain-gap section of that file. The last line is the headline (``domain_gap oracle-source ...``);
+exits non-zero if a number is missing or the oracle is not 15 points above source-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from crossregion.config.io import config_from_dict
+from crossregion.demo import SYNTH_ARGUMENTS, ensure_benchmark
+from crossregion.pipeline import PipelineConfig, StageSpec, Stages, load_pipeline_config, reestimate_batchnorm
+from crossregion.pipeline import resolve_training_config
+
+CDA_METHODS = ("adaptsegnet", "advent", "minent", "fada")
+# issue 4 item 7: below this the benchmark has no gap worth closing.
+REQUIRED_GAP = 15.0
+QUICK_SYNTH = {"source_images": 12, "target_train_images": 6, "target_val_images": 4, "height": 48, "width": 96,
+               "seed": 0}
+QUICK_TRAINING = ("optim.max_iters=2", "optim.stop_iter=2", "data.batch_size=2")
+SECTION_TITLE = "## Domain gap of the synthetic benchmark (`bench/domain_gap.py`)"
+
+
+def quick_stage(spec: StageSpec) -> StageSpec:
+    """``spec`` with two iterations at batch 2 (keeps its other overrides and placeholders)."""
+    kept = [o for o in spec.overrides if not o.startswith(("optim.max_iters", "optim.stop_iter", "data.batch_size"))]
+    return StageSpec(spec.preset, (*kept, *QUICK_TRAINING))
+
+
+def command_line(cfg: PipelineConfig, spec: StageSpec, folder: Path, placeholders: dict[str, str]) -> str:
+    """The ``crossregion train`` call that trains what the stage trains (roots given as overrides)."""
+    resolved = resolve_training_config(cfg, spec, placeholders)
+    roots = [f"data.{key}.root={resolved['data'][key]['root']}" for key in ("source", "target", "target_val")
+             if resolved["data"].get(key) is not None]
+    overrides = [text.replace("$source_checkpoint", placeholders.get("source_checkpoint", "$source_checkpoint"))
+                 for text in (*cfg.common_overrides, *spec.overrides)]
+    quoted = " ".join(f"'{o}'" if " " in o else o for o in (*roots, *overrides))
+    return f"crossregion train --config {spec.preset} --output {folder} {quoted}"
+
+
+def evaluate(cfg: PipelineConfig, segmenter: torch.nn.Module, num_classes: int, out_dir: Path) -> dict:
+    """Target-val mIoU (%) at the pipeline's inference size."""
+    from crossregion.data.datasets import build_dataset
+    from crossregion.eval.evaluate import evaluate_segmenter
+    from crossregion.eval.metrics import write_metrics
+
+    dataset = build_dataset(cfg.target.name, cfg.target.root, cfg.target.val_split, num_classes=num_classes,
+                            labelled=True)
+    metrics = evaluate_segmenter(segmenter, dataset, input_size=cfg.target.input_size, device=torch.device("cpu"),
+                                 progress=False)
+    write_metrics(metrics, out_dir)
+    return {"miou": metrics["miou"]}
+
+
+def train_stage(stages: Stages, cfg: PipelineConfig, name: str, spec: StageSpec, placeholders: dict[str, str]):
+    """Train (or reuse) one model and evaluate it; the stage hash covers its resolved config."""
+    from crossregion.engine.launch import train
+    from crossregion.models.checkpoint_io import load_segmenter
+
+    resolved = resolve_training_config(cfg, spec, placeholders)
+
+    def work(folder: Path) -> dict:
+        checkpoint = train(config_from_dict(resolved, source=name), folder, resume=True)
+        segmenter, info = load_segmenter(checkpoint, device=torch.device("cpu"))
+        return {"checkpoint": str(checkpoint), **evaluate(cfg, segmenter, info["num_classes"], folder / "eval")}
+
+    payload = {"kind": "train", "config": resolved, "target": dataclasses.asdict(cfg.target)}
+    record = stages.run(name, payload, work)
+    record.outputs["command"] = command_line(cfg, spec, record.folder, placeholders)
+    return record
+
+
+def bn_target_stage(stages: Stages, cfg: PipelineConfig, name: str, model) -> dict:
+    """The model with BatchNorm statistics re-estimated on target-train images; no training."""
+    from crossregion.data.datasets import build_dataset
+    from crossregion.models.checkpoint_io import load_segmenter
+
+    def work(folder: Path) -> dict:
+        segmenter, info = load_segmenter(model.outputs["checkpoint"], device=torch.device("cpu"))
+        images = build_dataset(cfg.target.name, cfg.target.root, cfg.target.train_split,
+                               num_classes=info["num_classes"], labelled=False)
+        if not reestimate_batchnorm(segmenter, images, torch.device("cpu")):
+            return {"miou": None}
+        return evaluate(cfg, segmenter, info["num_classes"], folder / "eval")
+
+    return stages.run(name, {"kind": "bn_target", "upstream": [model.hash]}, work).outputs
+
+
+def run_seed(output: Path, cfg: PipelineConfig, seed: int) -> dict:
+    """All models of one training seed; returns {model: {miou, command}}."""
+    cfg = dataclasses.replace(cfg, common_overrides=(*cfg.common_overrides, f"engine.seed={seed}"))
+    stages = Stages(output / f"seed{seed}")
+    torch.set_grad_enabled(True)
+    source = train_stage(stages, cfg, "source_only", cfg.source, {})
+    rows = {"source_only": source.outputs, "oracle": train_stage(stages, cfg, "oracle", cfg.oracle, {}).outputs}
+    rows["source_only_bn_target"] = bn_target_stage(stages, cfg, "source_only_bn_target", source)
+    for method in CDA_METHODS:
+        rows[method] = train_stage(stages, cfg, method, cfg.cda[method],
+                                   {"source_checkpoint": source.outputs["checkpoint"]}).outputs
+    return rows
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float] | None:
+    """Mean and sample std (0 for one value); None if any value is missing."""
+    if not values or any(value is None for value in values):
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def cell(stats: tuple[float, float] | None) -> str:
+    return "–" if stats is None else f"{stats[0]:.2f} ± {stats[1]:.2f}"
+
+
+def markdown(summary: dict[str, tuple[float, float] | None], runs: list[dict], seeds: list[int],
+             wall_seconds: float, quick: bool) -> str:
+    titles = {"source_only": "source-only", "oracle": "oracle (target labels, reference only)",
+              "source_only_bn_target": "source-only + target BN statistics (no training)",
+              **{method: f"{method} (CDA)" for method in CDA_METHODS}}
+    source = summary["source_only"]
+    lines = [
+        SECTION_TITLE,
+        "",
+        f"{datetime.date.today().isoformat()}, {platform.machine()} with {torch.get_num_threads()} torch threads "
+        f"(`{platform.processor() or platform.platform()}`), torch {torch.__version__}; wall time "
+        f"{wall_seconds / 60:.1f} min. Benchmark: the demo's ({QUICK_SYNTH if quick else SYNTH_ARGUMENTS}); "
+        f"models: the demo pipeline's stage presets; seeds {seeds} (`engine.seed`).",
+        "",
+        "| model | target-val mIoU (mean ± std) | − source-only | per seed |",
+        "|---|---|---|---|",
+    ]
+    for key, title in titles.items():
+        stats = summary[key]
+        gap = "–" if stats is None or source is None else f"{stats[0] - source[0]:+.2f}"
+        per_seed = ", ".join("–" if run[key]["miou"] is None else f"{run[key]['miou']:.2f}" for run in runs)
+        lines.append(f"| {title} | {cell(stats)} | {gap} | {per_seed} |")
+    lines += ["", f"Command lines (seed {seeds[0]}; other seeds change `engine.seed` and the folder):", "", "```"]
+    lines += [runs[0][key]["command"] for key in ("source_only", "oracle", *CDA_METHODS)]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def update_doc(doc: Path, section: str) -> None:
+    """Replace the domain-gap section of ``doc`` (up to the next ``## ``), or append it."""
+    text = doc.read_text()
+    start = text.find(SECTION_TITLE)
+    if start < 0:
+        doc.write_text(text.rstrip("\n") + "\n\n" + section)
+        return
+    end = text.find("\n## ", start + len(SECTION_TITLE))
+    rest = "" if end < 0 else text[end + 1:]
+    doc.write_text(text[:start] + section + ("\n" + rest if rest else ""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, required=True, help="run folder (cached stages per seed)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--doc", type=Path, help="markdown file whose domain-gap section is replaced")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny benchmark, 2 iterations per stage")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    data_dir = args.output / "data"
+    if args.quick:
+        from crossregion.data.synth import generate_benchmark
+
+        if not (data_dir / "synth.json").exists():
+            generate_benchmark(data_dir, **QUICK_SYNTH)
+    else:
+        ensure_benchmark(data_dir)
+    cfg = load_pipeline_config("demo", [f"dataset_roots={{gta5: {data_dir / 'gta5'}, cityscapes: "
+                                        f"{data_dir / 'cityscapes'}}}", f"target.root={data_dir / 'cityscapes'}"])
+    missing = [method for method in CDA_METHODS if method not in cfg.cda]
+    if missing or cfg.oracle is None:
+        raise ValueError(f"the demo pipeline preset lacks cda stages {missing} or an oracle stage; "
+                         "bench/domain_gap.py trains every stage it names")
+    if args.quick:
+        cfg = dataclasses.replace(cfg, source=quick_stage(cfg.source), oracle=quick_stage(cfg.oracle),
+                                  cda={name: quick_stage(spec) for name, spec in cfg.cda.items()})
+    runs = [run_seed(args.output, cfg, seed) for seed in args.seeds]
+    keys = ("source_only", "oracle", "source_only_bn_target", *CDA_METHODS)
+    summary = {key: mean_std([run[key]["miou"] for run in runs]) for key in keys}
+    text = markdown(summary, runs, args.seeds, time.perf_counter() - start, args.quick)
+    (args.output / "domain_gap.md").write_text(text)
+    (args.output / "domain_gap.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
+    if args.doc is not None:
+        update_doc(args.doc, text)
+    print(text)
+    if any(stats is None for stats in summary.values()):
+        print("domain_gap could not measure every model", file=sys.stderr)
+        return 1
+    gap = summary["oracle"][0] - summary["source_only"][0]
+    cda = ", ".join(f"{method} {summary[method][0] - summary['source_only'][0]:+.1f}" for method in CDA_METHODS)
+    print(f"domain_gap oracle-source {gap:.1f} mIoU (source-only {summary['source_only'][0]:.1f}); CDA-source {cda}")
+    if gap < REQUIRED_GAP and not args.quick:
+        print(f"the oracle is less than {REQUIRED_GAP} points above source-only: no gap worth closing",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
