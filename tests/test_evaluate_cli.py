@@ -39,6 +39,26 @@ def _cityscapes_scripts_scores(prediction_files, label_files):
     return result["classScores"], official.getScoreAverage(result["classScores"], official.args)
 
 
+# Each runs `crossregion COMMAND` on Cityscapes-layout data (CPU) and returns the exit status.
+# An option whose value is a command name goes in one word ("--id-type=train"): cli.py
+# attaches every command whose name is a word of argv.
+
+
+def _evaluate_predictions(root: Path, predictions: Path, output: Path, *extra: str) -> int:
+    return cli_main(["evaluate-predictions", "--dataset", "cityscapes", "--root", str(root),
+                     "--predictions", str(predictions), "--output", str(output), *extra])
+
+
+def _evaluate(checkpoint: Path, root: Path, output: Path, *extra: str) -> int:
+    return cli_main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "cityscapes", "--root", str(root),
+                     "--output", str(output), "--device", "cpu", *extra])
+
+
+def _predict(checkpoint: Path, images: Path, output: Path, *extra: str) -> int:
+    return cli_main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--output", str(output),
+                     "--device", "cpu", *extra])
+
+
 def test_agrees_with_cityscapes_scripts_on_random_label_id_predictions(tmp_path):
     root = write_cityscapes(tmp_path / "cs", splits=("val",), per_city=3, size=SIZE, seed=1)
     rng = np.random.default_rng(2)
@@ -123,21 +143,7 @@ def test_cli_writes_metrics_and_says_which_ids_it_assumed(tmp_path, capsys):
     _write_train_predictions(root, tmp_path / "pred")
     # pictures written by `crossregion predict` next to the IDs are skipped
     Image.new("RGB", (SIZE[1], SIZE[0])).save(tmp_path / "pred" / "aachen_000000_000000_color.png")
-    status = cli_main(
-        [
-            "evaluate-predictions",
-            "--dataset",
-            "cityscapes",
-            "--root",
-            str(root),
-            "--split",
-            "val",
-            "--predictions",
-            str(tmp_path / "pred"),
-            "--output",
-            str(tmp_path / "out"),
-        ]
-    )
+    status = _evaluate_predictions(root, tmp_path / "pred", tmp_path / "out", "--split", "val")
     assert status == 0
     assert "reading predictions as train IDs" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -170,21 +176,8 @@ def test_bad_prediction_folders_name_the_files(tmp_path, capsys, problem, messag
         Image.new("RGB", (SIZE[1], SIZE[0])).save(first)
     elif problem == "mismatch":
         write_label_png(first, np.full(SIZE, 26, dtype=np.uint8))  # car as a label ID
-    status = cli_main(
-        [
-            "evaluate-predictions",
-            "--dataset",
-            "cityscapes",
-            "--root",
-            str(root),
-            "--predictions",
-            str(predictions),
-            "--output",
-            str(tmp_path / "out"),
-            # "--id-type=train" in one word: cli.py attaches every command whose name is a word of argv
-            "--id-type=" + ("train" if problem == "mismatch" else "auto"),
-        ]
-    )
+    id_type = "train" if problem == "mismatch" else "auto"
+    status = _evaluate_predictions(root, predictions, tmp_path / "out", f"--id-type={id_type}")
     error = capsys.readouterr().err
     assert status == 2
     assert message in error
@@ -223,52 +216,14 @@ def test_evaluate_and_predict_agree_with_flip_and_multi_scale(tmp_path, capsys):
     root = write_cityscapes(tmp_path / "cs", splits=("val",), per_city=1, size=(16, 24), seed=5)
     checkpoint = _write_checkpoint(tmp_path / "official.pth", 19, official=True)
     inference = ["--flip", "--scales", "0.75,1.25"]
-    assert (
-        cli_main(
-            [
-                "evaluate",
-                "--checkpoint",
-                str(checkpoint),
-                "--dataset",
-                "cityscapes",
-                "--root",
-                str(root),
-                "--split",
-                "val",
-                "--output",
-                str(tmp_path / "eval"),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-                *inference,
-            ]
-        )
-        == 0
-    )
+    assert _evaluate(checkpoint, root, tmp_path / "eval", "--split", "val", "--workers", "0", *inference) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_classes"] == 19 and 0 <= metrics["miou"] <= 100
     assert metrics["settings"]["flip"] is True and metrics["settings"]["scales"] == [0.75, 1.25]
     assert metrics["settings"]["checkpoint_format"] == "official"
     assert "| road | sidewalk |" in (tmp_path / "eval" / "metrics.md").read_text()
 
-    assert (
-        cli_main(
-            [
-                "predict",
-                "--checkpoint",
-                str(checkpoint),
-                "--images",
-                str(root / "leftImg8bit" / "val"),
-                "--output",
-                str(tmp_path / "pred"),
-                "--device",
-                "cpu",
-                *inference,
-            ]
-        )
-        == 0
-    )
+    assert _predict(checkpoint, root / "leftImg8bit" / "val", tmp_path / "pred", *inference) == 0
     stem = "aachen_000000_000000_leftImg8bit"
     for kind, mode in (("trainIds", "L"), ("labelIds", "L"), ("color", "RGB"), ("overlay", "RGB")):
         with Image.open(tmp_path / "pred" / f"{stem}_{kind}.png") as written:
@@ -280,22 +235,7 @@ def test_evaluate_and_predict_agree_with_flip_and_multi_scale(tmp_path, capsys):
     np.testing.assert_array_equal(colour[0, 0], CITYSCAPES_19.palette[train_ids[0, 0]])
 
     # Scoring the written predictions reproduces evaluate's numbers: same inference, same protocol.
-    assert (
-        cli_main(
-            [
-                "evaluate-predictions",
-                "--dataset",
-                "cityscapes",
-                "--root",
-                str(root),
-                "--predictions",
-                str(tmp_path / "pred"),
-                "--output",
-                str(tmp_path / "scored"),
-            ]
-        )
-        == 0
-    )
+    assert _evaluate_predictions(root, tmp_path / "pred", tmp_path / "scored") == 0
     scored = json.loads((tmp_path / "scored" / "metrics.json").read_text())
     assert scored["per_class_iou"] == metrics["per_class_iou"]
 
@@ -324,39 +264,13 @@ def test_evaluate_16_class_model_with_sliding_window_reports_miou13(tmp_path):
 def test_evaluate_rejects_a_checkpoint_with_another_class_count(tmp_path, capsys):
     root = write_cityscapes(tmp_path / "cs", splits=("val",), size=(16, 24))
     checkpoint = _write_checkpoint(tmp_path / "official.pth", 19, official=True)
-    status = cli_main(
-        [
-            "evaluate",
-            "--checkpoint",
-            str(checkpoint),
-            "--dataset",
-            "cityscapes",
-            "--root",
-            str(root),
-            "--output",
-            str(tmp_path / "eval"),
-            "--num-classes",
-            "16",
-            "--device",
-            "cpu",
-        ]
-    )
+    status = _evaluate(checkpoint, root, tmp_path / "eval", "--num-classes", "16")
     assert status == 2
     assert "official.pth" in capsys.readouterr().err
 
 
 def test_predict_reports_missing_inputs(tmp_path, capsys):
     checkpoint = _write_checkpoint(tmp_path / "official.pth", 19, official=True)
-    status = cli_main(
-        [
-            "predict",
-            "--checkpoint",
-            str(checkpoint),
-            "--images",
-            str(tmp_path / "nope.png"),
-            "--output",
-            str(tmp_path / "out"),
-        ]
-    )
+    status = _predict(checkpoint, tmp_path / "nope.png", tmp_path / "out")
     assert status == 2
     assert "nope.png does not exist" in capsys.readouterr().err

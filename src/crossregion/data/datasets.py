@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import png
@@ -379,21 +379,11 @@ def load_id_map(path: str | Path, num_classes: int) -> dict[int, int]:
     return mapping
 
 
-def build_dataset(
-    name: str,
-    root: str | Path,
-    split: str = "train",
-    *,
-    num_classes: int = 19,
-    transform: Transform | None = None,
-    labelled: bool = True,
-    id_map: str | Path | None = None,
-) -> SegmentationDataset:
+def build_dataset(name: str, root: str | Path, split: str = "train", **options: Any) -> SegmentationDataset:
     """Builds a registered dataset (``gta5``, ``synthia``, ``synscapes``, ``cityscapes``, ``folder``).
 
-    See ``SegmentationDataset`` for the arguments.
+    ``root``, ``split`` and the keyword ``options`` (``num_classes``, ``transform``,
+    ``labelled``, ``id_map``) are ``SegmentationDataset``'s arguments, with its defaults.
     """
-    return DATASETS.get(name)(
-        root, split, num_classes=num_classes, transform=transform, labelled=labelled, id_map=id_map
-    )
+    return DATASETS.get(name)(root, split, **options)
 

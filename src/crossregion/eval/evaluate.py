@@ -20,8 +20,10 @@ from tqdm import tqdm
 
 from crossregion.data.datasets import DATASETS, SegmentationDataset, build_dataset
 from crossregion.data.transforms import eval_transform
-from crossregion.eval.inference import add_inference_arguments, inference_options, predict_probs
-from crossregion.eval.metrics import ConfusionMatrix, metrics_dict, summary_line, write_metrics
+from crossregion.eval.inference import (
+    add_checkpoint_arguments, add_inference_arguments, inference_options, predict_probs,
+)
+from crossregion.eval.metrics import ConfusionMatrix, metrics_dict, write_cli_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -106,18 +108,7 @@ def _rank_and_world_size() -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="a crossregion or official FADA/CRA checkpoint",
-    )
-    parser.add_argument(
-        "--format",
-        choices=("auto", "crossregion", "official"),
-        default="auto",
-        help="checkpoint format (default: detected from the file)",
-    )
+    add_checkpoint_arguments(parser)
     parser.add_argument(
         "--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root"
     )
@@ -164,17 +155,12 @@ def main(args: argparse.Namespace) -> int:
     metrics = evaluate_segmenter(
         segmenter, dataset, device=device, num_workers=args.workers, **options
     )
-    metrics["settings"] = {
-        "checkpoint": str(args.checkpoint),
-        "checkpoint_format": info["format"],
-        "backbone": info["backbone"],
-        "dataset": args.dataset,
-        "root": str(args.root),
-        "split": args.split,
-        **metrics["settings"],
-    }
-    json_path, markdown_path = write_metrics(metrics, args.output)
-    print(
-        f"{summary_line(metrics)} on {len(dataset)} images; wrote {json_path} and {markdown_path}"
+    write_cli_metrics(
+        metrics,
+        args,
+        len(dataset),
+        checkpoint=str(args.checkpoint),
+        checkpoint_format=info["format"],
+        backbone=info["backbone"],
     )
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,22 @@ def _crop_starts(length: int, crop: int, stride: int) -> list[int]:
     if starts[-1] + crop < length:
         starts.append(length - crop)
     return starts
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model options shared by ``evaluate`` and ``predict``: ``--checkpoint`` and its ``--format``."""
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a crossregion or official FADA/CRA checkpoint",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("auto", "crossregion", "official"),
+        default="auto",
+        help="checkpoint format (default: detected from the file)",
+    )
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,9 @@ from tqdm import tqdm
 from crossregion.data.datasets import IMAGE_SUFFIXES
 from crossregion.data.labels import label_set_for
 from crossregion.data.transforms import eval_transform
-from crossregion.eval.inference import add_inference_arguments, inference_options, predict_probs
+from crossregion.eval.inference import (
+    add_checkpoint_arguments, add_inference_arguments, inference_options, predict_probs,
+)
 from crossregion.eval.visualize import colorize, overlay, save_png
 
 logger = logging.getLogger(__name__)
@@ -92,18 +94,7 @@ def predict_image(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="a crossregion or official FADA/CRA checkpoint",
-    )
-    parser.add_argument(
-        "--format",
-        choices=("auto", "crossregion", "official"),
-        default="auto",
-        help="checkpoint format (default: detected from the file)",
-    )
+    add_checkpoint_arguments(parser)
     parser.add_argument(
         "--images",
         type=Path,

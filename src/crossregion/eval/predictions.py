@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from crossregion.data.datasets import DATASETS, SegmentationDataset, build_dataset
 from crossregion.data.labels import CITYSCAPES_LABELS, IGNORE_INDEX
-from crossregion.eval.metrics import ConfusionMatrix, metrics_dict, summary_line, write_metrics
+from crossregion.eval.metrics import ConfusionMatrix, metrics_dict, write_cli_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -295,14 +295,5 @@ def main(args: argparse.Namespace) -> int:
     dataset = build_dataset(args.dataset, args.root, args.split, num_classes=args.num_classes)
     metrics, decision = evaluate_predictions(dataset, args.predictions, id_type=args.id_type)
     print(f"reading predictions as {decision.id_type} IDs: {decision.reason}")
-    metrics["settings"] = {
-        "dataset": args.dataset,
-        "root": str(args.root),
-        "split": args.split,
-        **metrics["settings"],
-    }
-    json_path, markdown_path = write_metrics(metrics, args.output)
-    print(
-        f"{summary_line(metrics)} on {len(dataset)} images; wrote {json_path} and {markdown_path}"
-    )
+    write_cli_metrics(metrics, args, len(dataset))
     return 0

@@ -59,14 +59,13 @@ class EntropyMin(RegionMethod):
 
     config_class = EntropyMinConfig
 
-    def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
-    ) -> dict[str, torch.Tensor]:
-        target = batches["target"]
+    def target_losses(
+        self, segmenter: nn.Module, target: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         trusted, untrusted = self.region_masks(target)
-        logits = upsample_logits(models["segmenter"](target["image"])["logits"], tuple(target["pseudo_mask"].shape[-2:]))
+        logits = upsample_logits(segmenter(target["image"])["logits"], tuple(target["pseudo_mask"].shape[-2:]))
         loss_seg = trusted_cross_entropy(logits, target["pseudo_mask"], trusted, self.cfg.seg_temperature)
         loss_entropy = masked_entropy_loss(logits, untrusted)
-        ctx.backward(loss_seg + self.cfg.entropy_weight * loss_entropy)
-        ctx.step("segmenter")
-        return {"loss/seg_trusted": loss_seg.detach(), "loss/ent_untrusted": loss_entropy.detach()}
+        return loss_seg + self.cfg.entropy_weight * loss_entropy, {
+            "loss/seg_trusted": loss_seg, "loss/ent_untrusted": loss_entropy,
+        }

@@ -30,13 +30,10 @@ class PseudoLabelOnly(RegionMethod):
 
     config_class = PseudoLabelOnlyConfig
 
-    def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
-    ) -> dict[str, torch.Tensor]:
-        target = batches["target"]
+    def target_losses(
+        self, segmenter: nn.Module, target: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         trusted, _ = self.region_masks(target)
-        logits = upsample_logits(models["segmenter"](target["image"])["logits"], tuple(target["pseudo_mask"].shape[-2:]))
+        logits = upsample_logits(segmenter(target["image"])["logits"], tuple(target["pseudo_mask"].shape[-2:]))
         loss_seg = trusted_cross_entropy(logits, target["pseudo_mask"], trusted, self.cfg.seg_temperature)
-        ctx.backward(loss_seg)
-        ctx.step("segmenter")
-        return {"loss/seg_trusted": loss_seg.detach()}
+        return loss_seg, {"loss/seg_trusted": loss_seg}

@@ -32,13 +32,10 @@ class SelfDistill(PseudoLabelMethod):
 
     config_class = SelfDistillConfig
 
-    def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
-    ) -> dict[str, torch.Tensor]:
-        target = batches["target"]
-        logits = models["segmenter"](target["image"])["logits"]
+    def target_losses(
+        self, segmenter: nn.Module, target: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = segmenter(target["image"])["logits"]
         # Pseudo label 255 only where a crop was padded.
         loss_seg = segmentation_cross_entropy(logits, target["pseudo_mask"])
-        ctx.backward(loss_seg)
-        ctx.step("segmenter")
-        return {"loss/seg_pseudo": loss_seg.detach()}
+        return loss_seg, {"loss/seg_pseudo": loss_seg}

@@ -3,7 +3,8 @@ the trusted/untrusted region masks and the self-training loss.
 
 - ``PseudoLabelMethod``: trains on target train joined with a pseudo-label store
   (``method.pseudo_label_store``), which it validates before training (class count, dataset,
-  split, images). Self-distillation is one.
+  split, images). Its default step is one phase: a method's ``target_losses`` on the target
+  batch, one SGD step of the segmenter. Self-distillation is one.
 - ``RegionMethod``: adds the split into trusted and untrusted pixels (spec §1.4–§1.5):
   ẽ = e · r[ŷ] with rare-class factors r from the store's class counts, trusted iff ẽ ≤ λ,
   untrusted iff ẽ > λ, padded pixels in neither region. CRA, pseudo-label-only and entropy
@@ -129,6 +130,25 @@ class PseudoLabelMethod(Method):
 
         images = build_dataset(spec.name, spec.root, spec.split, num_classes=num_classes, labelled=False)
         return PseudoLabelledDataset(images, self.store, build_train_transform(spec))
+
+    def training_step(
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+    ) -> dict[str, torch.Tensor]:
+        """One phase: backpropagate ``target_losses``' total, one SGD step of the segmenter.
+
+        Returns:
+            ``target_losses``' named terms, detached.
+        """
+        total, terms = self.target_losses(models["segmenter"], batches["target"])
+        ctx.backward(total)
+        ctx.step("segmenter")
+        return {name: value.detach() for name, value in terms.items()}
+
+    def target_losses(
+        self, segmenter: nn.Module, target: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise on a target batch and its named terms (``loss/<what>``) to log."""
+        raise NotImplementedError(f"{type(self).__name__} must implement target_losses (or training_step)")
 
 
 class RegionMethod(PseudoLabelMethod):
