@@ -1,9 +1,9 @@
 """Domain gap of the synthetic benchmark: source-only, target oracle and each CDA method over seeds.
 
 Trains the demo model with the demo pipeline's stage presets (`configs/pipelines/demo.yaml`) on
-the demo's benchmark: source-only, the oracle (target labels, a reference only), and each CDA
-method (AdaptSegNet, ADVENT, MinEnt, FADA) started from that seed's source-only model; also the
-no-training baseline "source-only + target BatchNorm statistics". Each (seed, model) is a cached
+the demo's benchmark: source-only, the oracle (demo_oracle: the source stage on target labels, a
+reference only), and each CDA method (AdaptSegNet, ADVENT, MinEnt, FADA) started from that seed's
+source-only model; also the no-training baseline "source-only + target BatchNorm statistics". Each (seed, model) is a cached
 pipeline stage under ``OUTPUT/seed<N>/``, so an interrupted run resumes where it stopped (a stage
 killed mid-way resumes from its last checkpoint) and a finished one only re-reads its results.
 
@@ -36,6 +36,9 @@ from crossregion.pipeline import PipelineConfig, StageSpec, Stages, load_pipelin
 from crossregion.pipeline import resolve_training_config
 
 CDA_METHODS = ("adaptsegnet", "advent", "minent", "fada")
+# The demo pipeline leaves the oracle out for time; here it is this preset with the source stage's
+# overrides, so it gets exactly the source-only budget.
+ORACLE_PRESET = "demo_oracle"
 # issue 4 item 7: below this the benchmark has no gap worth closing.
 REQUIRED_GAP = 15.0
 QUICK_SYNTH = {"source_images": 12, "target_train_images": 6, "target_val_images": 4, "height": 48, "width": 96,
@@ -193,9 +196,10 @@ def main() -> int:
     cfg = load_pipeline_config("demo", [f"dataset_roots={{gta5: {data_dir / 'gta5'}, cityscapes: "
                                         f"{data_dir / 'cityscapes'}}}", f"target.root={data_dir / 'cityscapes'}"])
     missing = [method for method in CDA_METHODS if method not in cfg.cda]
-    if missing or cfg.oracle is None:
-        raise ValueError(f"the demo pipeline preset lacks cda stages {missing} or an oracle stage; "
-                         "bench/domain_gap.py trains every stage it names")
+    if missing:
+        raise ValueError(f"the demo pipeline preset lacks cda stages {missing}; bench/domain_gap.py trains "
+                         f"every CDA method in {CDA_METHODS}")
+    cfg = dataclasses.replace(cfg, oracle=StageSpec(ORACLE_PRESET, cfg.source.overrides))
     if args.quick:
         cfg = dataclasses.replace(cfg, source=quick_stage(cfg.source), oracle=quick_stage(cfg.oracle),
                                   cda={name: quick_stage(spec) for name, spec in cfg.cda.items()})
