@@ -116,7 +116,6 @@ def run_seed(output: Path, cfg: PipelineConfig, seed: int) -> dict:
     """All models of one training seed; returns {model: {miou, command}}."""
     cfg = dataclasses.replace(cfg, common_overrides=(*cfg.common_overrides, f"engine.seed={seed}"))
     stages = Stages(output / f"seed{seed}")
-    torch.set_grad_enabled(True)
     source = train_stage(stages, cfg, "source_only", cfg.source, {})
     rows = {"source_only": source.outputs, "oracle": train_stage(stages, cfg, "oracle", cfg.oracle, {}).outputs}
     rows["source_only_bn_target"] = bn_target_stage(stages, cfg, "source_only_bn_target", source)
