@@ -77,7 +77,7 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, benchmark):
 
     # A changed CRA override reruns CRA and what reads it; the stages before it are kept.
     changed_cfg = load_pipeline_config(
-        str(config_path), ["cra.overrides=[model.init_checkpoint=$cda_checkpoint, optim.lr=0.001]"]
+        str(config_path), ["cra.overrides=[model.init_checkpoint=$cda_checkpoint, optim.lr=0.0123]"]
     )
     changed = run_pipeline(changed_cfg, output)
     rerun = {name for name, stage in changed["stages"].items() if not stage["skipped"]}
