@@ -3,13 +3,16 @@
 Runs the ``demo`` pipeline preset with every CDA method (FADA, ADVENT, AdaptSegNet) and both
 Table-3 baselines, once per training seed (``engine.seed``; the benchmark data are the demo's,
 fixed), into ``OUTPUT/seed<N>``. Each seed's stages are cached, so an interrupted run resumes
-where it stopped and a finished one only re-reads its results. Then reports mean ± sample std
+where it stopped and a finished one only re-reads its results. ``bench/domain_gap.py`` trains
+the source and CDA stages under the same names and configs, so pointed at its output folder
+this benchmark reuses those models and trains only pseudo labels, CRA and the baselines. Then reports mean ± sample std
 over the seeds of: source-only, oracle, each CDA model, the no-training baseline (target
 BatchNorm statistics), +CRA and Δ (Table 1), pseudo-label only, entropy minimisation and CRA
 (Table 3), and the paper's premises (trusted-pixel precision, untrusted share, share of the
 errors inside the untrusted region before and after CRA).
 
-    python bench/accuracy.py --output runs/bench_accuracy          # ~35 min on 2 idle cores
+    python bench/accuracy.py --output runs/bench_domain_gap        # after bench/domain_gap.py: ~20 min
+    python bench/accuracy.py --output runs/bench_accuracy          # on its own: ~55 min on 2 idle cores
     python bench/accuracy.py --output /tmp/acc --seeds 0 --quick   # smoke: tiny sizes, ~2 min
 
 Writes ``OUTPUT/accuracy.md`` and ``accuracy.json``; the last line is the headline

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-from crossregion.config.io import config_from_dict
 from crossregion.demo import SYNTH_ARGUMENTS, ensure_benchmark
-from crossregion.pipeline import PipelineConfig, StageSpec, Stages, load_pipeline_config, reestimate_batchnorm
+from crossregion.pipeline import PipelineConfig, StageRecord, StageSpec, Stages, load_pipeline_config
+from crossregion.pipeline import bn_target_stage
+from crossregion.pipeline import training_stage as pipeline_training_stage
 from crossregion.pipeline import resolve_training_config
 
 CDA_METHODS = ("adaptsegnet", "advent", "minent", "fada")
@@ -64,64 +65,29 @@ def command_line(cfg: PipelineConfig, spec: StageSpec, folder: Path, placeholder
     return f"crossregion train --config {spec.preset} --output {folder} {quoted}"
 
 
-def evaluate(cfg: PipelineConfig, segmenter: torch.nn.Module, num_classes: int, out_dir: Path) -> dict:
-    """Target-val mIoU (%) at the pipeline's inference size."""
-    from crossregion.data.datasets import build_dataset
-    from crossregion.eval.evaluate import evaluate_segmenter
-    from crossregion.eval.metrics import write_metrics
-
-    dataset = build_dataset(cfg.target.name, cfg.target.root, cfg.target.val_split, num_classes=num_classes,
-                            labelled=True)
-    metrics = evaluate_segmenter(segmenter, dataset, input_size=cfg.target.input_size, device=torch.device("cpu"),
-                                 progress=False)
-    write_metrics(metrics, out_dir)
-    return {"miou": metrics["miou"]}
-
-
-def train_stage(stages: Stages, cfg: PipelineConfig, name: str, spec: StageSpec, placeholders: dict[str, str]):
-    """Train (or reuse) one model and evaluate it; the stage hash covers its resolved config."""
-    from crossregion.engine.launch import train
-    from crossregion.models.checkpoint_io import load_segmenter
-
-    resolved = resolve_training_config(cfg, spec, placeholders)
-
-    def work(folder: Path) -> dict:
-        checkpoint = train(config_from_dict(resolved, source=name), folder, resume=True)
-        segmenter, info = load_segmenter(checkpoint, device=torch.device("cpu"))
-        return {"checkpoint": str(checkpoint), **evaluate(cfg, segmenter, info["num_classes"], folder / "eval")}
-
-    payload = {"kind": "train", "config": resolved, "target": dataclasses.asdict(cfg.target)}
-    record = stages.run(name, payload, work)
+def train_stage(stages: Stages, cfg: PipelineConfig, name: str, spec: StageSpec, placeholders: dict[str, str],
+                upstream: list) -> StageRecord:
+    """Train (or reuse) one model as the pipeline does; adds the equivalent command line."""
+    record = pipeline_training_stage(stages, cfg, name, spec, placeholders, upstream)
     record.outputs["command"] = command_line(cfg, spec, record.folder, placeholders)
     return record
 
 
-def bn_target_stage(stages: Stages, cfg: PipelineConfig, name: str, model) -> dict:
-    """The model with BatchNorm statistics re-estimated on target-train images; no training."""
-    from crossregion.data.datasets import build_dataset
-    from crossregion.models.checkpoint_io import load_segmenter
-
-    def work(folder: Path) -> dict:
-        segmenter, info = load_segmenter(model.outputs["checkpoint"], device=torch.device("cpu"))
-        images = build_dataset(cfg.target.name, cfg.target.root, cfg.target.train_split,
-                               num_classes=info["num_classes"], labelled=False)
-        if not reestimate_batchnorm(segmenter, images, torch.device("cpu")):
-            return {"miou": None}
-        return evaluate(cfg, segmenter, info["num_classes"], folder / "eval")
-
-    return stages.run(name, {"kind": "bn_target", "upstream": [model.hash]}, work).outputs
-
-
 def run_seed(output: Path, cfg: PipelineConfig, seed: int) -> dict:
-    """All models of one training seed; returns {model: {miou, command}}."""
+    """All models of one training seed; returns {model: {miou, command}}.
+
+    Stage names, payloads and wiring are the pipeline's own (``00_source``, ``01_cda_<m>``), so
+    ``bench/accuracy.py`` pointed at the same output folder reuses these models instead of
+    training them again.
+    """
     cfg = dataclasses.replace(cfg, common_overrides=(*cfg.common_overrides, f"engine.seed={seed}"))
     stages = Stages(output / f"seed{seed}")
-    source = train_stage(stages, cfg, "source_only", cfg.source, {})
-    rows = {"source_only": source.outputs, "oracle": train_stage(stages, cfg, "oracle", cfg.oracle, {}).outputs}
-    rows["source_only_bn_target"] = bn_target_stage(stages, cfg, "source_only_bn_target", source)
+    source = train_stage(stages, cfg, "00_source", cfg.source, {}, [])
+    rows = {"source_only": source.outputs, "oracle": train_stage(stages, cfg, "00_oracle", cfg.oracle, {}, []).outputs}
+    rows["source_only_bn_target"] = bn_target_stage(stages, cfg, "00_bn_target_source", source).outputs
     for method in CDA_METHODS:
-        rows[method] = train_stage(stages, cfg, method, cfg.cda[method],
-                                   {"source_checkpoint": source.outputs["checkpoint"]}).outputs
+        rows[method] = train_stage(stages, cfg, f"01_cda_{method}", cfg.cda[method],
+                                   {"source_checkpoint": source.outputs["checkpoint"]}, [source]).outputs
     return rows
 
 

@@ -254,7 +254,7 @@ def resolve_training_config(cfg: PipelineConfig, spec: StageSpec, placeholders: 
     return config_to_dict(config_from_dict(data, source=str(find_preset(spec.preset))))
 
 
-def _training_stage(stages: Stages, cfg: PipelineConfig, name: str, spec: StageSpec,
+def training_stage(stages: Stages, cfg: PipelineConfig, name: str, spec: StageSpec,
                     placeholders: dict[str, str], upstream: list[StageRecord]) -> StageRecord:
     from crossregion.engine.launch import train
 
@@ -290,7 +290,7 @@ def _pseudo_label_stage(stages: Stages, cfg: PipelineConfig, name: str, model: S
     return stages.run(name, payload, work)
 
 
-def _bn_target_stage(stages: Stages, cfg: PipelineConfig, name: str, model: StageRecord) -> StageRecord:
+def bn_target_stage(stages: Stages, cfg: PipelineConfig, name: str, model: StageRecord) -> StageRecord:
     def work(folder: Path) -> dict[str, Any]:
         from crossregion.models.checkpoint_io import load_segmenter
 
@@ -483,10 +483,10 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     (output / "pipeline.yaml").write_text(yaml.safe_dump(_plain(dataclasses.asdict(cfg)), sort_keys=False))
     stages = Stages(output)
-    source = _training_stage(stages, cfg, "00_source", cfg.source, {}, [])
+    source = training_stage(stages, cfg, "00_source", cfg.source, {}, [])
     results: dict[str, Any] = {"source_only": source.outputs["miou"], "oracle": None, "methods": {}}
     if cfg.oracle is not None:
-        results["oracle"] = _training_stage(stages, cfg, "00_oracle", cfg.oracle, {}, []).outputs["miou"]
+        results["oracle"] = training_stage(stages, cfg, "00_oracle", cfg.oracle, {}, []).outputs["miou"]
     for method in cfg.cda_methods:
         results["methods"][method] = _run_method(stages, cfg, method, source, output)
     results["stages"] = {name: {"folder": str(r.folder), "hash": r.hash, "skipped": r.skipped}
@@ -497,12 +497,12 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path) -> dict[str, Any]:
 
 
 def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageRecord, output: Path) -> dict[str, Any]:
-    cda = _training_stage(stages, cfg, f"01_cda_{method}", cfg.cda[method],
+    cda = training_stage(stages, cfg, f"01_cda_{method}", cfg.cda[method],
                           {"source_checkpoint": source.outputs["checkpoint"]}, [source])
-    bn_target = _bn_target_stage(stages, cfg, f"01_bn_target_{method}", cda)
+    bn_target = bn_target_stage(stages, cfg, f"01_bn_target_{method}", cda)
     pseudo = _pseudo_label_stage(stages, cfg, f"02_pseudo_{method}", cda)
     wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
-    cra = _training_stage(stages, cfg, f"03_cra_{method}", cfg.cra, wiring, [cda, pseudo])
+    cra = training_stage(stages, cfg, f"03_cra_{method}", cfg.cra, wiring, [cda, pseudo])
     row: dict[str, Any] = {
         "cda": cda.outputs["miou"],
         "bn_target": bn_target.outputs["miou"],
@@ -518,11 +518,11 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
     )
     row["error_share_untrusted_cra"] = analysis.outputs["error_share_untrusted"]
     for baseline, spec in cfg.baselines.items():
-        record = _training_stage(stages, cfg, f"03_{baseline}_{method}", spec, wiring, [cda, pseudo])
+        record = training_stage(stages, cfg, f"03_{baseline}_{method}", spec, wiring, [cda, pseudo])
         row[baseline] = record.outputs["miou"]
     if cfg.self_distill is not None:
         cra_pseudo = _pseudo_label_stage(stages, cfg, f"04_pseudo_cra_{method}", cra)
-        distilled = _training_stage(
+        distilled = training_stage(
             stages, cfg, f"05_self_distill_{method}", cfg.self_distill,
             {"cra_checkpoint": cra.outputs["checkpoint"], "pseudo_labels": cra_pseudo.outputs["store"]},
             [cra, cra_pseudo],
