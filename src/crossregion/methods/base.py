@@ -5,7 +5,7 @@ of the method's ``required_batches`` (names of ``DataConfig`` fields: ``source``
 source, ``target`` = unlabelled target train) and calls ``training_step(models, batches, ctx)``.
 The step decides the order of forward passes, ``ctx.backward(loss)`` and ``ctx.step(name)``
 (adversarial methods need that control) and returns detached loss tensors under stable keys
-such as ``loss/seg_src``. A step never calls ``.item()``/``.cpu()``: the trainer syncs at its log
+such as ``loss/seg_src``. A step never copies a tensor to the host: the trainer syncs at its log
 period.
 
 Adding a method = one file here with a ``MethodConfig`` subclass and a ``Method`` subclass
