@@ -29,13 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-from crossregion.demo import SYNTH_ARGUMENTS, ensure_benchmark
-from crossregion.pipeline import BASELINE_TITLES, StageSpec, load_pipeline_config, run_pipeline
+from crossregion.demo import QUICK_SYNTH_ARGUMENTS, SYNTH_ARGUMENTS, demo_pipeline_config, ensure_benchmark
+from crossregion.pipeline import BASELINE_TITLES, StageSpec, run_pipeline
 
 CDA_METHODS = ("fada", "advent", "adaptsegnet")
 # --quick: every training stage 2 iterations at 32x64 on a 12/6/4-image benchmark.
-QUICK_SYNTH = {"source_images": 12, "target_train_images": 6, "target_val_images": 4, "height": 48, "width": 96,
-               "seed": 0}
 QUICK_TRAINING = ("optim.max_iters=2", "optim.stop_iter=2", "data.batch_size=2")
 ROW_KEYS = ("cda", "bn_target", "cra", *BASELINE_TITLES, "trusted_fraction", "trusted_precision", "untrusted_share",
             "pseudo_label_accuracy", "error_share_untrusted_cda", "error_share_untrusted_cra")
@@ -50,9 +48,7 @@ def quick_stage(spec: StageSpec) -> StageSpec:
 
 
 def run_seed(output: Path, data_dir: Path, seed: int, quick: bool) -> dict:
-    roots = [f"dataset_roots={{gta5: {data_dir / 'gta5'}, cityscapes: {data_dir / 'cityscapes'}}}",
-             f"target.root={data_dir / 'cityscapes'}"]
-    cfg = load_pipeline_config("demo", roots)
+    cfg = demo_pipeline_config(data_dir)
     missing = [name for name in BASELINE_TITLES if name not in cfg.baselines]
     if missing:
         raise ValueError(f"the demo pipeline has no baseline stage {missing}; the Table-3 analog needs both")
@@ -60,7 +56,7 @@ def run_seed(output: Path, data_dir: Path, seed: int, quick: bool) -> dict:
                               common_overrides=(*cfg.common_overrides, f"engine.seed={seed}"))
     if quick:
         cfg = dataclasses.replace(
-            cfg, source=quick_stage(cfg.source), oracle=quick_stage(cfg.oracle), cra=quick_stage(cfg.cra),
+            cfg, source=quick_stage(cfg.source), oracle=cfg.oracle and quick_stage(cfg.oracle), cra=quick_stage(cfg.cra),
             cda={name: quick_stage(spec) for name, spec in cfg.cda.items()},
             baselines={name: quick_stage(spec) for name, spec in cfg.baselines.items()}, panel_images=1,
         )
@@ -129,19 +125,13 @@ def main() -> int:
     args = parser.parse_args()
     start = time.perf_counter()
     data_dir = args.output / "data"
-    if args.quick:
-        from crossregion.data.synth import generate_benchmark
-
-        if not (data_dir / "synth.json").exists():
-            generate_benchmark(data_dir, **QUICK_SYNTH)
-    else:
-        ensure_benchmark(data_dir)
+    ensure_benchmark(data_dir, QUICK_SYNTH_ARGUMENTS if args.quick else SYNTH_ARGUMENTS)
     runs = [run_seed(args.output, data_dir, seed, args.quick) for seed in args.seeds]
     summary = summarize(runs)
     text = markdown(summary)
     (args.output / "accuracy.md").write_text(text)
     (args.output / "accuracy.json").write_text(json.dumps(
-        {"summary": summary, "runs": runs, "synth": QUICK_SYNTH if args.quick else SYNTH_ARGUMENTS}, indent=2) + "\n")
+        {"summary": summary, "runs": runs, "synth": QUICK_SYNTH_ARGUMENTS if args.quick else SYNTH_ARGUMENTS}, indent=2) + "\n")
     print(text)
     print(f"wall time {time.perf_counter() - start:.0f} s")
     deltas = {name: s["delta"] for name, s in summary["methods"].items()}

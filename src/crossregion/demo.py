@@ -20,6 +20,9 @@ PRESET = "demo"
 # The benchmark the demo preset is sized for; part of the demo's definition, not an option.
 SYNTH_ARGUMENTS = {"source_images": 400, "target_train_images": 200, "target_val_images": 100,
                    "height": 128, "width": 256, "seed": 0}
+# The tiny benchmark of the benchmarks' ``--quick`` smoke runs.
+QUICK_SYNTH_ARGUMENTS = {"source_images": 12, "target_train_images": 6, "target_val_images": 4,
+                         "height": 48, "width": 96, "seed": 0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,30 +32,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pipeline overrides, e.g. cda_methods=[fada,advent] (changes the time it takes)")
 
 
-def ensure_benchmark(data_dir: Path) -> None:
+def ensure_benchmark(data_dir: Path, arguments: dict[str, int] = SYNTH_ARGUMENTS) -> None:
     """Generate the synthetic benchmark into ``data_dir`` unless it is there with the same arguments."""
     from crossregion.data.synth import generate_benchmark
 
     summary_path = data_dir / "synth.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        if all(summary.get(key) == value for key, value in SYNTH_ARGUMENTS.items()):
+        if all(summary.get(key) == value for key, value in arguments.items()):
             logger.info("synthetic benchmark in %s is up to date", data_dir)
             return
     logger.info("generating the synthetic benchmark in %s", data_dir)
-    generate_benchmark(data_dir, **SYNTH_ARGUMENTS)
+    generate_benchmark(data_dir, **arguments)
+
+
+def demo_pipeline_config(data_dir: Path, overrides: list[str] | tuple[str, ...] = ()):
+    """The ``demo`` pipeline preset pointed at the synthetic benchmark in ``data_dir``."""
+    from crossregion.pipeline import load_pipeline_config
+
+    roots = [f"dataset_roots={{gta5: {data_dir / 'gta5'}, cityscapes: {data_dir / 'cityscapes'}}}",
+             f"target.root={data_dir / 'cityscapes'}"]
+    return load_pipeline_config(PRESET, [*roots, *overrides])
 
 
 def main(args: argparse.Namespace) -> int:
-    from crossregion.pipeline import load_pipeline_config, run_pipeline
+    from crossregion.pipeline import run_pipeline
 
     start = time.perf_counter()
     data_dir = args.output / "data"
     ensure_benchmark(data_dir)
-    roots = [f"dataset_roots={{gta5: {data_dir / 'gta5'}, cityscapes: {data_dir / 'cityscapes'}}}",
-             f"target.root={data_dir / 'cityscapes'}"]
-    cfg = load_pipeline_config(PRESET, [*roots, *args.overrides])
-    run_pipeline(cfg, args.output)
+    run_pipeline(demo_pipeline_config(data_dir, args.overrides), args.output)
     print((args.output / "results.md").read_text())
     print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {args.output / 'results.md'}")
     return 0
