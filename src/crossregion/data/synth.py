@@ -43,7 +43,7 @@ from crossregion.data.labels import CITYSCAPES_LABELS
 logger = logging.getLogger(__name__)
 
 # Bump when the rendering changes, so stale benchmarks can be told apart (written to synth.json).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SOURCE_LAYOUTS = ("gta5", "synthia")
 # Fictional cities; train and val cities are disjoint, as in Cityscapes.
@@ -65,6 +65,19 @@ CITYSCAPES_ID_TO_SYNTHIA_ID = {
     ID["truck"]: 18, ID["bus"]: 19, ID["train"]: 20, ID["motorcycle"]: 12, ID["bicycle"]: 11,
     ID["parking"]: 13,
 }
+
+# Thin objects are drawn wider than life and no farther than OBJECT_FAR_Z, so that each of the
+# 19 classes covers whole cells of a stride-8 segmenter at the benchmark's 96x192 to 128x256
+# (life-size poles and signs are narrower than one output cell: unlearnable, so they would only
+# pull the oracle and every method's mIoU down without telling them apart).
+POLE_HALF_WIDTH = (0.16, 0.26)
+SIGN_RADIUS = 0.6
+LIGHT_SIZE = (0.55, 1.4)  # width, height (metres)
+FIGURE_WIDTH = 1.6  # persons and riders: width multiplier at life height
+TWO_WHEELER_SCALE = 1.4
+OBJECT_FAR_Z = 28.0
+
+OVERCAST_SKY = (205, 210, 215)
 
 # Nearest depth (metres) anything is drawn at; ground strips start here.
 NEAR_Z = 0.8
@@ -101,6 +114,8 @@ class DomainStyle:
     vehicle_colours: tuple[Rgb, ...]
     photographic: bool
     ego_vehicle: bool
+    haze: tuple[float, float] = (0.0, 0.0)  # photographed only: per-image haze strength at the horizon
+    overcast: tuple[float, float] = (0.0, 0.0)  # per-image blend of the sky toward OVERCAST_SKY
 
 
 SOURCE_STYLE = DomainStyle(
@@ -111,15 +126,15 @@ SOURCE_STYLE = DomainStyle(
     road_half_width=(4.0, 7.5),
     sidewalk_width=(3.0, 5.5),
     segment_kinds=("building", "greenery", "wall", "fence", "open"),
-    segment_probs=(0.45, 0.17, 0.13, 0.10, 0.15),
+    segment_probs=(0.38, 0.20, 0.15, 0.15, 0.12),
     building_height=(6.0, 24.0),
     trees=4.0,
     cars=4.0,
-    trucks=0.8,
-    buses=0.35,
-    train_prob=0.15,
+    trucks=1.2,
+    buses=0.8,
+    train_prob=0.35,
     persons=3.0,
-    two_wheelers=0.8,
+    two_wheelers=1.6,
     poles=5.0,
     palette={
         "road": (78, 74, 96), "sidewalk": (214, 170, 118), "building": (176, 84, 64),
@@ -132,11 +147,34 @@ SOURCE_STYLE = DomainStyle(
         "lane": (250, 250, 250), "curb": (240, 240, 240), "dark": (20, 20, 25),
         "skin": (230, 180, 140), "void": (120, 40, 160), "rail": (110, 70, 40),
     },
-    palette_jitter=6.0,
+    # Domain randomisation, as a renderer with varied materials and weather gives: every image
+    # draws its own palette around the base colours and its own sky from blue to overcast, so a
+    # model trained on the source cannot key on one exact colour per class.
+    palette_jitter=24.0,
     vehicle_colours=((30, 60, 220), (20, 140, 230), (60, 40, 200), (10, 90, 180)),
     photographic=False,
     ego_vehicle=False,
+    overcast=(0.0, 0.9),
 )
+
+def _photographed_palette(palette: dict[str, Rgb]) -> dict[str, Rgb]:
+    """The target's palette: the source's hues at a third of their saturation, contrast compressed.
+
+    Classes keep their hue order (so shape, context and a faint colour cue carry over), but
+    road/sidewalk, building/wall/fence, vegetation/terrain and the vehicles move close together,
+    as real photographs are greyer than renderings. Sky, lane marks and glass get real-world
+    colours instead.
+    """
+    muted = {}
+    for name, colour in palette.items():
+        rgb = np.asarray(colour, dtype=np.float64)
+        luma = float(rgb @ (0.299, 0.587, 0.114))
+        grey = 118.0 + 0.6 * (luma - 118.0)
+        muted[name] = tuple(int(round(grey + (c - luma) * 0.35)) for c in rgb)
+    muted.update({"sky": (200, 208, 215), "lane": (200, 200, 196), "curb": (170, 166, 160),
+                  "window": (70, 76, 84), "dark": (35, 35, 38), "skin": (190, 160, 140)})
+    return muted
+
 
 TARGET_STYLE = DomainStyle(
     name="target",
@@ -146,32 +184,23 @@ TARGET_STYLE = DomainStyle(
     road_half_width=(3.5, 6.0),
     sidewalk_width=(2.5, 4.5),
     segment_kinds=("building", "greenery", "wall", "fence", "open"),
-    segment_probs=(0.50, 0.26, 0.08, 0.08, 0.08),
+    segment_probs=(0.42, 0.26, 0.12, 0.12, 0.08),
     building_height=(10.0, 30.0),
     trees=9.0,
     cars=6.0,
-    trucks=0.4,
-    buses=0.35,
-    train_prob=0.1,
+    trucks=1.0,
+    buses=0.8,
+    train_prob=0.3,
     persons=5.0,
-    two_wheelers=1.2,
+    two_wheelers=1.6,
     poles=7.0,
-    palette={
-        "road": (112, 110, 112), "sidewalk": (138, 132, 126), "building": (132, 124, 116),
-        "wall": (142, 134, 122), "fence": (122, 116, 106), "pole": (100, 100, 96),
-        "traffic light": (60, 60, 52), "traffic sign": (180, 170, 70),
-        "vegetation": (80, 102, 56), "terrain": (104, 116, 72), "sky": (200, 208, 215),
-        "person": (70, 60, 70), "rider": (80, 70, 80), "car": (90, 96, 104),
-        "truck": (110, 112, 116), "bus": (120, 124, 126), "train": (130, 130, 120),
-        "motorcycle": (60, 60, 64), "bicycle": (70, 66, 60), "window": (70, 76, 84),
-        "lane": (200, 200, 196), "curb": (170, 166, 160), "dark": (35, 35, 38),
-        "skin": (190, 160, 140), "void": (90, 86, 80), "rail": (95, 90, 84),
-    },
+    palette=_photographed_palette(SOURCE_STYLE.palette),
     palette_jitter=14.0,
     vehicle_colours=((90, 96, 104), (150, 150, 150), (40, 42, 48), (120, 40, 40),
                      (200, 200, 205), (60, 70, 90)),
     photographic=True,
     ego_vehicle=True,
+    haze=(0.0, 0.6),
 )
 
 DOMAIN_CODES = {"source": 0, "target": 1}
@@ -298,6 +327,9 @@ class _SceneRenderer:
             name: tuple(int(np.clip(c + rng.normal(0, jitter), 0, 255)) for c in rgb)
             for name, rgb in style.palette.items()
         }
+        overcast = rng.uniform(*style.overcast)
+        self.colours["sky"] = tuple(int(round((1 - overcast) * c + overcast * o))
+                                    for c, o in zip(self.colours["sky"], OVERCAST_SKY))
         camera = _Camera(
             focal=width * rng.uniform(*style.focal),
             centre_x=width * rng.uniform(0.42, 0.58),
@@ -462,7 +494,7 @@ class _SceneRenderer:
     def _barrier_drawer(self, kind: str, x: float, z0: float, z1: float):
         """A wall (solid, 0.8–2.5 m) or a fence (posts and rails, 1–2 m), both lower than buildings."""
         c = self.canvas
-        top = self.rng.uniform(0.8, 2.5) if kind == "wall" else self.rng.uniform(1.0, 2.0)
+        top = self.rng.uniform(1.5, 3.5) if kind == "wall" else self.rng.uniform(1.5, 3.0)
         colour = self.colour(kind, 8)
 
         def draw():
@@ -486,7 +518,7 @@ class _SceneRenderer:
         items = []
         for _ in range(rng.poisson(style.poles)):
             side = float(rng.choice((-1.0, 1.0)))
-            z = rng.uniform(4.0, 70.0)
+            z = rng.uniform(4.0, OBJECT_FAR_Z)
             items.append((z, self._pole_drawer(side * (r + 0.4), z)))
         for _ in range(rng.poisson(style.trees)):
             side = float(rng.choice((-1.0, 1.0)))
@@ -498,12 +530,12 @@ class _SceneRenderer:
             items.append((z, self._static_drawer(side * (r + s * rng.uniform(0.3, 0.9)), z)))
         for _ in range(rng.poisson(style.persons)):
             side = float(rng.choice((-1.0, 1.0)))
-            z = rng.uniform(3.5, 45.0)
+            z = rng.uniform(3.5, OBJECT_FAR_Z)
             items.append((z, self._person_drawer(side * (r + s * rng.uniform(0.2, 0.9)), z)))
         for _ in range(rng.poisson(style.two_wheelers)):
-            z = rng.uniform(4.0, 40.0)
+            z = rng.uniform(4.0, OBJECT_FAR_Z)
             x = rng.uniform(-r + 0.5, r - 0.5) if rng.random() < 0.6 else float(rng.choice((-1, 1))) * (r + s * 0.5)
-            motor = rng.random() < 0.35
+            motor = rng.random() < 0.5
             ridden = x * x < r * r or rng.random() < 0.2
             items.append((z, self._two_wheeler_drawer(x, z, motor, ridden)))
         items += self._vehicles()
@@ -524,7 +556,7 @@ class _SceneRenderer:
         for kind in kinds:
             lane = int(rng.integers(0, len(lanes)))
             z0 = next_free[lane] + rng.uniform(0.0, 12.0)
-            if z0 > 90.0:
+            if z0 > 60.0:
                 continue
             length = {"car": rng.uniform(3.9, 4.8), "truck": rng.uniform(7.0, 10.0),
                       "bus": rng.uniform(10.5, 13.0)}[kind]
@@ -535,33 +567,35 @@ class _SceneRenderer:
     def _pole_drawer(self, x: float, z: float):
         rng, c = self.rng, self.canvas
         top = rng.uniform(3.0, 8.0)
-        half = rng.uniform(0.07, 0.13)
+        half = rng.uniform(*POLE_HALF_WIDTH)
         attachment = rng.choice(("none", "light", "sign", "sign"))
-        height = rng.uniform(2.0, min(top, 3.5))
+        height = rng.uniform(2.0, min(top, 3.5)) + SIGN_RADIUS
         shape = rng.choice(("circle", "square", "triangle"))
 
         def draw():
             c.quad([(x - half, 0, z), (x + half, 0, z), (x + half, top, z), (x - half, top, z)],
                    ID["pole"], self.colour("pole"))
             if attachment == "light":
-                ly = top - 1.0
-                c.quad([(x - 0.17, ly, z), (x + 0.17, ly, z), (x + 0.17, ly + 0.9, z), (x - 0.17, ly + 0.9, z)],
+                lw, lh = LIGHT_SIZE
+                ly = top - lh
+                c.quad([(x - lw / 2, ly, z), (x + lw / 2, ly, z), (x + lw / 2, ly + lh, z), (x - lw / 2, ly + lh, z)],
                        ID["traffic light"], self.colour("traffic light"))
                 for k, lamp in enumerate(((230, 40, 30), (240, 180, 20), (40, 220, 80))):
-                    c.ellipse(x, ly + 0.75 - 0.3 * k, z - 0.01, 0.09, 0.09, None, lamp)
+                    c.ellipse(x, ly + lh * (0.8 - 0.3 * k), z - 0.01, lw * 0.25, lw * 0.25, None, lamp)
             elif attachment == "sign":
                 face = self.colour("traffic sign")
                 rim = (200, 30, 30) if not self.style.photographic else _shade(face, 0.7)
+                radius = SIGN_RADIUS
                 if shape == "circle":
-                    c.ellipse(x, height, z - 0.01, 0.35, 0.35, ID["traffic sign"], rim)
-                    c.ellipse(x, height, z - 0.02, 0.26, 0.26, None, face)
+                    c.ellipse(x, height, z - 0.01, radius, radius, ID["traffic sign"], rim)
+                    c.ellipse(x, height, z - 0.02, radius * 0.75, radius * 0.75, None, face)
                 elif shape == "square":
-                    c.quad([(x - 0.35, height - 0.35, z), (x + 0.35, height - 0.35, z),
-                            (x + 0.35, height + 0.35, z), (x - 0.35, height + 0.35, z)],
+                    c.quad([(x - radius, height - radius, z), (x + radius, height - radius, z),
+                            (x + radius, height + radius, z), (x - radius, height + radius, z)],
                            ID["traffic sign"], face)
                 else:
-                    c.quad([(x - 0.4, height - 0.3, z), (x + 0.4, height - 0.3, z), (x, height + 0.4, z),
-                            (x, height + 0.4, z)], ID["traffic sign"], rim)
+                    c.quad([(x - radius * 1.15, height - radius * 0.85, z), (x + radius * 1.15, height - radius * 0.85, z),
+                            (x, height + radius * 1.15, z), (x, height + radius * 1.15, z)], ID["traffic sign"], rim)
 
         return draw
 
@@ -609,24 +643,24 @@ class _SceneRenderer:
 
     def _upright_figure(self, x, base, z, tall, label, clothes, legs, stride):
         """Legs, torso and head of a standing or seated figure of height ``tall`` above ``base``."""
-        c = self.canvas
+        c, k = self.canvas, FIGURE_WIDTH
         hip = base + tall * 0.5
         shoulder = base + tall * 0.82
-        c.quad([(x - 0.16 - stride, base, z), (x - 0.02, base, z), (x - 0.02, hip, z), (x - 0.17, hip, z)],
-               label, legs)
-        c.quad([(x + 0.02, base, z), (x + 0.16 + stride, base, z), (x + 0.17, hip, z), (x + 0.02, hip, z)],
-               label, legs)
-        c.quad([(x - 0.22, hip, z), (x + 0.22, hip, z), (x + 0.24, shoulder, z), (x - 0.24, shoulder, z)],
+        c.quad([(x - k * (0.16 + stride), base, z), (x - k * 0.02, base, z), (x - k * 0.02, hip, z),
+                (x - k * 0.17, hip, z)], label, legs)
+        c.quad([(x + k * 0.02, base, z), (x + k * (0.16 + stride), base, z), (x + k * 0.17, hip, z),
+                (x + k * 0.02, hip, z)], label, legs)
+        c.quad([(x - k * 0.22, hip, z), (x + k * 0.22, hip, z), (x + k * 0.24, shoulder, z), (x - k * 0.24, shoulder, z)],
                label, clothes)
-        c.ellipse(x, shoulder + tall * 0.07, z, 0.11, tall * 0.07, label, self.colour("skin"))
+        c.ellipse(x, shoulder + tall * 0.07, z, k * 0.11, tall * 0.07, label, self.colour("skin"))
 
     def _two_wheeler_drawer(self, x: float, z: float, motor: bool, ridden: bool):
         """A bicycle or motorcycle seen from the side (crossing), with a rider when ridden."""
         rng, c = self.rng, self.canvas
         label = ID["motorcycle"] if motor else ID["bicycle"]
         colour = self.colour("motorcycle" if motor else "bicycle", 25)
-        wheel = 0.3 if motor else 0.34
-        half = 0.7 if motor else 0.55
+        wheel = (0.3 if motor else 0.34) * TWO_WHEELER_SCALE
+        half = (0.7 if motor else 0.55) * TWO_WHEELER_SCALE
         rider_clothes = self.colour("rider", 40)
 
         def draw():
@@ -634,7 +668,7 @@ class _SceneRenderer:
                 if motor:
                     c.ellipse(x + dx, wheel, z, wheel, wheel, label, self.colour("dark"))
                 else:
-                    c.ellipse(x + dx, wheel, z, wheel, wheel, label, colour, ring=0.06)
+                    c.ellipse(x + dx, wheel, z, wheel, wheel, label, colour, ring=0.12)
             if motor:
                 c.quad([(x - half, wheel, z), (x + half, wheel, z), (x + half * 0.6, wheel + 0.55, z),
                         (x - half * 0.8, wheel + 0.45, z)], label, colour)
@@ -742,9 +776,13 @@ def _fbm(rng: np.random.Generator, height: int, width: int, base_cells: int, oct
     return total / norm
 
 
-def _photograph(image: np.ndarray, labels: np.ndarray, shadow: np.ndarray,
-                rng: np.random.Generator) -> np.ndarray:
-    """Turn a flat rendering into a camera-like photo: texture, light, shadows, blur, noise, JPEG.
+def _photograph(image: np.ndarray, labels: np.ndarray, shadow: np.ndarray, horizon_row: float,
+                haze: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """Turn a flat rendering into a camera-like photo: texture, light, shadows, haze, blur, noise, JPEG.
+
+    Haze grows toward the horizon row (where things are far), with a strength drawn per image:
+    distant parts of some images wash out while the foreground stays clear, so every image has
+    regions a model is unsure of next to regions it is sure of.
 
     Shape:
         - image: (H, W, 3) uint8; labels, shadow: (H, W) uint8
@@ -762,6 +800,10 @@ def _photograph(image: np.ndarray, labels: np.ndarray, shadow: np.ndarray,
     in_shadow = (shadow > 0) & _GROUND_MASK[labels]
     light = np.where(in_shadow, light * rng.uniform(0.45, 0.65), light)
     photo = image.astype(np.float32) * light[..., None] * cast
+    rows = np.arange(height, dtype=np.float32)[:, None, None]
+    haze_weight = rng.uniform(*haze) * np.exp(-np.abs(rows - horizon_row) / (0.2 * height))
+    haze_colour = np.asarray((200.0, 205.0, 212.0), dtype=np.float32) * exposure
+    photo = photo * (1.0 - haze_weight) + haze_colour * haze_weight
     photo = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8))
     photo = photo.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.4, 1.0) * max(1.0, width / 256)))
     noisy = np.asarray(photo, dtype=np.float32) + rng.normal(0.0, rng.uniform(2.0, 7.0), size=(height, width, 3))
@@ -792,9 +834,10 @@ def render_sample(seed: int, domain: str, split: str, index: int, height: int,
     """
     style = {"source": SOURCE_STYLE, "target": TARGET_STYLE}[domain]
     rng = np.random.default_rng([seed, DOMAIN_CODES[domain], SPLIT_CODES[split], index])
-    labels, image, shadow = _SceneRenderer(rng, height, width, style).render()
+    renderer = _SceneRenderer(rng, height, width, style)
+    labels, image, shadow = renderer.render()
     if style.photographic:
-        image = _photograph(image, labels, shadow, rng)
+        image = _photograph(image, labels, shadow, renderer.canvas.camera.horizon_y, style.haze, rng)
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 

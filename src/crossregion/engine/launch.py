@@ -10,6 +10,7 @@ iteration.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset
 from crossregion.config.io import config_differences, config_to_dict, load_config, save_config
 from crossregion.config.schema import DatasetSpec, ExperimentConfig, ModelConfig
 from crossregion.engine import checkpoint as ckpt
+from crossregion.engine import amp as precision
 from crossregion.engine.dist import (
     barrier, broadcast_object, get_rank, get_world_size, init_distributed, is_main, select_device,
     shutdown_distributed, wrap_ddp,
@@ -65,6 +67,16 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False) -
         )
     finally:
         shutdown_distributed()
+
+
+def with_resolved_precision(cfg: ExperimentConfig, device: torch.device) -> ExperimentConfig:
+    """``cfg`` with ``engine.amp`` / ``engine.channels_last`` of ``auto`` resolved for ``device``."""
+    amp, channels_last = precision.resolve_precision(device, cfg.engine.amp, cfg.engine.channels_last)
+    logger.info("precision on %s: engine.amp=%s engine.channels_last=%s (configured %s/%s; native CPU bf16: %s)",
+                device.type, amp, channels_last, cfg.engine.amp, cfg.engine.channels_last,
+                precision.cpu_has_native_bf16())
+    engine = dataclasses.replace(cfg.engine, amp=amp, channels_last=channels_last)
+    return dataclasses.replace(cfg, engine=engine)
 
 
 def build_method(cfg: ExperimentConfig) -> Method:
@@ -177,6 +189,7 @@ def run_training(
         ``run_dir/final.pth``.
     """
     run_dir = Path(run_dir)
+    cfg = with_resolved_precision(cfg, device)
     state = _prepare_run_dir(cfg, run_dir, resume)
     world_size = get_world_size()
     if cfg.data.batch_size % world_size:
