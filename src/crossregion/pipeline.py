@@ -31,8 +31,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import platform
 import shutil
 import string
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -220,11 +222,28 @@ class Stages:
                 logger.info("stage %s: resuming an interrupted run", name)
             folder.mkdir(parents=True, exist_ok=True)
             _write_json(marker, {"hash": stage_hash, "complete": False, "outputs": {}, "payload": payload})
+            start = time.perf_counter()
             outputs = work(folder)
-            _write_json(marker, {"hash": stage_hash, "complete": True, "outputs": outputs, "payload": payload})
+            # Wall time and machine are for the report only; the hash (what decides a rerun) ignores them.
+            _write_json(marker, {"hash": stage_hash, "complete": True, "outputs": outputs, "payload": payload,
+                                 "wall_seconds": time.perf_counter() - start, "environment": environment()})
             record = StageRecord(name, folder, stage_hash, False, outputs)
         self.records[name] = record
         return record
+
+
+def environment() -> dict[str, str]:
+    """The machine and the versions a stage ran with."""
+    from crossregion.engine.checkpoint import code_version
+
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "crossregion": code_version(),
+    }
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -552,46 +571,69 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def results_markdown(results: dict[str, Any]) -> str:
-    """``results.md``: the regime, Table 1 (CDA vs +CRA) and, with baselines, Table 3."""
+@dataclass(frozen=True)
+class ResultsTable:
+    """One table of the results, as text cells; ``results.md`` and the HTML report both render it."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    lead: str = ""  # a line shown above the table
+
+
+def results_tables(results: dict[str, Any]) -> list[ResultsTable]:
+    """The regime, Table 1 (CDA vs +CRA) and, with baselines, Table 3 and self-distillation."""
     methods = results["methods"]
+    tables = [
+        ResultsTable(
+            "Regime",
+            ("CDA", "CDA mIoU", "CDA + target BN stats", "trusted fraction", "trusted precision",
+             "pseudo-label accuracy", "errors in untrusted (CDA → CRA)"),
+            [(name, _number(row["cda"]), _number(row["bn_target"]), _percent(row["trusted_fraction"]),
+              _percent(row["trusted_precision"]), _percent(row["pseudo_label_accuracy"]),
+              f"{_percent(row['error_share_untrusted_cda'])} → {_percent(row['error_share_untrusted_cra'])}")
+             for name, row in methods.items()],
+            lead=f"source-only {_number(results['source_only'])} · oracle {_number(results['oracle'])}",
+        ),
+        ResultsTable(
+            "Table 1: CRA after each CDA method",
+            ("CDA method", "base mIoU", "+CRA mIoU", "Δ"),
+            [(name, _number(row["cda"]), _number(row["cra"]), _delta(row["cda"], row["cra"]))
+             for name, row in methods.items()],
+        ),
+    ]
+    baselines = [b for b in BASELINE_TITLES if any(b in row for row in methods.values())]
+    if baselines:
+        tables.append(ResultsTable(
+            "Table 3: CRA against the baselines on the same pseudo labels",
+            ("CDA", "CDA mIoU", *(BASELINE_TITLES[b] for b in baselines), "CRA"),
+            [(name, _number(row["cda"]), *(_number(row.get(b)) for b in baselines), _number(row["cra"]))
+             for name, row in methods.items()],
+        ))
+    if any("self_distill" in row for row in methods.values()):
+        tables.append(ResultsTable(
+            "Self-distillation",
+            ("CDA", "+CRA", "+CRA +SD"),
+            [(name, _number(row["cra"]), _number(row.get("self_distill"))) for name, row in methods.items()],
+        ))
+    return tables
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """``results.md``: the tables of ``results_tables`` and the Fig.-3 panels."""
     lines = [
         "# Pipeline results",
         "",
         "mIoU (%) on target val. The oracle trains on target labels and is a reference only; the "
         "trusted-pixel figures use target-train ground truth in this report, never in training.",
-        "",
-        "## Regime",
-        "",
-        f"source-only {_number(results['source_only'])} · oracle {_number(results['oracle'])}",
-        "",
-        "| CDA | CDA mIoU | CDA + target BN stats | trusted fraction | trusted precision | "
-        "pseudo-label accuracy | errors in untrusted (CDA → CRA) |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for name, row in methods.items():
-        lines.append(
-            f"| {name} | {_number(row['cda'])} | {_number(row['bn_target'])} | {_percent(row['trusted_fraction'])} | "
-            f"{_percent(row['trusted_precision'])} | {_percent(row['pseudo_label_accuracy'])} | "
-            f"{_percent(row['error_share_untrusted_cda'])} → {_percent(row['error_share_untrusted_cra'])} |"
-        )
-    lines += ["", "## Table 1: CRA after each CDA method", "", "| CDA method | base mIoU | +CRA mIoU | Δ |",
-              "|---|---|---|---|"]
-    for name, row in methods.items():
-        lines.append(f"| {name} | {_number(row['cda'])} | {_number(row['cra'])} | {_delta(row['cda'], row['cra'])} |")
-    baselines = [b for b in BASELINE_TITLES if any(b in row for row in methods.values())]
-    if baselines:
-        titles = " | ".join(BASELINE_TITLES[b] for b in baselines)
-        lines += ["", "## Table 3: CRA against the baselines on the same pseudo labels", "",
-                  f"| CDA | CDA mIoU | {titles} | CRA |", "|---|---|" + "---|" * len(baselines) + "---|"]
-        for name, row in methods.items():
-            cells = " | ".join(_number(row.get(b)) for b in baselines)
-            lines.append(f"| {name} | {_number(row['cda'])} | {cells} | {_number(row['cra'])} |")
-    if any("self_distill" in row for row in methods.values()):
-        lines += ["", "## Self-distillation", "", "| CDA | +CRA | +CRA +SD |", "|---|---|---|"]
-        for name, row in methods.items():
-            lines.append(f"| {name} | {_number(row['cra'])} | {_number(row.get('self_distill'))} |")
-    panels = [(name, row["panel"]) for name, row in methods.items() if row.get("panel")]
+    for table in results_tables(results):
+        lines += ["", f"## {table.title}", ""]
+        if table.lead:
+            lines += [table.lead, ""]
+        lines += ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+        lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    panels = [(name, row["panel"]) for name, row in results["methods"].items() if row.get("panel")]
     if panels:
         lines += ["", "## Fig. 3: image | CDA | trusted/untrusted | CDA + CRA | ground truth", ""]
         lines += [f"![{name}]({Path(path).name})" for name, path in panels]
