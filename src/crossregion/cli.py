@@ -23,6 +23,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("pipeline", "crossregion.pipeline", "source -> CDA -> pseudo-label -> CRA -> evaluation"),
     ("export-checkpoint", "crossregion.models.checkpoint_io", "convert a checkpoint to the official FADA/CRA format"),
     ("dump-config", "crossregion.config.dump", "print a preset with every default filled in"),
+    ("report", "crossregion.report", "one self-contained HTML page of pipeline or training runs"),
 )
 DATA_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("synth", "crossregion.data.synth", "generate the synthetic GTA5-like -> Cityscapes-like benchmark"),

@@ -653,8 +653,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from crossregion.report import write_run_report
+
     cfg = load_pipeline_config(args.config, args.overrides)
     run_pipeline(cfg, args.output)
     print((args.output / "results.md").read_text())
     print(f"wrote {args.output / 'results.json'} and {args.output / 'results.md'}")
+    report = write_run_report(args.output)
+    if report is not None:
+        print(f"report: {report} (open it in any browser)")
     return 0
