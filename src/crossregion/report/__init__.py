@@ -55,7 +55,7 @@ def write_report(run_dirs: Sequence[Path], output: Path) -> Path:
 
         from crossregion.report import charts
     except ImportError as error:
-        raise MissingReportDependency(f"the report needs {error.name}: {INSTALL_HINT}") from error
+        raise MissingReportDependency(f"the report needs {error.name.split('.')[0]}: {INSTALL_HINT}") from error
     runs = [load_run(Path(path), label) for path, label in zip(run_dirs, _labels(run_dirs))]
     environment = jinja2.Environment(loader=jinja2.PackageLoader("crossregion.report"), autoescape=True,
                                      undefined=jinja2.StrictUndefined)
