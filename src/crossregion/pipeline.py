@@ -12,7 +12,8 @@ Stages, each in its own folder of ``DIR``::
     04_pseudo_cra_<m>         pseudo labels of the CRA model (optional, for self-distillation)
     05_self_distill_<m>       self-distillation on them (optional, stage 4)
 
-Every stage writes ``stage.json`` with a hash of its resolved config and of the stages it reads;
+Every stage writes ``stage.json`` with a hash of its resolved config and of the stages it reads
+(and, for the report, its wall time and the machine and versions it ran with);
 a stage whose ``stage.json`` is complete with the same hash is skipped, a changed hash deletes
 the folder and reruns it (and, through the chained hashes, everything after it). An
 interrupted training stage resumes from its ``last.pth``; an interrupted store resumes per image.
