@@ -95,7 +95,7 @@ def training_curves_chart(lines: Sequence[tuple[str, list[dict[str, Any]]]]) -> 
     columns = min(3, len(keys))
     rows = -(-len(keys) // columns)
     figure = _new_figure(4.4 * columns, 2.7 * rows + 0.6)
-    axes_grid = np.atleast_1d(figure.subplots(rows, columns, sharex=True, squeeze=False)).ravel()
+    axes_grid = figure.subplots(rows, columns, sharex=True, squeeze=False).ravel()
     for axes, key in zip(axes_grid, keys):
         for index, (label, metric_rows) in enumerate(lines):
             points = [(row["iteration"], row[key]) for row in metric_rows if key in row]

@@ -28,7 +28,6 @@ class Stage:
     """One stage folder of a pipeline, or a whole training run: what it recorded, where present."""
 
     name: str
-    folder: Path
     config: dict[str, Any] | None  # config.yaml (training stages only)
     metric_rows: list[dict[str, Any]]  # metrics.jsonl, one dict per logged line
     per_class_iou: dict[str, float | None] | None  # eval/metrics.json on target val
@@ -115,7 +114,6 @@ def _load_stage(folder: Path, name: str) -> Stage:
         rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     return Stage(
         name=name,
-        folder=folder,
         config=yaml.safe_load(config_path.read_text()) if config_path.is_file() else None,
         metric_rows=rows,
         per_class_iou=json.loads(eval_path.read_text())["per_class_iou"] if eval_path.is_file() else None,
