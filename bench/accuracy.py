@@ -1,19 +1,23 @@
-"""Accuracy on the synthetic benchmark: the paper's Table 1 and Table 3 analogs over three seeds.
+"""Accuracy on the embedded benchmark: the paper's Table 1 and Table 3 analogs over three seeds.
 
-Runs the ``demo`` pipeline preset with every CDA method (FADA, ADVENT, AdaptSegNet) and both
-Table-3 baselines, once per training seed (``engine.seed``; the benchmark data are the demo's,
-fixed), into ``OUTPUT/seed<N>``. Each seed's stages are cached, so an interrupted run resumes
-where it stopped and a finished one only re-reads its results. ``bench/domain_gap.py`` trains
-the source and CDA stages under the same names and configs, so pointed at its output folder
-this benchmark reuses those models and trains only pseudo labels, CRA and the baselines. Then reports mean ± sample std
-over the seeds of: source-only, oracle, each CDA model, the no-training baseline (target
-BatchNorm statistics), +CRA and Δ (Table 1), pseudo-label only, entropy minimisation and CRA
-(Table 3), and the paper's premises (trusted-pixel precision, untrusted share, share of the
-errors inside the untrusted region before and after CRA).
+Runs the ``demo`` pipeline preset with the oracle and every CDA method (FADA, ADVENT,
+AdaptSegNet) once per training seed (``engine.seed``), each into ``OUTPUT/seed<N>``: per CDA
+method its no-training baseline (target BatchNorm statistics, "AdaBN"), pseudo labels on
+target train and CRA; after FADA (as in the paper's Table 3) also the two baselines on the same
+pseudo labels, training on the trusted pseudo labels only and adding entropy minimisation on
+the untrusted region. Stages are cached, so an interrupted run resumes where it stopped;
+``bench/regime.py`` trains the source, oracle and CDA stages under the same names and configs,
+so pointed at its folder this benchmark adds only what is missing.
 
-    python bench/accuracy.py --output runs/bench_domain_gap        # after bench/domain_gap.py: ~20 min
-    python bench/accuracy.py --output runs/bench_accuracy          # on its own: ~55 min on 2 idle cores
-    python bench/accuracy.py --output /tmp/acc --seeds 0 --quick   # smoke: tiny sizes, ~2 min
+Reports mean ± sample std over the seeds: source-only, oracle, each CDA model, AdaBN, +CRA and
+Δ (Table 1), pseudo-label only, entropy minimisation and CRA (Table 3), and the paper's premises
+(trusted fraction and precision, share of the errors inside the untrusted region before and
+after CRA); and the wall time of those stages, here and as estimated for the 2-core AVX2
+machine through the calibration step.
+
+    python bench/accuracy.py --output runs/bench                                   # after bench/regime.py
+    python bench/accuracy.py --output runs/bench_seed7 --benchmark-seed 7 --size 128 256 --seeds 0
+    python bench/accuracy.py --output /tmp/acc --seeds 0 --quick                   # smoke, ~2 min
 
 Writes ``OUTPUT/accuracy.md`` and ``accuracy.json``; the last line is the headline
 (``accuracy CRA Δ ...``); exits non-zero if a number is missing.
@@ -23,28 +27,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from crossregion.demo import QUICK_SYNTH_ARGUMENTS, SYNTH_ARGUMENTS, demo_pipeline_config, ensure_benchmark
+import torch
+
+from common import REFERENCE_STEP_SECONDS, add_benchmark_arguments, calibration_step_seconds, cell, cpu_description
+from common import mean_std, quick_stage, synth_arguments
+from crossregion.demo import demo_pipeline_config, ensure_benchmark
 from crossregion.pipeline import BASELINE_TITLES, StageSpec, run_pipeline
 
 CDA_METHODS = ("fada", "advent", "adaptsegnet")
-# --quick: every training stage 2 iterations at 32x64 on a 12/6/4-image benchmark.
-QUICK_TRAINING = ("optim.max_iters=2", "optim.stop_iter=2", "data.batch_size=2")
+TABLE3_METHODS = ("fada",)
+ORACLE_PRESET = "demo_oracle"
 ROW_KEYS = ("cda", "bn_target", "cra", *BASELINE_TITLES, "trusted_fraction", "trusted_precision", "untrusted_share",
             "pseudo_label_accuracy", "error_share_untrusted_cda", "error_share_untrusted_cra")
-
-
-def quick_stage(spec: StageSpec) -> StageSpec:
-    """``spec`` with two iterations and 32x64 crops (keeps its wiring placeholders)."""
-    crops = [f"data.{kind}.crop=[32, 64]" for kind in ("source", "target")
-             if any(o.startswith(f"data.{kind}.crop") for o in spec.overrides)]
-    kept = [o for o in spec.overrides if not o.startswith(("optim.max_iters", "optim.stop_iter", "data."))]
-    return StageSpec(spec.preset, (*kept, *QUICK_TRAINING, *crops))
 
 
 def run_seed(output: Path, data_dir: Path, seed: int, quick: bool) -> dict:
@@ -52,29 +52,20 @@ def run_seed(output: Path, data_dir: Path, seed: int, quick: bool) -> dict:
     missing = [name for name in BASELINE_TITLES if name not in cfg.baselines]
     if missing:
         raise ValueError(f"the demo pipeline has no baseline stage {missing}; the Table-3 analog needs both")
-    cfg = dataclasses.replace(cfg, cda_methods=CDA_METHODS,
+    cfg = dataclasses.replace(cfg, cda_methods=CDA_METHODS, baseline_methods=TABLE3_METHODS,
+                              oracle=StageSpec(ORACLE_PRESET, cfg.source.overrides),
                               common_overrides=(*cfg.common_overrides, f"engine.seed={seed}"))
     if quick:
         cfg = dataclasses.replace(
-            cfg, source=quick_stage(cfg.source), oracle=cfg.oracle and quick_stage(cfg.oracle), cra=quick_stage(cfg.cra),
+            cfg, source=quick_stage(cfg.source), oracle=quick_stage(cfg.oracle), cra=quick_stage(cfg.cra),
             cda={name: quick_stage(spec) for name, spec in cfg.cda.items()},
             baselines={name: quick_stage(spec) for name, spec in cfg.baselines.items()}, panel_images=1,
         )
-    return run_pipeline(cfg, output / f"seed{seed}")
-
-
-def mean_std(values: list[float | None]) -> tuple[float, float] | None:
-    """Mean and sample std (0 for one value); None if any value is missing."""
-    if not values or any(value is None for value in values):
-        return None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def cell(stats: tuple[float, float] | None, scale: float = 1.0, sign: bool = False) -> str:
-    if stats is None:
-        return "–"
-    mean, std = stats[0] * scale, stats[1] * scale
-    return f"{mean:+.2f} ± {std:.2f}" if sign else f"{mean:.2f} ± {std:.2f}"
+    results = run_pipeline(cfg, output / f"seed{seed}")
+    results["wall_seconds"] = sum(
+        float(json.loads((Path(stage["folder"]) / "stage.json").read_text()).get("wall_seconds", 0.0))
+        for stage in results["stages"].values())
+    return results
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -88,50 +79,64 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
-def markdown(summary: dict) -> str:
+def markdown(summary: dict, runs: list[dict], synth: dict, calibration: float) -> str:
     methods = summary["methods"]
+    stage_seconds = sum(run["wall_seconds"] for run in runs)
     lines = [
+        f"{datetime.date.today().isoformat()}; CPU: {cpu_description()}; torch {torch.__version__}. Benchmark "
+        f"{synth}; {summary['seeds']} training seeds. The stages below took {stage_seconds / 60:.1f} min here (as "
+        f"recorded by each stage); the calibration step took {calibration:.3f} s here against "
+        f"{REFERENCE_STEP_SECONDS:.2f} s on the 2-core AVX2 machine: ≈ "
+        f"{stage_seconds * REFERENCE_STEP_SECONDS / calibration / 60:.0f} min there.",
+        "",
         f"mIoU (%) on synthetic target val, mean ± std over {summary['seeds']} seeds.",
         "",
         f"source-only {cell(summary['source_only'])} · oracle (target labels, reference) {cell(summary['oracle'])}",
         "",
-        "### Table 1 analog",
+        "#### Table 1 analog",
         "",
-        "| CDA method | base mIoU | + target BN stats | +CRA mIoU | Δ |",
+        "| CDA method | base mIoU | AdaBN (target BN stats) | +CRA mIoU | Δ |",
         "|---|---|---|---|---|",
     ]
     for name, s in methods.items():
         lines.append(f"| {name} | {cell(s['cda'])} | {cell(s['bn_target'])} | {cell(s['cra'])} | {cell(s['delta'], sign=True)} |")
-    lines += ["", "### Table 3 analog", "", "| CDA | CDA mIoU | pseudo-label only | entropy min. | CRA |",
+    lines += ["", "#### Table 3 analog", "", "| CDA | CDA mIoU | pseudo-label only | entropy min. | CRA |",
               "|---|---|---|---|---|"]
-    for name, s in methods.items():
+    for name in TABLE3_METHODS:
+        s = methods[name]
         lines.append(f"| {name} | {cell(s['cda'])} | {cell(s['pseudo_label_only'])} | {cell(s['entropy_min'])} | "
                      f"{cell(s['cra'])} |")
-    lines += ["", "### The paper's premises (target train, λ = 0.01, rare-class factor 0.5)", "",
-              "| CDA | trusted precision % | untrusted share % | pseudo-label accuracy % | errors in untrusted, CDA % "
+    lines += ["", "#### The paper's premises (target train, λ = 0.01, rare-class factor 0.5)", "",
+              "| CDA | trusted fraction % | trusted precision % | pseudo-label accuracy % | errors in untrusted, CDA % "
               "| errors in untrusted, after CRA % |", "|---|---|---|---|---|---|"]
     for name, s in methods.items():
-        lines.append(f"| {name} | {cell(s['trusted_precision'], 100)} | {cell(s['untrusted_share'], 100)} | "
+        lines.append(f"| {name} | {cell(s['trusted_fraction'], 100)} | {cell(s['trusted_precision'], 100)} | "
                      f"{cell(s['pseudo_label_accuracy'], 100)} | {cell(s['error_share_untrusted_cda'], 100)} | "
                      f"{cell(s['error_share_untrusted_cra'], 100)} |")
+    lines += ["", "Per seed (seed: CDA → +CRA; pseudo-label only, entropy min. after FADA):", ""]
+    for seed, run in zip(summary["seed_list"], runs):
+        parts = [f"{m} {run['methods'][m]['cda']:.2f} → {run['methods'][m]['cra']:.2f}" for m in CDA_METHODS]
+        fada = run["methods"]["fada"]
+        parts.append(f"PL-only {fada['pseudo_label_only']:.2f}, EM {fada['entropy_min']:.2f}")
+        lines.append(f"- seed {seed}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, required=True, help="run folder (cached stages per seed)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--quick", action="store_true", help="smoke run: tiny benchmark, 2 iterations per stage")
+    add_benchmark_arguments(parser)
     args = parser.parse_args()
     start = time.perf_counter()
+    calibration = calibration_step_seconds()
     data_dir = args.output / "data"
-    ensure_benchmark(data_dir, QUICK_SYNTH_ARGUMENTS if args.quick else SYNTH_ARGUMENTS)
+    synth = synth_arguments(args)
+    ensure_benchmark(data_dir, synth)
     runs = [run_seed(args.output, data_dir, seed, args.quick) for seed in args.seeds]
-    summary = summarize(runs)
-    text = markdown(summary)
+    summary = {**summarize(runs), "seed_list": args.seeds}
+    text = markdown(summary, runs, synth, calibration)
     (args.output / "accuracy.md").write_text(text)
     (args.output / "accuracy.json").write_text(json.dumps(
-        {"summary": summary, "runs": runs, "synth": QUICK_SYNTH_ARGUMENTS if args.quick else SYNTH_ARGUMENTS}, indent=2) + "\n")
+        {"summary": summary, "runs": runs, "synth": synth, "calibration_step_seconds": calibration}, indent=2) + "\n")
     print(text)
     print(f"wall time {time.perf_counter() - start:.0f} s")
     deltas = {name: s["delta"] for name, s in summary["methods"].items()}

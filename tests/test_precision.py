@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import yaml
@@ -42,7 +44,7 @@ def test_unresolved_auto_is_refused_by_autocast():
 def test_run_on_a_cpu_without_native_bf16_trains_in_fp32_and_records_it(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
     cfg = tiny_config(iters=2, batch=4)
-    assert (cfg.engine.amp, cfg.engine.channels_last) == ("auto", "auto")
+    cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, amp="auto", channels_last="auto"))
     seen = []
     original = amp.autocast
     monkeypatch.setattr("crossregion.engine.trainer.autocast", lambda device, mode: seen.append(mode) or original(device, mode))
@@ -53,3 +55,9 @@ def test_run_on_a_cpu_without_native_bf16_trains_in_fp32_and_records_it(monkeypa
     assert saved["engine"]["amp"] == "none" and saved["engine"]["channels_last"] is False
     assert seen and set(seen) == {"none"}
     assert "engine.amp=none" in caplog.text and "native CPU bf16: False" in caplog.text
+
+
+def test_engine_defaults_are_auto():
+    from crossregion.config.schema import EngineConfig
+
+    assert (EngineConfig().amp, EngineConfig().channels_last) == ("auto", "auto")

@@ -77,7 +77,7 @@ def tiny_config(iters: int, batch: int, class_balanced: bool = False) -> Experim
         data=DataConfig(source=DatasetSpec(name="tiny", root="-", class_balanced=class_balanced), batch_size=batch),
         model=ModelConfig(backbone="tiny", num_classes=NUM_CLASSES),
         optim=OptimConfig(lr=0.05, max_iters=iters + 10, stop_iter=iters),
-        engine=EngineConfig(device="cpu", checkpoint_period=3, keep_last=2, log_period=5, seed=7),
+        engine=EngineConfig(device="cpu", amp="none", channels_last=False, checkpoint_period=3, keep_last=2, log_period=5, seed=7),
     )
 
 

@@ -106,6 +106,9 @@ class PipelineConfig:
     oracle: StageSpec | None = None
     # Table-3 baselines, keyed by method name (pseudo_label_only, entropy_min); empty = none.
     baselines: dict[str, StageSpec] = field(default_factory=dict)
+    # The CDA methods the baselines run after; None = every one in cda_methods (the paper's
+    # Table 3 compares them after FADA only).
+    baseline_methods: tuple[str, ...] | None = None
     self_distill: StageSpec | None = None
     pseudo_label: PseudoLabelSpec = field(default_factory=PseudoLabelSpec)
     device: str = "auto"
@@ -119,6 +122,9 @@ class PipelineConfig:
                 f"cda_methods {list(self.cda_methods)} must name at least one of the configured cda stages "
                 f"{sorted(self.cda)}; add the stage under cda: or fix cda_methods"
             )
+        unknown = [name for name in self.baseline_methods or () if name not in self.cda_methods]
+        if unknown:
+            raise ValueError(f"baseline_methods {unknown} are not in cda_methods {list(self.cda_methods)}")
         unknown = [name for name in self.baselines if name not in BASELINE_TITLES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; known: {sorted(BASELINE_TITLES)}")
@@ -175,6 +181,8 @@ def _pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
         common_overrides=tuple(str(o) for o in data.get("common_overrides") or ()),
         oracle=None if data.get("oracle") is None else _stage_spec(data["oracle"], "oracle"),
         baselines={name: _stage_spec(spec, f"baselines.{name}") for name, spec in (data.get("baselines") or {}).items()},
+        baseline_methods=None if data.get("baseline_methods") is None
+        else tuple(str(name) for name in data["baseline_methods"]),
         self_distill=None if data.get("self_distill") is None else _stage_spec(data["self_distill"], "self_distill"),
         pseudo_label=PseudoLabelSpec(**{k: float(v) for k, v in pseudo.items()}),
         device=str(data.get("device", "auto")),
@@ -289,7 +297,7 @@ def training_stage(stages: Stages, cfg: PipelineConfig, name: str, spec: StageSp
     return stages.run(name, payload, work)
 
 
-def _pseudo_label_stage(stages: Stages, cfg: PipelineConfig, name: str, model: StageRecord) -> StageRecord:
+def pseudo_label_stage(stages: Stages, cfg: PipelineConfig, name: str, model: StageRecord) -> StageRecord:
     from crossregion import pseudo_label
 
     def work(folder: Path) -> dict[str, Any]:
@@ -520,7 +528,7 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
     cda = training_stage(stages, cfg, f"01_cda_{method}", cfg.cda[method],
                           {"source_checkpoint": source.outputs["checkpoint"]}, [source])
     bn_target = bn_target_stage(stages, cfg, f"01_bn_target_{method}", cda)
-    pseudo = _pseudo_label_stage(stages, cfg, f"02_pseudo_{method}", cda)
+    pseudo = pseudo_label_stage(stages, cfg, f"02_pseudo_{method}", cda)
     wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
     cra = training_stage(stages, cfg, f"03_cra_{method}", cfg.cra, wiring, [cda, pseudo])
     row: dict[str, Any] = {
@@ -537,11 +545,12 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
                                                                         pseudo.outputs["store"])},
     )
     row["error_share_untrusted_cra"] = analysis.outputs["error_share_untrusted"]
-    for baseline, spec in cfg.baselines.items():
+    with_baselines = cfg.baseline_methods is None or method in cfg.baseline_methods
+    for baseline, spec in (cfg.baselines if with_baselines else {}).items():
         record = training_stage(stages, cfg, f"03_{baseline}_{method}", spec, wiring, [cda, pseudo])
         row[baseline] = record.outputs["miou"]
     if cfg.self_distill is not None:
-        cra_pseudo = _pseudo_label_stage(stages, cfg, f"04_pseudo_cra_{method}", cra)
+        cra_pseudo = pseudo_label_stage(stages, cfg, f"04_pseudo_cra_{method}", cra)
         distilled = training_stage(
             stages, cfg, f"05_self_distill_{method}", cfg.self_distill,
             {"cra_checkpoint": cra.outputs["checkpoint"], "pseudo_labels": cra_pseudo.outputs["store"]},

@@ -116,6 +116,7 @@ class DomainStyle:
     ego_vehicle: bool
     haze: tuple[float, float] = (0.0, 0.0)  # photographed only: per-image haze strength at the horizon
     overcast: tuple[float, float] = (0.0, 0.0)  # per-image blend of the sky toward OVERCAST_SKY
+    texture: float = 0.0  # rendered only: amplitude of surface texture relative to the photographed one
 
 
 SOURCE_STYLE = DomainStyle(
@@ -151,14 +152,18 @@ SOURCE_STYLE = DomainStyle(
     # draws its own palette around the base colours and its own sky from blue to overcast, so a
     # model trained on the source cannot key on one exact colour per class.
     palette_jitter=24.0,
-    vehicle_colours=((30, 60, 220), (20, 140, 230), (60, 40, 200), (10, 90, 180)),
+    vehicle_colours=((30, 60, 220), (20, 140, 230), (200, 40, 40), (240, 240, 240), (30, 30, 36),
+                     (40, 160, 70), (230, 200, 30)),
     photographic=False,
     ego_vehicle=False,
     overcast=(0.0, 0.9),
+    # Rendered surfaces carry texture too (as game engines draw them), at half the photographed
+    # amplitude and without the camera's light, haze, blur, noise and compression.
+    texture=0.5,
 )
 
 def _photographed_palette(palette: dict[str, Rgb]) -> dict[str, Rgb]:
-    """The target's palette: the source's hues at a third of their saturation, contrast compressed.
+    """The target's palette: the source's hues at half their saturation, contrast compressed.
 
     Classes keep their hue order (so shape, context and a faint colour cue carry over), but
     road/sidewalk, building/wall/fence, vegetation/terrain and the vehicles move close together,
@@ -169,8 +174,8 @@ def _photographed_palette(palette: dict[str, Rgb]) -> dict[str, Rgb]:
     for name, colour in palette.items():
         rgb = np.asarray(colour, dtype=np.float64)
         luma = float(rgb @ (0.299, 0.587, 0.114))
-        grey = 118.0 + 0.6 * (luma - 118.0)
-        muted[name] = tuple(int(round(grey + (c - luma) * 0.35)) for c in rgb)
+        grey = 118.0 + 0.7 * (luma - 118.0)
+        muted[name] = tuple(int(round(grey + (c - luma) * 0.55)) for c in rgb)
     muted.update({"sky": (200, 208, 215), "lane": (200, 200, 196), "curb": (170, 166, 160),
                   "window": (70, 76, 84), "dark": (35, 35, 38), "skin": (190, 160, 140)})
     return muted
@@ -776,6 +781,19 @@ def _fbm(rng: np.random.Generator, height: int, width: int, base_cells: int, oct
     return total / norm
 
 
+def _texture_gain(labels: np.ndarray, amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-pixel brightness gain of surface texture: value-noise fBm, coarse and fine, per class.
+
+    Shape:
+        - labels: (H, W) uint8 label IDs
+        - output: (H, W) float32 around 1
+    """
+    height, width = labels.shape
+    coarse = _fbm(rng, height, width, base_cells=6, octaves=3)
+    fine = _fbm(rng, height, width, base_cells=max(8, width // 6), octaves=2)
+    return 1.0 + amplitude * (_TEXTURE_COARSE[labels] * coarse + _TEXTURE_FINE[labels] * fine)
+
+
 def _photograph(image: np.ndarray, labels: np.ndarray, shadow: np.ndarray, horizon_row: float,
                 haze: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
     """Turn a flat rendering into a camera-like photo: texture, light, shadows, haze, blur, noise, JPEG.
@@ -789,9 +807,7 @@ def _photograph(image: np.ndarray, labels: np.ndarray, shadow: np.ndarray, horiz
         - output: (H, W, 3) uint8
     """
     height, width = labels.shape
-    coarse = _fbm(rng, height, width, base_cells=6, octaves=3)
-    fine = _fbm(rng, height, width, base_cells=max(8, width // 6), octaves=2)
-    gain = 1.0 + _TEXTURE_COARSE[labels] * coarse + _TEXTURE_FINE[labels] * fine
+    gain = _texture_gain(labels, 1.0, rng)
     # Uneven illumination: an exposure, a colour cast and a soft left-right gradient.
     exposure = rng.uniform(0.65, 1.25)
     cast = rng.uniform(0.9, 1.1, size=3).astype(np.float32)
@@ -836,6 +852,8 @@ def render_sample(seed: int, domain: str, split: str, index: int, height: int,
     rng = np.random.default_rng([seed, DOMAIN_CODES[domain], SPLIT_CODES[split], index])
     renderer = _SceneRenderer(rng, height, width, style)
     labels, image, shadow = renderer.render()
+    if not style.photographic and style.texture:
+        image = np.clip(image * _texture_gain(labels, style.texture, rng)[..., None], 0, 255).astype(np.uint8)
     if style.photographic:
         image = _photograph(image, labels, shadow, renderer.canvas.camera.horizon_y, style.haze, rng)
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)

@@ -1,0 +1,99 @@
+"""What the accuracy benchmarks share: benchmark arguments, seeds, mean ± std, the CPU calibration step."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from crossregion.demo import QUICK_SYNTH_ARGUMENTS, SYNTH_ARGUMENTS
+from crossregion.pipeline import StageSpec
+
+# --quick: every training stage 2 iterations at batch 2 on a 12/6/4-image benchmark.
+QUICK_TRAINING = ("optim.max_iters=2", "optim.stop_iter=2", "data.batch_size=2")
+# The calibration step: the seconds one fp32 iteration of a fixed model takes on the slowest CPU this
+# project supports (2-core AMD EPYC, AVX2 only, no AVX-512; measured 0.59-0.61 s there, 2026-11-30).
+# Dividing a wall time by this step's time here and multiplying by REFERENCE_STEP_SECONDS estimates
+# the wall time on that machine.
+REFERENCE_STEP_SECONDS = 0.60
+
+
+def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", type=Path, required=True, help="run folder (cached stages per seed)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (engine.seed)")
+    parser.add_argument("--benchmark-seed", type=int, default=SYNTH_ARGUMENTS["seed"],
+                        help="seed of the generated benchmark (the demo's by default)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                        default=(SYNTH_ARGUMENTS["height"], SYNTH_ARGUMENTS["width"]),
+                        help="image size of the generated benchmark (the demo's by default)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny benchmark, 2 iterations per stage")
+
+
+def synth_arguments(args: argparse.Namespace) -> dict[str, int]:
+    """The ``generate_benchmark`` arguments the command line asks for."""
+    if args.quick:
+        return dict(QUICK_SYNTH_ARGUMENTS)
+    return {**SYNTH_ARGUMENTS, "seed": args.benchmark_seed, "height": args.size[0], "width": args.size[1]}
+
+
+def quick_stage(spec: StageSpec) -> StageSpec:
+    """``spec`` with two iterations at batch 2 (keeps its other overrides and placeholders)."""
+    kept = [o for o in spec.overrides if not o.startswith(("optim.max_iters", "optim.stop_iter", "data.batch_size"))]
+    return StageSpec(spec.preset, (*kept, *QUICK_TRAINING))
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float] | None:
+    """Mean and sample std (0 for one value); None if any value is missing."""
+    if not values or any(value is None for value in values):
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def cell(stats: tuple[float, float] | None, scale: float = 1.0, sign: bool = False) -> str:
+    if stats is None:
+        return "–"
+    mean, std = stats[0] * scale, stats[1] * scale
+    return f"{mean:+.2f} ± {std:.2f}" if sign else f"{mean:.2f} ± {std:.2f}"
+
+
+def calibration_step_seconds(repeats: int = 5) -> float:
+    """Median seconds of the calibration step here: dilated ResNet-18 DeepLab, batch 8, 64x128, fp32.
+
+    One source-only iteration (forward, cross-entropy, backward, Adam step) on random data, with
+    the threads torch uses for the benchmark itself.
+    """
+    from crossregion.models.deeplabv2 import build_segmenter
+
+    generator = torch.Generator().manual_seed(0)
+    model = build_segmenter("resnet18", 19)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images = torch.randn(8, 3, 64, 128, generator=generator)
+    labels = torch.randint(0, 19, (8, 64, 128), generator=generator)
+    times = []
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        logits = torch.nn.functional.interpolate(model(images)["logits"], size=(64, 128), mode="bilinear")
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[2:])
+
+
+def cpu_description() -> str:
+    """CPU model and the flags that decide speed here (AVX2, AVX-512, bf16, AMX), from lscpu."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    model = fields.get("Model name", "?").strip()
+    flags = set(fields.get("Flags", "").split())
+    speed_flags = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
+    return f"{model}, {torch.get_num_threads()} threads, flags {' '.join(speed_flags) or 'none of avx2/avx512'}"
