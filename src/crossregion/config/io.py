@@ -135,6 +135,7 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ExperimentC
 def config_from_dict(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
     """Build an ``ExperimentConfig`` from plain data (a loaded preset or a checkpoint's config)."""
     # Imported here: methods and models import torch, and only a full config needs their registries.
+    from crossregion.data.datasets import DATASETS
     from crossregion.methods import METHODS
     from crossregion.models import BACKBONES
 
@@ -147,10 +148,15 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Experiment
     except (ValueError, KeyError) as error:
         message = error.args[0] if error.args else str(error)
         raise type(error)(f"{source}: {message}") from error
-    try:
-        BACKBONES.get(config.model.backbone)
-    except KeyError as error:  # the message lists the known backbones
-        raise KeyError(f"{source}: model.backbone: {error.args[0]}") from None
+    registered = [("model.backbone", BACKBONES, config.model.backbone)] + [
+        (f"data.{kind}.name", DATASETS, spec.name)
+        for kind in ("source", "target", "target_val") if (spec := getattr(config.data, kind)) is not None
+    ]
+    for key, registry, name in registered:
+        try:
+            registry.get(name)
+        except KeyError as error:  # the message lists the known names
+            raise KeyError(f"{source}: {key}: {error.args[0]}") from None
     return config
 
 

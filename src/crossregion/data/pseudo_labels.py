@@ -446,7 +446,7 @@ class PseudoLabelStore:
         manifest_path = self.path / MANIFEST_FILE
         if not manifest_path.exists():
             raise FileNotFoundError(
-                f"no pseudo-label store at {self.path} ({MANIFEST_FILE} missing); "
+                f"no pseudo-label store at {self.path} ({manifest_path} missing); "
                 f"create one with `crossregion pseudo-label --output {self.path} ...`"
             )
         self.manifest = _read_json(manifest_path, "pseudo-label manifest")
@@ -479,7 +479,7 @@ class PseudoLabelStore:
                 done = sum((self.path / "image_stats" / f"{name}.json").exists() for name in self.names)
                 raise ValueError(
                     f"pseudo-label store {self.path} is incomplete ({done} of {len(self.names)} images, "
-                    f"no {STATS_FILE}); rerun the same `crossregion pseudo-label` command to finish it"
+                    f"no {stats_path}); rerun the same `crossregion pseudo-label` command to finish it"
                 )
             self._stats = _read_json(stats_path, "pseudo-label statistics")
         return self._stats
