@@ -128,11 +128,8 @@ def append_text(path: str | Path, text: str) -> None:
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete the ``.<name>.tmp<pid>`` files a killed writer left in ``folder``; returns them."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    stale = [path for path in folder.iterdir() if _TEMP_NAME.match(path.name) and path.is_file()]
+    """Delete the ``.<name>.tmp<pid>`` files a killed writer left under ``folder``; returns them."""
+    stale = [path for path in Path(folder).rglob(".*.tmp*") if _TEMP_NAME.match(path.name) and path.is_file()]
     for path in stale:
         path.unlink()
     return stale

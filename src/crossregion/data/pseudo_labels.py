@@ -282,8 +282,7 @@ class PseudoLabelWriter:
                 )
         else:
             write_bytes_atomically(manifest_path, json.dumps(self.manifest, indent=1).encode())
-        for folder in ("labels", "entropy", "image_stats"):
-            remove_stale_temp_files(self.path / folder)  # left by a run killed mid-write
+        remove_stale_temp_files(self.path)  # left by a run killed mid-write
         self.codec = EntropyCodec(num_classes)
         self._name_set = set(self.manifest["names"])
         self._palette = [channel for colour in manifest["palette"] for channel in colour]

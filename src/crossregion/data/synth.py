@@ -40,7 +40,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from crossregion import __version__
 from crossregion.data.labels import CITYSCAPES_LABELS
-from crossregion.files import check_output_folder, write_bytes_atomically, write_text_atomically
+from crossregion.files import (
+    check_output_folder, remove_stale_temp_files, write_bytes_atomically, write_text_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -1023,7 +1025,11 @@ def prepare_out_dir(out_dir: Path, arguments: dict, *, force: bool) -> None:
                                  "first, or choose another folder")
             logger.info("--force: emptying %s", out_dir)
             for entry in out_dir.iterdir():
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        remove_stale_temp_files(out_dir)  # left by an interrupted run of the same arguments
     write_text_atomically(out_dir / RUNNING_FILE, json.dumps(expected, sort_keys=True) + "\n")
 
 
