@@ -89,45 +89,62 @@ def same_training(run: Path, reference: Path) -> bool:
 
 
 # ----------------------------------------------------------------------- kill -9 and rerun
-KILL_DELAYS = [round(random.Random(seed).uniform(0.0, 2.5), 2) for seed in range(3)]
+# Random moments, drawn once (seeded) so that a failure can be replayed: the kill lands as soon as
+# the run has written its k-th metrics row / image record / image file.
+def kill_moments(seed: int, count: int, last: int) -> list[int]:
+    return sorted(random.Random(seed).sample(range(1, last + 1), count))
 
 
-@pytest.mark.parametrize("moment", [*(f"{delay} s into training" for delay in KILL_DELAYS), "during a checkpoint write"])
+def count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def assert_killed(status: int, output: str) -> None:
+    assert status == -SIGKILL, f"the kill did not land (status {status}), so nothing was tested:\n{output}"
+
+
+@pytest.mark.parametrize("moment", [*(f"after iteration {k}" for k in kill_moments(0, 3, KILL_ITERATIONS - 1)),
+                                    "during a checkpoint write"])
 def test_train_killed_then_resumed_equals_uninterrupted(moment, kill_benchmark, reference_run, tmp_path):
     run = tmp_path / "run"
     if moment.startswith("during"):
-        ready, delay = lambda: any(run.glob(".model_iter*.pth.tmp*")), 0.0
+        ready = lambda: any(run.glob(".model_iter*.pth.tmp*"))  # noqa: E731
     else:
-        ready, delay = lambda: (run / "metrics.jsonl").exists(), float(moment.split()[0])
+        ready = lambda: count_lines(run / "metrics.jsonl") >= int(moment.split()[-1])  # noqa: E731
     before = tree_digest(kill_benchmark)
-    _, killed_output = interrupt_when(train_argv(kill_benchmark, run), ready, sig=SIGKILL, delay=delay)
+    killed_status, killed_output = interrupt_when(train_argv(kill_benchmark, run), ready, sig=SIGKILL, delay=0.0)
+    assert_killed(killed_status, killed_output)
     status, output = run_subprocess([*train_argv(kill_benchmark, run), "--resume"])
     judge("kill -9 and rerun", f"train, kill {moment}", status=status, output=killed_output + output,
           expect_error=False, same_result=same_training(run, reference_run),
           inputs_before=before, inputs_after=tree_digest(kill_benchmark))
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.3, 0.8])
-def test_pseudo_label_killed_then_rerun_equals_uninterrupted(delay, kill_benchmark, reference_run, reference_store,
-                                                             tmp_path):
+@pytest.mark.parametrize("images_done", kill_moments(1, 3, 20))
+def test_pseudo_label_killed_then_rerun_equals_uninterrupted(images_done, kill_benchmark, reference_run,
+                                                             reference_store, tmp_path):
     store = tmp_path / "store"
     argv = pseudo_label_argv(kill_benchmark, reference_run / "final.pth", store)
     before = tree_digest(kill_benchmark, reference_run / "final.pth")
-    _, killed_output = interrupt_when(argv, lambda: any((store / "image_stats").rglob("*.json")), sig=SIGKILL,
-                                      delay=delay)
+    killed_status, killed_output = interrupt_when(
+        argv, lambda: len(list((store / "image_stats").rglob("*.json"))) >= images_done, sig=SIGKILL, delay=0.0)
+    assert_killed(killed_status, killed_output)
     status, output = run_subprocess(argv)
-    judge("kill -9 and rerun", f"pseudo-label, kill {delay} s after the first image", status=status,
+    judge("kill -9 and rerun", f"pseudo-label, kill after image {images_done} of 24", status=status,
           output=killed_output + output, expect_error=False,
           same_result=relative_digest(store) == relative_digest(reference_store),
           inputs_before=before, inputs_after=tree_digest(kill_benchmark, reference_run / "final.pth"))
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.2, 0.5])
-def test_synth_killed_then_rerun_equals_uninterrupted(delay, reference_synth, tmp_path):
+@pytest.mark.parametrize("files_done", kill_moments(2, 3, 40))
+def test_synth_killed_then_rerun_equals_uninterrupted(files_done, reference_synth, tmp_path):
     out = tmp_path / "synth"
-    _, killed_output = interrupt_when(["data", "synth", out, *SYNTH], lambda: out.exists(), sig=SIGKILL, delay=delay)
+    killed_status, killed_output = interrupt_when(
+        ["data", "synth", out, *SYNTH], lambda: out.exists() and len(list(out.rglob("*.png"))) >= files_done,
+        sig=SIGKILL, delay=0.0)
+    assert_killed(killed_status, killed_output)
     status, output = run_subprocess(["data", "synth", out, *SYNTH])
-    judge("kill -9 and rerun", f"data synth, kill {delay} s after it starts writing", status=status,
+    judge("kill -9 and rerun", f"data synth, kill after file {files_done} of 60", status=status,
           output=killed_output + output, expect_error=False,
           same_result=relative_digest(out) == relative_digest(reference_synth))
 
