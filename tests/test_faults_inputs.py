@@ -85,6 +85,28 @@ def test_bad_config_file(command, case, text, named, tmp_path, capsys):
           inputs_after=tree_digest(tmp_path / "broken.yaml") if text else None)
 
 
+OPTION_FAULTS = [  # (case, argv after the command's required options, text the message must hold)
+    ("evaluate --split test (no public labels)", ["evaluate", "--split", "test"], "test split"),
+    ("evaluate --device cuda without CUDA", ["evaluate", "--device", "cuda"], "--device cpu"),
+    ("predict --device cuda without CUDA", ["predict", "--device", "cuda"], "--device cpu"),
+    ("pseudo-label --device cuda without CUDA", ["pseudo-label", "--device", "cuda"], "--device cpu"),
+    ("pseudo-label --input-size 0 0", ["pseudo-label", "--input-size", "0", "0"], "--input-size"),
+]
+
+
+@pytest.mark.parametrize("case, argv, named", OPTION_FAULTS, ids=[c[0] for c in OPTION_FAULTS])
+def test_bad_command_line_option(case, argv, named, tiny_benchmark, tiny_checkpoint, tmp_path, capsys):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    command, *options = argv
+    before = tree_digest(tiny_benchmark, tiny_checkpoint)
+    # The command's defaults first; argparse lets the options of the case override them.
+    status, output = run_cli([*checkpoint_argv(command, tiny_checkpoint, tiny_benchmark, tmp_path / "out"), *options],
+                             capsys)
+    judge("bad config", case, status=status, output=output, named=[named], inputs_before=before,
+          inputs_after=tree_digest(tiny_benchmark, tiny_checkpoint))
+
+
 # ---------------------------------------------------------------------------- bad dataset
 DATASET_FAULTS = {  # name -> (file it breaks, how); None: the whole root is missing
     "missing root": (None, None),

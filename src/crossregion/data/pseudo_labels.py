@@ -460,6 +460,7 @@ class PseudoLabelStore:
             )
         self.codec = EntropyCodec(self.num_classes)
         self._stats: dict | None = None
+        self._files_checked = False  # validate_files decodes every image: once per store object
 
     @property
     def names(self) -> list[str]:
@@ -546,6 +547,8 @@ class PseudoLabelStore:
 
     def validate_files(self) -> None:
         """Raise ``ValueError`` naming the images whose files are missing, damaged or changed."""
+        if self._files_checked:
+            return
         problems = [problem for name in self.names if (problem := image_problem(self.path, name, self.codec))]
         if problems:
             raise ValueError(
@@ -553,3 +556,4 @@ class PseudoLabelStore:
                 f"{'; ...' if len(problems) > 3 else ''}; rerun the same `crossregion pseudo-label` command "
                 "to redo them"
             )
+        self._files_checked = True
