@@ -45,7 +45,8 @@ def tiny_checkpoint(tiny_benchmark, tmp_path_factory) -> Path:
     from crossregion.cli import main
 
     run = tmp_path_factory.mktemp("fault_run") / "run"
-    assert main(["train", "--config", "demo_source_only", "--output", str(run), *faults.tiny_training(tiny_benchmark)]) == 0
+    argv = ["train", "--config", "demo_source_only", "--output", str(run), *faults.tiny_training(tiny_benchmark)]
+    assert main(argv) == 0
     return run / "final.pth"
 
 

@@ -65,7 +65,8 @@ CONFIG_FILE_FAULTS = [
 @pytest.mark.parametrize("case, overrides, named", CONFIG_FAULTS, ids=[c[0] for c in CONFIG_FAULTS])
 def test_bad_config_override(command, case, overrides, named, tiny_benchmark, tmp_path, capsys):
     before = tree_digest(tiny_benchmark)
-    preset = ["demo_source_only"] if command == "dump-config" else ["--config", "demo_source_only", "--output", tmp_path / "run"]
+    preset = (["demo_source_only"] if command == "dump-config"
+              else ["--config", "demo_source_only", "--output", tmp_path / "run"])
     status, output = run_cli([command, *preset, *overrides], capsys)
     judge("bad config", f"{command}: {case}", status=status, output=output, named=[named],
           inputs_before=before, inputs_after=tree_digest(tiny_benchmark))
@@ -333,12 +334,20 @@ def _renamed_to_label_ids(path: Path) -> Path:
     return renamed
 
 
+def _to_label_ids(path: Path) -> None:
+    from crossregion.data.labels import label_set_for
+
+    to_label_id = label_set_for(19).train_id_to_cityscapes_id()
+    Image.fromarray(to_label_id[np.array(Image.open(path))]).save(path)
+
+
 PREDICTION_FAULTS = {  # name -> (file suffix, label IDs?, damage(first file) -> the file to name)
     "trainIds holding 16 pixels of 20": ("_trainIds.png", False, lambda f: _damaged(f, lambda p: _put_value(p, 20))),
     "labelIds holding 255": ("_labelIds.png", True, lambda f: _damaged(f, lambda p: _put_value(p, 255))),
     "labelIds holding train IDs": ("_labelIds.png", False, lambda f: _damaged(f, lambda p: _put_value(p, 255))),
     "mixed suffixes": ("_trainIds.png", False, _renamed_to_label_ids),
     "values of neither kind": (".png", False, lambda f: _damaged(f, lambda p: _put_value(p, 200))),
+    "plain names, one file of label IDs": (".png", False, lambda f: _damaged(f, _to_label_ids)),
     "RGB picture": ("_trainIds.png", False, lambda f: _damaged(f, lambda p: Image.new("RGB", (64, 32)).save(p))),
     "truncated PNG": ("_trainIds.png", False, lambda f: _damaged(f, truncate)),
     "random bytes": ("_trainIds.png", False, lambda f: _damaged(f, garble)),

@@ -51,7 +51,8 @@ SUMMARY_FILE = "synth.json"
 # was interrupted, and may be continued by the same arguments.
 RUNNING_FILE = ".synth-running.json"
 # The arguments of generate_benchmark, as synth.json records them.
-ARGUMENT_KEYS = ("source_layout", "source_images", "target_train_images", "target_val_images", "height", "width", "seed")
+ARGUMENT_KEYS = ("source_layout", "source_images", "target_train_images", "target_val_images", "height", "width",
+                 "seed")
 
 # Bump when the rendering changes, so stale benchmarks can be told apart (written to synth.json).
 GENERATOR_VERSION = 2

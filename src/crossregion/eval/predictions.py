@@ -148,8 +148,8 @@ def decide_id_type(
     described = {"train": f"train IDs (0..{num_classes - 1}, 255)", "label": "Cityscapes label IDs (0..33)"}
     values = set().union(*values_by_file.values())
     shown = sorted(values)
-    named = {path: kind for path in values_by_file
-             for kind, suffix in (("train", TRAIN_IDS_SUFFIX), ("label", LABEL_IDS_SUFFIX)) if path.name.endswith(suffix)}
+    suffixes = {"train": TRAIN_IDS_SUFFIX, "label": LABEL_IDS_SUFFIX}
+    named = {path: kind for path in values_by_file for kind, suffix in suffixes.items() if path.name.endswith(suffix)}
     if requested != "auto":
         id_type, reason = requested, f"--id-type {requested}; values {shown} fit"
     elif set(named.values()) == {"train", "label"}:
@@ -161,20 +161,20 @@ def decide_id_type(
         )
     elif named:
         id_type = next(iter(named.values()))
-        suffix = TRAIN_IDS_SUFFIX if id_type == "train" else LABEL_IDS_SUFFIX
-        reason = f"file names end with {suffix}; values {shown} fit"
-    elif values <= allowed["train"]:
+        reason = f"file names end with {suffixes[id_type]}; values {shown} fit"
+    elif values <= allowed["train"] and values <= allowed["label"]:
         id_type = "train"
-        reason = (f"values {shown} fit both train and label IDs; assuming train IDs (pass --id-type label if not)"
-                  if values <= allowed["label"] else f"values {shown} include {sorted(values - allowed['label'])}, no label IDs")
+        reason = f"values {shown} fit both train and label IDs; assuming train IDs (pass --id-type label if not)"
+    elif values <= allowed["train"]:
+        id_type, reason = "train", f"values {shown} include {sorted(values - allowed['label'])}, no label IDs"
     elif values <= allowed["label"]:
         id_type, reason = "label", f"values {shown} include {sorted(values - allowed['train'])}, no train IDs"
     else:
-        path = next(path for path, file_values in values_by_file.items()
-                    if not (file_values <= allowed["train"] or file_values <= allowed["label"]))
+        path = next(path for path, file_values in values_by_file.items() if not file_values <= allowed["train"])
         raise ValueError(
-            f"prediction {path} holds values {sorted(values_by_file[path])}, which are neither "
-            f"{described['train']} nor {described['label']}; check --num-classes"
+            f"predictions hold values {shown}, which are neither all {described['train']} nor all "
+            f"{described['label']}; e.g. prediction {path} holds {sorted(values_by_file[path] - allowed['train'])}; "
+            "check --num-classes"
         )
     for path, file_values in values_by_file.items():
         outside = sorted(file_values - allowed[id_type])
