@@ -277,7 +277,7 @@ def test_another_architecture_names_file_and_shapes(small_official_file, tmp_pat
     segmenter = build_segmenter("resnet18", 4)
     path = tmp_path / "lying.pth"
     torch.save(crossregion_checkpoint(segmenter, {"backbone": "resnet50", "num_classes": 4}), path)
-    with pytest.raises(ValueError, match=r"lying\.pth holds a resnet50 .*shape mismatches"):
+    with pytest.raises(ValueError, match=r"lying\.pth declares a resnet50 .*do not fit .*shape mismatches"):
         load_segmenter(path)
 
 

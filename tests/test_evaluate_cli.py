@@ -158,7 +158,7 @@ def test_cli_writes_metrics_and_says_which_ids_it_assumed(tmp_path, capsys):
         ("extra", "belong to no image"),
         ("size", "is 10x6, expected 20x12"),
         ("rgb", "is a RGB image"),
-        ("mismatch", "--id-type train, but predictions hold"),
+        ("mismatch", "holds [26], which are no train IDs (0..18, 255), but --id-type says train IDs"),
     ],
 )
 def test_bad_prediction_folders_name_the_files(tmp_path, capsys, problem, message):
@@ -181,7 +181,7 @@ def test_bad_prediction_folders_name_the_files(tmp_path, capsys, problem, messag
     error = capsys.readouterr().err
     assert status == 2
     assert message in error
-    if problem in ("size", "rgb", "missing"):
+    if problem in ("size", "rgb", "missing", "mismatch"):
         assert first.name.split("_trainIds")[0] in error
 
 

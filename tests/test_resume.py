@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from crossregion.engine.checkpoint import atomic_save, load_checkpoint, periodic_checkpoints, write_checkpoint
+from crossregion.files import save_torch_atomically
+from crossregion.engine.checkpoint import load_checkpoint, periodic_checkpoints, write_checkpoint
 
 SCRIPT = Path(__file__).with_name("tiny_training.py")
 
@@ -71,7 +72,7 @@ def test_checkpoint_writes_are_atomic_and_pruned(tmp_path):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        atomic_save({"x": Unpicklable()}, tmp_path / "last.pth")
+        save_torch_atomically({"x": Unpicklable()}, tmp_path / "last.pth")
     assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 6  # old file intact
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 

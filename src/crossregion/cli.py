@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
+import shlex
 import sys
 
 # (command, module, one-line help). "data" commands are nested: ``crossregion data synth``.
@@ -75,13 +77,48 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
-        # User errors (bad paths, configs, checkpoints) end with the message, not a traceback.
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        # User errors (bad paths, configs, checkpoints, failed writes) end with the message, not a
+        # traceback. OSError covers FileNotFoundError and the project's WriteFailedError.
         if args.verbose:
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"crossregion: error: {message}", file=sys.stderr)
+        print(f"crossregion: error: {error_message(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print(f"crossregion: interrupted; {how_to_continue(args.command, argv)}", file=sys.stderr)
+        return 130
+
+
+# "Original Traceback (most recent call last):" starts the worker's traceback in the message.
+_WORKER_TRACEBACK = "\nOriginal Traceback"
+_EXCEPTION_PREFIX = re.compile(r"^[\w.]+: ")
+
+
+def error_message(error: BaseException) -> str:
+    """The message of a user error, as one line when it came from a DataLoader worker.
+
+    A DataLoader re-raises a worker's error with the worker's whole traceback in the message; its
+    last line is the error itself ("ValueError: cannot read image X: ..."), the same message a
+    run without workers shows.
+    """
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if _WORKER_TRACEBACK in message:
+        message = _EXCEPTION_PREFIX.sub("", message.rstrip().splitlines()[-1])
+    return message
+
+
+def how_to_continue(command: str, argv: list[str]) -> str:
+    """What the user runs to continue an interrupted command."""
+    if command == "train":
+        resumed = argv if "--resume" in argv else [*argv, "--resume"]
+        return f"continue from the last checkpoint with: crossregion {shlex.join(resumed)}"
+    if command in ("pseudo-label", "pipeline", "demo"):
+        return "rerun the same command to continue where it stopped (finished work is kept)"
+    if command == "data":
+        return "rerun the same command to finish the benchmark"
+    return "rerun the same command; it writes its outputs again"
 
 
 if __name__ == "__main__":

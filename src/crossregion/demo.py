@@ -14,6 +14,8 @@ import logging
 import time
 from pathlib import Path
 
+from crossregion.files import check_output_folder
+
 logger = logging.getLogger(__name__)
 
 PRESET = "demo"
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ensure_benchmark(data_dir: Path, arguments: dict[str, int] = SYNTH_ARGUMENTS) -> None:
     """Generate the synthetic benchmark into ``data_dir`` unless it is there with the same arguments."""
-    from crossregion.data.synth import generate_benchmark
+    from crossregion.data.synth import generate_into
 
     summary_path = data_dir / "synth.json"
     if summary_path.exists():
@@ -43,7 +45,8 @@ def ensure_benchmark(data_dir: Path, arguments: dict[str, int] = SYNTH_ARGUMENTS
             logger.info("synthetic benchmark in %s is up to date", data_dir)
             return
     logger.info("generating the synthetic benchmark in %s", data_dir)
-    generate_benchmark(data_dir, **arguments)
+    # The demo's own folder: a benchmark of other arguments there is replaced, never mixed in.
+    generate_into(data_dir, {"source_layout": "gta5", **arguments}, force=True)
 
 
 def demo_pipeline_config(data_dir: Path, overrides: list[str] | tuple[str, ...] = ()):
@@ -59,6 +62,7 @@ def main(args: argparse.Namespace) -> int:
     from crossregion.pipeline import run_pipeline
     from crossregion.report import write_run_report
 
+    check_output_folder(args.output)
     start = time.perf_counter()
     data_dir = args.output / "data"
     ensure_benchmark(data_dir)

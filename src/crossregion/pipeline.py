@@ -53,6 +53,7 @@ from crossregion.config.io import (
     find_preset,
     load_raw,
 )
+from crossregion.files import check_output_folder, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -256,9 +257,7 @@ def environment() -> dict[str, str]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    temporary.replace(path)
+    write_text_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def resolve_training_config(cfg: PipelineConfig, spec: StageSpec, placeholders: dict[str, str]) -> dict[str, Any]:
@@ -337,7 +336,7 @@ def bn_target_stage(stages: Stages, cfg: PipelineConfig, name: str, model: Stage
 def _device(cfg: PipelineConfig) -> torch.device:
     from crossregion.engine.dist import select_device
 
-    return select_device(cfg.device)
+    return select_device(cfg.device, option="device")
 
 
 def _target_images(cfg: PipelineConfig, num_classes: int, *, labelled: bool, split: str | None = None):
@@ -509,7 +508,7 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path) -> dict[str, Any]:
     """Run every stage ``cfg`` asks for (skipping up-to-date ones); write and return the results."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "pipeline.yaml").write_text(yaml.safe_dump(_plain(dataclasses.asdict(cfg)), sort_keys=False))
+    write_text_atomically(output / "pipeline.yaml", yaml.safe_dump(_plain(dataclasses.asdict(cfg)), sort_keys=False))
     stages = Stages(output)
     source = training_stage(stages, cfg, "00_source", cfg.source, {}, [])
     results: dict[str, Any] = {"source_only": source.outputs["miou"], "oracle": None, "methods": {}}
@@ -520,7 +519,7 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path) -> dict[str, Any]:
     results["stages"] = {name: {"folder": str(r.folder), "hash": r.hash, "skipped": r.skipped}
                          for name, r in stages.records.items()}
     _write_json(output / "results.json", results)
-    (output / "results.md").write_text(results_markdown(results))
+    write_text_atomically(output / "results.md", results_markdown(results))
     return results
 
 
@@ -665,6 +664,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from crossregion.report import write_run_report
 
+    check_output_folder(args.output)
     cfg = load_pipeline_config(args.config, args.overrides)
     run_pipeline(cfg, args.output)
     print((args.output / "results.md").read_text())

@@ -21,6 +21,7 @@ from crossregion.data.datasets import DATASETS, build_dataset
 from crossregion.data.pseudo_labels import PseudoLabelWriter
 from crossregion.data.transforms import eval_transform
 from crossregion.eval.inference import predict_probs
+from crossregion.files import check_output_folder
 from crossregion.methods.cra_losses import normalized_entropy
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
     from crossregion.engine.dist import select_device
     from crossregion.models.checkpoint_io import load_segmenter
 
+    check_output_folder(args.output)
     device = select_device(args.device)
     segmenter, info = load_segmenter(args.checkpoint, device=device)
     num_classes = info["num_classes"]

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 from crossregion.config.schema import ExperimentConfig
+from crossregion.files import write_text_atomically
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Pipeline presets (``crossregion pipeline``) are a different schema, so they live apart.
@@ -133,18 +134,30 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ExperimentC
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
     """Build an ``ExperimentConfig`` from plain data (a loaded preset or a checkpoint's config)."""
-    # Imported here: methods import torch, and only a full config needs the method registry.
+    # Imported here: methods and models import torch, and only a full config needs their registries.
+    from crossregion.data.datasets import DATASETS
     from crossregion.methods import METHODS
+    from crossregion.models import BACKBONES
 
     method_data = data.get("method")
     if not isinstance(method_data, dict) or "name" not in method_data:
         raise KeyError(f"{source}: missing method.name; available methods: {', '.join(METHODS.names())}")
     method_class = METHODS.get(str(method_data["name"]))
     try:
-        return _build(ExperimentConfig, data, "", {"method": method_class.config_class})
+        config = _build(ExperimentConfig, data, "", {"method": method_class.config_class})
     except (ValueError, KeyError) as error:
         message = error.args[0] if error.args else str(error)
         raise type(error)(f"{source}: {message}") from error
+    registered = [("model.backbone", BACKBONES, config.model.backbone)] + [
+        (f"data.{kind}.name", DATASETS, spec.name)
+        for kind in ("source", "target", "target_val") if (spec := getattr(config.data, kind)) is not None
+    ]
+    for key, registry, name in registered:
+        try:
+            registry.get(name)
+        except KeyError as error:  # the message lists the known names
+            raise KeyError(f"{source}: {key}: {error.args[0]}") from None
+    return config
 
 
 def _build(cls: type, data: Any, prefix: str, replace_types: dict[str, type] | None = None) -> Any:
@@ -229,7 +242,7 @@ def config_to_yaml(cfg: ExperimentConfig) -> str:
 def save_config(cfg: ExperimentConfig, path: str | Path, code_version: str) -> None:
     """Write the resolved config and the code version (``run_dir/config.yaml``)."""
     text = f"# code_version: {code_version}\n" + config_to_yaml(cfg)
-    Path(path).write_text(text, encoding="utf-8")
+    write_text_atomically(path, text)
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -309,7 +309,10 @@ class CityscapesDataset(SegmentationDataset):
         if split not in self.SPLITS:
             raise ValueError(f"Cityscapes split must be one of {self.SPLITS}, got {split!r}")
         if split == "test" and kwargs.get("labelled", True):
-            raise ValueError("Cityscapes test labels are withheld; build the test split with labelled=False")
+            raise ValueError(
+                f"the Cityscapes test split at {root} has no public labels, so nothing can be scored or trained on "
+                "with its labels; use the val split, or write test predictions with `crossregion predict`"
+            )
         super().__init__(root, split, **kwargs)
 
     def _find_files(self):

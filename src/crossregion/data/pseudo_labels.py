@@ -13,20 +13,24 @@ Layout of a store folder::
     manifest.json            settings and the image names of the split (written first)
     labels/<name>.png        pseudo label, palettised PNG, value = train ID
     entropy/<name>.png       entropy code: high plane + refinement chunk (see EntropyCodec)
-    image_stats/<name>.json  per-image counts; written last, so it marks the image complete
+    image_stats/<name>.json  per-image counts and the SHA-256 of its two PNGs; written last, so
+                             it marks the image complete
     stats.json               totals, rare classes, trusted fractions, entropy histogram
     entropy_histogram.png    the histogram as a plot
 
 Every file is written to a temporary name and renamed, so an interrupted run leaves only
-complete images behind and resumes with the images that have no ``image_stats`` file.
+complete images behind and resumes with the images that have no ``image_stats`` file or whose
+files do not decode or match their checksums (redone, not kept). Training checks every image
+the same way before its first iteration (``PseudoLabelStore.check_compatible``).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import hashlib
+import logging
 import math
-import os
 import struct
 import zlib
 from collections.abc import Sequence
@@ -35,7 +39,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, PngImagePlugin
 
+from crossregion.files import remove_stale_temp_files, write_bytes_atomically
 from crossregion.methods.cra_losses import rare_class_factors, validate_threshold
+
+logger = logging.getLogger(__name__)
 
 STORE_FORMAT = "crossregion-pseudo-labels"
 ENCODING_VERSION = 1
@@ -173,13 +180,50 @@ def histogram_edges(num_classes: int) -> np.ndarray:
     return np.concatenate([[0.0], np.geomspace(HISTOGRAM_FLOOR, 1.0 / num_classes, HISTOGRAM_BINS)])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file next to ``path`` and rename it, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temporary, "wb") as file:
-        file.write(data)
-    os.replace(temporary, path)
+def _read_json(path: Path, what: str):
+    """A JSON file of the store; a damaged one is an error that names it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{what} {path} cannot be read ({error}); the store is damaged: "
+                         "rerun `crossregion pseudo-label` into a new --output") from error
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_problem(store_path: Path, name: str, codec: EntropyCodec) -> str | None:
+    """Why image ``name`` of a store is not usable (missing, damaged, changed file), or None.
+
+    Its ``image_stats`` record is written last and holds the SHA-256 of its label and entropy
+    PNGs, so a truncated, replaced or undecodable file is caught here, not mid-training.
+    """
+    record_path = store_path / "image_stats" / f"{name}.json"
+    if not record_path.exists():
+        return f"{record_path} is missing"
+    try:
+        checksums = json.loads(record_path.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{record_path} cannot be read or has no checksums ({error})"
+    for relative in (f"labels/{name}.png", f"entropy/{name}.png"):
+        path = store_path / relative
+        if not path.exists():
+            return f"{path} is missing"
+        data = path.read_bytes()
+        if _sha256(data) != checksums.get(relative):
+            return f"{path} does not match its checksum in {record_path} (truncated or changed)"
+    try:
+        _decode_label_png((store_path / "labels" / f"{name}.png").read_bytes())
+        decode_entropy_png(codec, (store_path / "entropy" / f"{name}.png").read_bytes(), f"entropy/{name}.png")
+    except (OSError, ValueError, zlib.error) as error:
+        return f"{store_path} image {name} cannot be decoded ({error})"
+    return None
+
+
+def _decode_label_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image, dtype=np.uint8)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -229,7 +273,7 @@ class PseudoLabelWriter:
         self.manifest = json.loads(json.dumps(self.manifest))
         manifest_path = self.path / MANIFEST_FILE
         if manifest_path.exists():
-            existing = json.loads(manifest_path.read_text())
+            existing = _read_json(manifest_path, "pseudo-label manifest")
             differing = sorted(key for key in set(existing) | set(self.manifest) if existing.get(key) != self.manifest.get(key))
             if differing:
                 raise ValueError(
@@ -237,7 +281,8 @@ class PseudoLabelWriter:
                     f"{', '.join(differing)}); choose another --output or delete that folder"
                 )
         else:
-            _atomic_write(manifest_path, json.dumps(self.manifest, indent=1).encode())
+            write_bytes_atomically(manifest_path, json.dumps(self.manifest, indent=1).encode())
+        remove_stale_temp_files(self.path)  # left by a run killed mid-write
         self.codec = EntropyCodec(num_classes)
         self._name_set = set(self.manifest["names"])
         self._palette = [channel for colour in manifest["palette"] for channel in colour]
@@ -246,8 +291,15 @@ class PseudoLabelWriter:
         return (self.path / "image_stats" / f"{name}.json").exists()
 
     def pending_names(self) -> list[str]:
-        """The images of the split that are not stored yet, in manifest order."""
-        return [name for name in self.manifest["names"] if not self.is_complete(name)]
+        """The images of the split not stored yet or stored damaged (redone), in manifest order."""
+        pending = []
+        for name in self.manifest["names"]:
+            problem = image_problem(self.path, name, self.codec)
+            if problem is not None:
+                if self.is_complete(name):
+                    logger.warning("redoing %s: %s", name, problem)
+                pending.append(name)
+        return pending
 
     def write(self, name: str, pseudo_label: np.ndarray, entropy: np.ndarray) -> None:
         """Store one image; its stats file goes last and marks it complete.
@@ -270,10 +322,12 @@ class PseudoLabelWriter:
             raise ValueError(f"{name}: pseudo label must be uint8 train IDs below {num_classes}")
         label_image = Image.fromarray(pseudo_label)
         label_image.putpalette(self._palette)  # makes it a palettised ('P') PNG, as the official one
-        _atomic_write(self.path / "labels" / f"{name}.png", _png_bytes(label_image))
-        _atomic_write(self.path / "entropy" / f"{name}.png", encode_entropy_png(self.codec, entropy))
+        label_png, entropy_png = _png_bytes(label_image), encode_entropy_png(self.codec, entropy)
+        write_bytes_atomically(self.path / "labels" / f"{name}.png", label_png)
+        write_bytes_atomically(self.path / "entropy" / f"{name}.png", entropy_png)
         stats = self._image_stats(pseudo_label, entropy)
-        _atomic_write(self.path / "image_stats" / f"{name}.json", json.dumps(stats).encode())
+        stats["sha256"] = {f"labels/{name}.png": _sha256(label_png), f"entropy/{name}.png": _sha256(entropy_png)}
+        write_bytes_atomically(self.path / "image_stats" / f"{name}.json", json.dumps(stats).encode())
 
     def _image_stats(self, pseudo_label: np.ndarray, entropy: np.ndarray) -> dict:
         # Trusted counts at λ and at λ / factor: which classes are rare is known only once every
@@ -300,7 +354,7 @@ class PseudoLabelWriter:
         Raises:
             ValueError: some images are not stored yet.
         """
-        pending = self.pending_names()
+        pending = [name for name in self.manifest["names"] if not self.is_complete(name)]
         if pending:
             raise ValueError(f"{len(pending)} images of {self.path} are not stored yet, e.g. {pending[0]!r}")
         manifest = self.manifest
@@ -308,7 +362,7 @@ class PseudoLabelWriter:
         totals = {key: np.zeros(num_classes, dtype=np.int64) for key in ("class_pixel_counts", "trusted_counts", "trusted_counts_if_rare")}
         histogram = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
         for name in manifest["names"]:
-            image_stats = json.loads((self.path / "image_stats" / f"{name}.json").read_text())
+            image_stats = _read_json(self.path / "image_stats" / f"{name}.json", "image record")
             for key, total in totals.items():
                 total += np.asarray(image_stats[key], dtype=np.int64)
             histogram += np.asarray(image_stats["entropy_histogram"], dtype=np.int64)
@@ -333,9 +387,9 @@ class PseudoLabelWriter:
             },
             "entropy_histogram": {"edges": histogram_edges(num_classes).tolist(), "counts": histogram.tolist()},
         }
-        _atomic_write(self.path / STATS_FILE, json.dumps(stats, indent=1).encode())
+        write_bytes_atomically(self.path / STATS_FILE, json.dumps(stats, indent=1).encode())
         plot = draw_entropy_histogram(stats)
-        _atomic_write(self.path / HISTOGRAM_PLOT_FILE, _png_bytes(plot))
+        write_bytes_atomically(self.path / HISTOGRAM_PLOT_FILE, _png_bytes(plot))
         return stats
 
 
@@ -391,10 +445,13 @@ class PseudoLabelStore:
         manifest_path = self.path / MANIFEST_FILE
         if not manifest_path.exists():
             raise FileNotFoundError(
-                f"no pseudo-label store at {self.path} ({MANIFEST_FILE} missing); "
+                f"no pseudo-label store at {self.path} ({manifest_path} missing); "
                 f"create one with `crossregion pseudo-label --output {self.path} ...`"
             )
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = _read_json(manifest_path, "pseudo-label manifest")
+        if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("names"), list):
+            raise ValueError(f"pseudo-label manifest {manifest_path} is not a store manifest (no list of names); "
+                             "recreate the store with `crossregion pseudo-label`")
         if self.manifest.get("format") != STORE_FORMAT or self.manifest.get("encoding_version") != ENCODING_VERSION:
             raise ValueError(
                 f"{manifest_path} is not a {STORE_FORMAT} store of encoding version {ENCODING_VERSION} "
@@ -403,6 +460,7 @@ class PseudoLabelStore:
             )
         self.codec = EntropyCodec(self.num_classes)
         self._stats: dict | None = None
+        self._files_checked = False  # validate_files decodes every image: once per store object
 
     @property
     def names(self) -> list[str]:
@@ -421,9 +479,9 @@ class PseudoLabelStore:
                 done = sum((self.path / "image_stats" / f"{name}.json").exists() for name in self.names)
                 raise ValueError(
                     f"pseudo-label store {self.path} is incomplete ({done} of {len(self.names)} images, "
-                    f"no {STATS_FILE}); rerun the same `crossregion pseudo-label` command to finish it"
+                    f"no {stats_path}); rerun the same `crossregion pseudo-label` command to finish it"
                 )
-            self._stats = json.loads(stats_path.read_text())
+            self._stats = _read_json(stats_path, "pseudo-label statistics")
         return self._stats
 
     @property
@@ -438,9 +496,13 @@ class PseudoLabelStore:
         for path in (label_path, entropy_path):
             if not path.exists():
                 raise FileNotFoundError(f"pseudo-label store {self.path} has no {path.relative_to(self.path)}")
-        with Image.open(label_path) as image:
-            pseudo_label = np.asarray(image, dtype=np.uint8)
-        entropy = decode_entropy_png(self.codec, entropy_path.read_bytes(), str(entropy_path))
+        try:
+            pseudo_label = _decode_label_png(label_path.read_bytes())
+            entropy = decode_entropy_png(self.codec, entropy_path.read_bytes(), str(entropy_path))
+        except (OSError, ValueError, zlib.error) as error:
+            raise ValueError(f"pseudo-label store {self.path}: the files of image {name!r} ({label_path}, "
+                             f"{entropy_path}) cannot be decoded ({error}); rerun `crossregion pseudo-label` "
+                             "with the same arguments to redo them") from error
         if pseudo_label.shape != entropy.shape:
             raise ValueError(f"{name}: pseudo label {pseudo_label.shape} and entropy {entropy.shape} differ in {self.path}")
         return pseudo_label, entropy
@@ -481,3 +543,17 @@ class PseudoLabelStore:
         if threshold is not None:
             validate_threshold(threshold, self.num_classes)
         _ = self.stats  # an unfinished store fails here, before training starts
+        self.validate_files()
+
+    def validate_files(self) -> None:
+        """Raise ``ValueError`` naming the images whose files are missing, damaged or changed."""
+        if self._files_checked:
+            return
+        problems = [problem for name in self.names if (problem := image_problem(self.path, name, self.codec))]
+        if problems:
+            raise ValueError(
+                f"pseudo-label store {self.path} has {len(problems)} damaged image(s): {'; '.join(problems[:3])}"
+                f"{'; ...' if len(problems) > 3 else ''}; rerun the same `crossregion pseudo-label` command "
+                "to redo them"
+            )
+        self._files_checked = True

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from crossregion.files import write_text_atomically
+
 logger = logging.getLogger(__name__)
 
 SUB_EPOCH_SIZE = 3000  # draws between resets of the class counts (official value)
@@ -53,8 +55,8 @@ def compute_class_presence(dataset, cache_path: str | Path | None = None) -> np.
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         classes = [np.flatnonzero(row).tolist() for row in presence]
-        cache.write_text(json.dumps({"label_set": dataset.label_set.name, "names": list(dataset.names),
-                                     "classes": classes}))
+        write_text_atomically(cache, json.dumps({"label_set": dataset.label_set.name, "names": list(dataset.names),
+                                                 "classes": classes}))
     return presence
 
 

@@ -30,6 +30,7 @@ import argparse
 import io
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,19 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from crossregion import __version__
 from crossregion.data.labels import CITYSCAPES_LABELS
+from crossregion.files import (
+    check_output_folder, remove_stale_temp_files, write_bytes_atomically, write_text_atomically,
+)
 
 logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "synth.json"
+# Written before the first image and removed after synth.json: a folder holding it is a run that
+# was interrupted, and may be continued by the same arguments.
+RUNNING_FILE = ".synth-running.json"
+# The arguments of generate_benchmark, as synth.json records them.
+ARGUMENT_KEYS = ("source_layout", "source_images", "target_train_images", "target_val_images", "height", "width",
+                 "seed")
 
 # Bump when the rendering changes, so stale benchmarks can be told apart (written to synth.json).
 GENERATOR_VERSION = 2
@@ -881,7 +893,9 @@ def _save_png(array: np.ndarray, path: Path, palette: list[int] | None = None) -
     else:
         image = Image.frombytes("P", (array.shape[1], array.shape[0]), array.tobytes())
         image.putpalette(palette)
-    image.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    write_bytes_atomically(path, buffer.getbuffer())
 
 
 def _save_synthia_label(labels: np.ndarray, path: Path) -> None:
@@ -893,8 +907,9 @@ def _save_synthia_label(labels: np.ndarray, path: Path) -> None:
     channels[..., 0] = lut[labels]
     height, width = labels.shape
     writer = png.Writer(width=width, height=height, bitdepth=16, greyscale=False, compression=PNG_COMPRESS_LEVEL)
-    with open(path, "wb") as handle:
-        writer.write(handle, channels.reshape(height, width * 3))
+    buffer = io.BytesIO()
+    writer.write(buffer, channels.reshape(height, width * 3))
+    write_bytes_atomically(path, buffer.getbuffer())
 
 
 _GTA5_PALETTE = _COLOURISE_LUT.ravel().tolist()
@@ -905,14 +920,9 @@ def cityscapes_stem(city: str, sequence: int) -> str:
     return f"{city}_{sequence:06d}_{ANNOTATED_FRAME:06d}"
 
 
-def generate_benchmark(out_dir: str | Path, *, source_images: int, target_train_images: int,
-                       target_val_images: int, height: int, width: int, seed: int,
-                       source_layout: str = "gta5") -> dict:
-    """Write the source and target domains under ``out_dir``; returns what ``synth.json`` holds.
-
-    Raises:
-        ValueError: a count is negative, the size is too small, or the layout is unknown.
-    """
+def validate_arguments(*, source_images: int, target_train_images: int, target_val_images: int,
+                       height: int, width: int, seed: int, source_layout: str) -> None:
+    """Raise ``ValueError`` for arguments ``generate_benchmark`` cannot render, before any file is touched."""
     if source_layout not in SOURCE_LAYOUTS:
         raise ValueError(f"--source-layout must be one of {SOURCE_LAYOUTS}, got {source_layout!r}")
     for name, count in (("--source-images", source_images), ("--target-train-images", target_train_images),
@@ -921,6 +931,19 @@ def generate_benchmark(out_dir: str | Path, *, source_images: int, target_train_
             raise ValueError(f"{name} must be >= 0, got {count}")
     if height < 16 or width < 16:
         raise ValueError(f"--height and --width must be at least 16 pixels, got {height}x{width}")
+
+
+def generate_benchmark(out_dir: str | Path, *, source_images: int, target_train_images: int,
+                       target_val_images: int, height: int, width: int, seed: int,
+                       source_layout: str = "gta5") -> dict:
+    """Write the source and target domains under ``out_dir``; returns what ``synth.json`` holds.
+
+    Raises:
+        ValueError: a count is negative, the size is too small, or the layout is unknown.
+    """
+    validate_arguments(source_images=source_images, target_train_images=target_train_images,
+                       target_val_images=target_val_images, height=height, width=width, seed=seed,
+                       source_layout=source_layout)
     out_dir = Path(out_dir)
 
     if source_layout == "gta5":
@@ -964,7 +987,7 @@ def generate_benchmark(out_dir: str | Path, *, source_images: int, target_train_
         "width": width,
         "seed": seed,
     }
-    (out_dir / "synth.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 
@@ -990,14 +1013,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="benchmark seed; same arguments give identical files")
     parser.add_argument("--source-layout", choices=SOURCE_LAYOUTS, default="gta5",
                         help="write the source in the GTA5 (19 classes) or SYNTHIA (16 classes) layout")
+    parser.add_argument("--force", action="store_true",
+                        help="empty OUT_DIR first when it holds anything but a benchmark of these arguments")
+
+
+def prepare_out_dir(out_dir: Path, arguments: dict, *, force: bool) -> None:
+    """Make ``out_dir`` safe to generate into with ``arguments``; leaves a running marker.
+
+    Same arguments give byte-identical files, so a folder made (or being made, when a run was
+    interrupted) with the same arguments and generator version is simply written again. Any
+    other non-empty folder is refused: writing into it would mix two benchmarks (stale files of
+    another size or seed next to new ones). ``force`` empties it first.
+
+    Raises:
+        ValueError: the folder is not empty and holds something else, and ``force`` is off.
+    """
+    check_output_folder(out_dir, "OUT_DIR")
+    expected = {"generator_version": GENERATOR_VERSION, **arguments}
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        recorded = _recorded_arguments(out_dir)
+        if recorded != expected:
+            if not force:
+                if recorded is None:
+                    what = f"files not written by `crossregion data synth` (no readable {SUMMARY_FILE})"
+                else:
+                    differing = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in expected.items()
+                                 if recorded.get(key) != value]
+                    what = f"a benchmark of other arguments ({', '.join(differing)})"
+                raise ValueError(f"OUT_DIR {out_dir} is not empty: it holds {what}; pass --force to empty it "
+                                 "first, or choose another folder")
+            logger.info("--force: emptying %s", out_dir)
+            for entry in out_dir.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        remove_stale_temp_files(out_dir)  # left by an interrupted run of the same arguments
+    write_text_atomically(out_dir / RUNNING_FILE, json.dumps(expected, sort_keys=True) + "\n")
+
+
+def _recorded_arguments(out_dir: Path) -> dict | None:
+    """The generator version and arguments the folder was (or is being) made with, or None."""
+    for name in (RUNNING_FILE, SUMMARY_FILE):
+        try:
+            recorded = json.loads((out_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(recorded, dict):
+            return {key: recorded.get(key) for key in ("generator_version", *ARGUMENT_KEYS)}
+    return None
+
+
+def generate_into(out_dir: str | Path, arguments: dict, *, force: bool) -> dict:
+    """``generate_benchmark`` behind the checks of ``prepare_out_dir``; returns the summary."""
+    out_dir = Path(out_dir)
+    validate_arguments(**arguments)
+    prepare_out_dir(out_dir, arguments, force=force)
+    summary = generate_benchmark(out_dir, **arguments)
+    (out_dir / RUNNING_FILE).unlink()
+    return summary
 
 
 def main(args: argparse.Namespace) -> int:
-    summary = generate_benchmark(
-        args.out_dir, source_images=args.source_images, target_train_images=args.target_train_images,
-        target_val_images=args.target_val_images, height=args.height, width=args.width, seed=args.seed,
-        source_layout=args.source_layout,
-    )
+    summary = generate_into(args.out_dir, {key: getattr(args, key) for key in ARGUMENT_KEYS}, force=args.force)
     logger.info("wrote %d source (%s layout) and %d+%d target images to %s", summary["source_images"],
                 summary["source_layout"], summary["target_train_images"], summary["target_val_images"],
                 args.out_dir)

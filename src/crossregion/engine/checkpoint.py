@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossregion.files import WriteFailedError, describe_write_failure, save_torch_atomically
+
 FORMAT = "crossregion"
 FORMAT_VERSION = 1
 LAST_NAME = "last.pth"
@@ -45,29 +47,20 @@ def code_version() -> str:
     return f"{__version__}+git.{described}" if described else __version__
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(temp, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def _atomic_link(source: Path, target: Path) -> None:
     """``target`` becomes the same file as ``source``, replaced atomically."""
     temp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     temp.unlink(missing_ok=True)
     try:
-        os.link(source, temp)
-    except OSError:
-        shutil.copyfile(source, temp)
-    os.replace(temp, target)
+        try:
+            os.link(source, temp)
+        except OSError:
+            shutil.copyfile(source, temp)
+        os.replace(temp, target)
+    except OSError as error:
+        raise WriteFailedError(f"cannot write {target}: {describe_write_failure(error)}") from error
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def periodic_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -83,7 +76,7 @@ def write_checkpoint(state: dict[str, Any], run_dir: str | Path, *, keep_last: i
     """
     run_dir = Path(run_dir)
     path = run_dir / f"model_iter{state['iteration']:06d}.pth"
-    atomic_save(state, path)
+    save_torch_atomically(state, path)
     _atomic_link(path, run_dir / LAST_NAME)
     if final:
         _atomic_link(path, run_dir / FINAL_NAME)

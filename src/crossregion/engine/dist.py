@@ -33,12 +33,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` picks this process's GPU (``LOCAL_RANK``) when CUDA is present, else the CPU."""
+def select_device(name: str, option: str = "--device") -> torch.device:
+    """``auto`` picks this process's GPU (``LOCAL_RANK``) when CUDA is present, else the CPU.
+
+    ``option`` is where the user set ``name`` (``--device`` or ``engine.device``), for the error.
+    """
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("engine.device is 'cuda' but no CUDA device is visible; set engine.device=cpu")
+        setting = f"{option} cpu" if option.startswith("--") else f"{option}=cpu"
+        raise ValueError(f"{option} is 'cuda' but no CUDA device is visible; use {setting} (or auto)")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)

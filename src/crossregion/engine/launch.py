@@ -29,7 +29,9 @@ from crossregion.engine.dist import (
     barrier, broadcast_object, get_rank, get_world_size, init_distributed, is_main, select_device,
     shutdown_distributed, wrap_ddp,
 )
+from crossregion.engine.logging import truncate_metrics
 from crossregion.engine.trainer import InfiniteLoader, ResumableClassBalancedSampler, Trainer
+from crossregion.files import check_output_folder, remove_stale_temp_files
 from crossregion.methods import METHODS, Method
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_output_folder(args.output)
     cfg = load_config(args.config, args.overrides)
     final = train(cfg, args.output, resume=args.resume)
     if is_main():
@@ -52,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
 
 def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False) -> Path:
     """Build everything ``cfg`` describes and train; returns the final checkpoint's path."""
-    device = select_device(cfg.engine.device)
+    device = select_device(cfg.engine.device, option="engine.device")
     init_distributed(device)
     try:
         method = build_method(cfg)
@@ -242,7 +245,11 @@ def build_class_balanced_sampler(
 
 
 def _prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> dict[str, Any] | None:
-    """Create the folder, write ``config.yaml``; with ``resume`` return the last checkpoint (or None)."""
+    """Create the folder, write ``config.yaml``; with ``resume`` return the last checkpoint (or None).
+
+    A resume also removes what a killed run left behind: checkpoint temp files, and the
+    ``metrics.jsonl`` rows after the checkpoint's iteration (they are written again).
+    """
     last = run_dir / ckpt.LAST_NAME
     if not resume and last.exists():
         raise ValueError(f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output")
@@ -260,6 +267,10 @@ def _prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> dict
         logger.info("no checkpoint in %s yet: starting from iteration 0", run_dir)
     if is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            for stale in remove_stale_temp_files(run_dir):
+                logger.info("removed %s, left by an interrupted checkpoint write", stale)
+            truncate_metrics(run_dir, 0 if state is None else int(state["iteration"]))
         save_config(cfg, run_dir / "config.yaml", ckpt.code_version())
     barrier()
     return state

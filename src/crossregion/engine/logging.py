@@ -8,11 +8,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from crossregion.files import append_text, write_text_atomically
+
 
 class MetricWriter:
     """Appends records to ``run_dir/metrics.jsonl`` and mirrors scalars to TensorBoard if asked.
 
-    Appending (not truncating) keeps the history of a resumed run in one file.
+    Appending (not truncating) keeps the history of a resumed run in one file; a resume first
+    cuts it back to the checkpoint's iteration (``truncate_metrics``), so no row is repeated.
     """
 
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = False) -> None:
@@ -28,8 +31,7 @@ class MetricWriter:
             self._tensorboard = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
         if self._tensorboard is not None:
             for key, value in record.items():
                 if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -38,6 +40,21 @@ class MetricWriter:
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+def truncate_metrics(run_dir: str | Path, iteration: int) -> None:
+    """Drop the ``metrics.jsonl`` rows after ``iteration``: a resumed run writes them again."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if json.loads(line)["iteration"] <= iteration:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a row cut short by a kill: its iteration runs again
+    write_text_atomically(path, "".join(kept))
 
 
 class ProgressBar:

@@ -24,6 +24,7 @@ from crossregion.eval.inference import (
     add_checkpoint_arguments, add_inference_arguments, inference_options, predict_probs,
 )
 from crossregion.eval.metrics import ConfusionMatrix, metrics_dict, write_cli_metrics
+from crossregion.files import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def main(args: argparse.Namespace) -> int:
     from crossregion.engine.dist import select_device
     from crossregion.models.checkpoint_io import load_segmenter
 
+    check_output_folder(args.output)
     options = inference_options(args)
     device = select_device(args.device)
     segmenter, info = load_segmenter(

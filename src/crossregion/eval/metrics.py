@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from crossregion.data.labels import IGNORE_INDEX, SYNTHIA_13_CLASS_NAMES
+from crossregion.files import write_text_atomically
 
 
 class ConfusionMatrix:
@@ -179,11 +180,10 @@ def write_metrics(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, P
         The paths of the two files.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "metrics.json"
-    json_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomically(json_path, json.dumps(metrics, indent=2) + "\n")
     markdown_path = out_dir / "metrics.md"
-    markdown_path.write_text(metrics_markdown(metrics))
+    write_text_atomically(markdown_path, metrics_markdown(metrics))
     return json_path, markdown_path
 
 

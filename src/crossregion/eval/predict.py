@@ -25,6 +25,7 @@ from crossregion.eval.inference import (
     add_checkpoint_arguments, add_inference_arguments, inference_options, predict_probs,
 )
 from crossregion.eval.visualize import colorize, overlay, save_png
+from crossregion.files import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def main(args: argparse.Namespace) -> int:
     from crossregion.engine.dist import select_device
     from crossregion.models.checkpoint_io import load_segmenter
 
+    check_output_folder(args.output)
     options = inference_options(args)
     input_size = options.pop("input_size")
     images = collect_images(args.images)
@@ -121,7 +123,6 @@ def main(args: argparse.Namespace) -> int:
     segmenter, info = load_segmenter(args.checkpoint, format=args.format, device=device)
     label_set = label_set_for(info["num_classes"])
     to_label_id = label_set.train_id_to_cityscapes_id()
-    args.output.mkdir(parents=True, exist_ok=True)
     for path in tqdm(images, desc="predict", unit="img"):
         try:
             with Image.open(path) as opened:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from crossregion.data.datasets import DATASETS, SegmentationDataset, build_dataset
 from crossregion.data.labels import CITYSCAPES_LABELS, IGNORE_INDEX
 from crossregion.eval.metrics import ConfusionMatrix, metrics_dict, write_cli_metrics
+from crossregion.files import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -129,58 +130,61 @@ def read_prediction(path: Path) -> np.ndarray:
 
 
 def decide_id_type(
-    values: set[int], num_classes: int, requested: str, files: list[Path]
+    values_by_file: dict[Path, set[int]], num_classes: int, requested: str
 ) -> IdTypeDecision:
     """Decides whether prediction values are train IDs or Cityscapes label IDs.
 
-    Values outside ``0..K-1`` (other than 255) can only be label IDs; 255 or values above 33 can
-    only be train IDs. When every value fits both, file names ending in ``_labelIds.png`` /
-    ``_trainIds.png`` decide, and otherwise train IDs are assumed.
+    An explicit ``requested`` type decides. Otherwise file names do: all ``*_trainIds.png``
+    means train IDs, all ``*_labelIds.png`` label IDs. Without such names the values do:
+    values outside ``0..K-1`` (other than 255) can only be label IDs, 255 or values above 33
+    only train IDs, and values that fit both are read as train IDs. Whatever decides, every
+    file's values must fit the decided type: a file that disagrees stops the run, named,
+    instead of being scored in the wrong ID space.
 
     Raises:
-        ValueError: the values fit neither, or contradict an explicit ``requested`` type.
+        ValueError: file names mix both suffixes, or a file holds values of the other type.
     """
-    train_ids = set(range(num_classes)) | {IGNORE_INDEX}
+    allowed = {"train": set(range(num_classes)) | {IGNORE_INDEX}, "label": set(CITYSCAPES_LABEL_IDS)}
+    described = {"train": f"train IDs (0..{num_classes - 1}, 255)", "label": "Cityscapes label IDs (0..33)"}
+    values = set().union(*values_by_file.values())
     shown = sorted(values)
-    fits_train = values <= train_ids
-    fits_label = values <= CITYSCAPES_LABEL_IDS
-    if not fits_train and not fits_label:
-        raise ValueError(
-            f"predictions hold values {shown}, which are neither train IDs (0..{num_classes - 1}, 255) nor "
-            f"Cityscapes label IDs (0..33); check --num-classes"
-        )
-    if requested == "train" and not fits_train:
-        raise ValueError(
-            f"--id-type train, but predictions hold {sorted(values - train_ids)}, which are no train IDs of a "
-            f"{num_classes}-class model; they look like Cityscapes label IDs: use --id-type label (or auto)"
-        )
-    if requested == "label" and not fits_label:
-        raise ValueError(
-            f"--id-type label, but predictions hold {sorted(values - CITYSCAPES_LABEL_IDS)}, which are no "
-            "Cityscapes label IDs (0..33); they look like train IDs: use --id-type train (or auto)"
-        )
+    suffixes = {"train": TRAIN_IDS_SUFFIX, "label": LABEL_IDS_SUFFIX}
+    named = {path: kind for path in values_by_file for kind, suffix in suffixes.items() if path.name.endswith(suffix)}
     if requested != "auto":
-        return IdTypeDecision(requested, f"--id-type {requested}; values {shown} fit")
-    if not fits_label:
-        return IdTypeDecision(
-            "train", f"values {shown} include {sorted(values - CITYSCAPES_LABEL_IDS)}, no label IDs"
+        id_type, reason = requested, f"--id-type {requested}; values {shown} fit"
+    elif set(named.values()) == {"train", "label"}:
+        train_file = next(path for path, kind in named.items() if kind == "train")
+        label_file = next(path for path, kind in named.items() if kind == "label")
+        raise ValueError(
+            f"prediction file names mix {TRAIN_IDS_SUFFIX} ({train_file}) and {LABEL_IDS_SUFFIX} ({label_file}); "
+            "keep one kind, or pick with --id-type"
         )
-    if not fits_train:
-        return IdTypeDecision(
-            "label", f"values {shown} include {sorted(values - train_ids)}, no train IDs"
+    elif named:
+        id_type = next(iter(named.values()))
+        reason = f"file names end with {suffixes[id_type]}; values {shown} fit"
+    elif values <= allowed["train"] and values <= allowed["label"]:
+        id_type = "train"
+        reason = f"values {shown} fit both train and label IDs; assuming train IDs (pass --id-type label if not)"
+    elif values <= allowed["train"]:
+        id_type, reason = "train", f"values {shown} include {sorted(values - allowed['label'])}, no label IDs"
+    elif values <= allowed["label"]:
+        id_type, reason = "label", f"values {shown} include {sorted(values - allowed['train'])}, no train IDs"
+    else:
+        path = next(path for path, file_values in values_by_file.items() if not file_values <= allowed["train"])
+        raise ValueError(
+            f"predictions hold values {shown}, which are neither all {described['train']} nor all "
+            f"{described['label']}; e.g. prediction {path} holds {sorted(values_by_file[path] - allowed['train'])}; "
+            "check --num-classes"
         )
-    if all(path.name.endswith(LABEL_IDS_SUFFIX) for path in files):
-        return IdTypeDecision(
-            "label", f"values {shown} fit both; file names end with {LABEL_IDS_SUFFIX}"
-        )
-    if all(path.name.endswith(TRAIN_IDS_SUFFIX) for path in files):
-        return IdTypeDecision(
-            "train", f"values {shown} fit both; file names end with {TRAIN_IDS_SUFFIX}"
-        )
-    return IdTypeDecision(
-        "train",
-        f"values {shown} fit both train and label IDs; assuming train IDs (pass --id-type label if not)",
-    )
+    for path, file_values in values_by_file.items():
+        outside = sorted(file_values - allowed[id_type])
+        if outside:
+            decided_by = "--id-type" if requested != "auto" else ("the file names" if named else "the other files")
+            raise ValueError(
+                f"prediction {path} holds {outside}, which are no {described[id_type]}, but {decided_by} says "
+                f"{id_type} IDs; fix the file or its name, or pass the right --id-type (--num-classes {num_classes})"
+            )
+    return IdTypeDecision(id_type, reason)
 
 
 def evaluate_predictions(
@@ -215,7 +219,7 @@ def evaluate_predictions(
     files = match_prediction_files(predictions_dir, stems, id_type)
     ordered_files = [files[stem] for stem in stems]
 
-    values: set[int] = set()
+    values_by_file: dict[Path, set[int]] = {}
     wrong_size = []
     for index, path in enumerate(
         tqdm(ordered_files, desc="check predictions", unit="file", disable=not progress)
@@ -228,14 +232,14 @@ def evaluate_predictions(
                 f"{path} is {prediction.shape[1]}x{prediction.shape[0]}, expected {width}x{height} "
                 f"(the size of {dataset.label_paths[index]})"
             )
-        values.update(np.unique(prediction).tolist())
+        values_by_file[path] = set(np.unique(prediction).tolist())
     if wrong_size:
         raise ValueError(
             f"{len(wrong_size)} prediction(s) differ in size from their labels (W×H): "
             + "; ".join(wrong_size[:_MAX_LISTED])
             + ("; ..." if len(wrong_size) > _MAX_LISTED else "")
         )
-    decision = decide_id_type(values, dataset.num_classes, id_type, ordered_files)
+    decision = decide_id_type(values_by_file, dataset.num_classes, id_type)
 
     # label ID -> train ID; void and (for 16 classes) unscored label IDs become 255 = no class.
     to_train_ids = torch.from_numpy(dataset.label_set.lookup_table(256).astype(np.int64))
@@ -292,6 +296,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_output_folder(args.output)
     dataset = build_dataset(args.dataset, args.root, args.split, num_classes=args.num_classes)
     metrics, decision = evaluate_predictions(dataset, args.predictions, id_type=args.id_type)
     print(f"reading predictions as {decision.id_type} IDs: {decision.reason}")

@@ -5,6 +5,7 @@ NumPy and PIL only (no matplotlib). Never imported by a training step; hooks cal
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from crossregion.data.labels import IGNORE_INDEX
+from crossregion.files import write_bytes_atomically
 
 ImageLike = np.ndarray | torch.Tensor | Image.Image
 
@@ -208,8 +210,9 @@ def write_panel(
             top += row_heights[row] + gap
         left += cell_widths[column] + gap
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    panel.save(path)
+    buffer = io.BytesIO()
+    panel.save(buffer, format="PNG")
+    write_bytes_atomically(path, buffer.getbuffer())
     return path
 
 
@@ -221,6 +224,7 @@ def _text_size(font: ImageFont.ImageFont, text: str) -> tuple[int, int]:
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Writes a uint8 H×W (single-channel) or H×W×3 (RGB) array as PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    write_bytes_atomically(path, buffer.getbuffer())
     return path

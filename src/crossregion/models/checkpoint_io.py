@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossregion.files import check_output_file, save_torch_atomically
 from crossregion.models.deeplabv2 import Segmenter, build_segmenter
 from crossregion.models.weights import (
     describe_state_dict_mismatch,
     is_state_dict,
     read_torch_file,
-    save_torch_file_atomically,
     strip_wrapper_prefixes,
 )
 
@@ -253,8 +253,15 @@ def load_segmenter(
         requested["num_classes"] = num_classes
     mismatch = describe_state_dict_mismatch(_expected_state(requested), segmenter_state)
     if mismatch:
-        expected = f"{requested['backbone']} with {requested['num_classes']} classes"
         found = f"{build_arguments['backbone']} with {build_arguments['num_classes']} classes"
+        if requested == build_arguments:
+            # The file declares the model asked for, yet its weights do not fit that model as
+            # this version builds it: written by another version, or edited.
+            raise ValueError(
+                f"{path} declares a {found}, but its weights do not fit a {found} as this version of "
+                f"crossregion builds it ({mismatch}); it was written by another version or is damaged"
+            )
+        expected = f"{requested['backbone']} with {requested['num_classes']} classes"
         raise ValueError(f"{path} holds a {found}, expected a {expected}: {mismatch}")
 
     # Built on the meta device and filled by assignment: no time spent on a random init that the
@@ -311,7 +318,7 @@ def export_official(
             discriminator if isinstance(discriminator, dict) else discriminator.state_dict()
         )
         payload["model_D"] = official_keys(discriminator_state)
-    save_torch_file_atomically(payload, path)
+    save_torch_atomically(payload, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -332,6 +339,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_output_file(args.output)
     segmenter, info = load_segmenter(args.checkpoint, format=args.format)
     export_official(
         segmenter,

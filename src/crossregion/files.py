@@ -1,0 +1,135 @@
+"""Files a command writes: output paths checked before any work, atomic writes, failures that
+name the file and the cause.
+
+Every command checks its ``--output`` with ``check_output_folder`` / ``check_output_file`` first,
+so a wrong path costs nothing. Every whole file is written by ``write_bytes_atomically``: to
+``.<name>.tmp<pid>`` next to it, then renamed over it, so a reader (or a resumed run) sees the
+old file or the new one, never half of one. A temp file left by a killed process is removed by
+``remove_stale_temp_files`` when the folder's owner resumes.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+# ``.<name>.tmp<pid>``: what write_bytes_atomically writes before the rename.
+_TEMP_NAME = re.compile(r"^\..+\.tmp\d+$")
+
+_WRITE_FAILURE_CAUSES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (the limit on file size, `ulimit -f`, was reached)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be used; the message names it and why."""
+
+
+class WriteFailedError(OSError):
+    """A file could not be written; the message names the file and the cause."""
+
+
+def check_output_folder(path: str | Path, option: str = "--output") -> Path:
+    """``path`` as a folder to write into: absent (created later) or an existing folder.
+
+    Raises:
+        OutputPathError: ``path`` or a folder above it is an existing file.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} {path} is an existing file, but a folder is expected there; "
+                              "choose another path or move the file away")
+    _check_parents(path, option)
+    return path
+
+
+def check_output_file(path: str | Path, option: str = "--output") -> Path:
+    """``path`` as a file to write: absent or an existing file (replaced).
+
+    Raises:
+        OutputPathError: ``path`` is an existing folder, or a folder above it is a file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{option} {path} is an existing folder, but a file is expected there; "
+                              "name the file to write")
+    _check_parents(path, option)
+    return path
+
+
+def _check_parents(path: Path, option: str) -> None:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputPathError(f"{option} {path}: {parent} is a file, so nothing can be written under it")
+            return
+
+
+def describe_write_failure(error: OSError) -> str:
+    """The cause of a failed write in words (disk full, file too large, ...)."""
+    return _WRITE_FAILURE_CAUSES.get(error.errno, error.strerror or str(error))
+
+
+def write_bytes_atomically(path: str | Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` through a temp file and a rename; never leaves half a file.
+
+    Raises:
+        WriteFailedError: the write failed (disk full, file too large, ...); the temp file is gone.
+    """
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except OSError as error:
+        raise WriteFailedError(f"cannot write {path}: {describe_write_failure(error)}") from error
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def save_torch_atomically(payload: Any, path: str | Path) -> None:
+    """``torch.save`` into memory, then ``write_bytes_atomically``.
+
+    Serialising to memory first lets a failed write report its errno: torch's own file writer
+    turns it into "[enforce fail at inline_container.cc] unexpected pos", which names neither
+    the file nor the cause.
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomically(path, buffer.getbuffer())
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append ``text`` to ``path`` (a log); a failure names the file and the cause."""
+    try:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as error:
+        raise WriteFailedError(f"cannot write {path}: {describe_write_failure(error)}") from error
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.tmp<pid>`` files a killed writer left under ``folder``; returns them."""
+    stale = [path for path in Path(folder).rglob(".*.tmp*") if _TEMP_NAME.match(path.name) and path.is_file()]
+    for path in stale:
+        path.unlink()
+    return stale

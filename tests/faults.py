@@ -1,0 +1,168 @@
+"""The fault-injection harness: run a command on a fault, judge the outcome, count it.
+
+Every case ends in one of the outcomes of docs/reliability.md: a clear error (non-zero exit,
+no traceback, the offending file or key named) or the right result (a rerun or resume equal to
+the uninterrupted run, or the right score), or a failure: a traceback, a wrong result (exit 0 on
+a fault, or a result that differs), data lost (an input changed, or a finished output gone).
+``judge`` records the outcome (the table ``conftest.py`` prints) before it asserts, so a failing
+case is counted as what it did, not dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# The classes of docs/reliability.md, in table order.
+CLASSES = (
+    "bad config", "bad dataset", "bad checkpoint", "bad store", "bad predictions", "existing outputs",
+    "kill -9 and rerun", "write failure (RLIMIT_FSIZE)", "Ctrl-C (SIGINT)",
+)
+
+
+@dataclass
+class Outcome:
+    fault_class: str
+    case: str
+    traceback: bool
+    wrong_result: bool
+    data_lost: bool
+    unnamed: bool
+
+    @property
+    def good(self) -> bool:
+        return not (self.traceback or self.wrong_result or self.data_lost or self.unnamed)
+
+
+OUTCOMES: list[Outcome] = []
+
+
+def tree_digest(*roots: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``roots`` (a file root counts as itself)."""
+    digest = {}
+    for root in roots:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            digest[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """``crossregion ARGV`` in this process: (exit status, stdout + stderr).
+
+    An exception escaping ``cli.main`` is what a user sees as a traceback: it comes back as
+    status 1 with the formatted traceback as output.
+    """
+    from crossregion.cli import main
+
+    capsys.readouterr()
+    try:
+        status = main([str(arg) for arg in argv])
+    except BaseException:  # noqa: BLE001 - any escape is the outcome under test
+        captured = capsys.readouterr()
+        return 1, captured.out + captured.err + traceback.format_exc()
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err
+
+
+def cli_command(argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "crossregion", *[str(arg) for arg in argv]]
+
+
+def cli_environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_subprocess(argv: list[str], *, file_size_limit: int | None = None, timeout: float = 300) -> tuple[int, str]:
+    """``crossregion ARGV`` in a child process, optionally under ``RLIMIT_FSIZE``."""
+    def limit() -> None:
+        if file_size_limit is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    done = subprocess.run(cli_command(argv), env=cli_environment(), capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit)
+    return done.returncode, done.stdout + done.stderr
+
+
+def interrupt_when(argv: list[str], ready, *, sig: int, delay: float, timeout: float = 300) -> tuple[int, str]:
+    """Start ``crossregion ARGV``, wait until ``ready()`` holds, then ``delay`` seconds, then send ``sig``.
+
+    Returns (exit status, output); a run that ended before the signal returns its own status.
+    """
+    process = subprocess.Popen(cli_command(argv), env=cli_environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(delay)
+    if process.poll() is None:
+        process.send_signal(sig)
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+def judge(fault_class: str, case: str, *, status: int, output: str, named: list[str] = (),
+          inputs_before: dict[str, str] | None = None, inputs_after: dict[str, str] | None = None,
+          expect_error: bool = True, same_result: bool = True) -> None:
+    """Record and assert one case.
+
+    Args:
+        status, output: what the command did.
+        named: strings the message must contain (the offending file or key).
+        inputs_before, inputs_after: ``tree_digest`` of everything outside the output.
+        expect_error: the fault must stop the command (non-zero exit); False where the command
+            must cope and give the right result (``same_result``).
+    """
+    assert fault_class in CLASSES
+    outcome = Outcome(
+        fault_class=fault_class,
+        case=case,
+        traceback="Traceback" in output,
+        wrong_result=(status == 0) if expect_error else (status != 0 or not same_result),
+        data_lost=inputs_before != inputs_after,
+        unnamed=expect_error and not all(text in output for text in named),
+    )
+    OUTCOMES.append(outcome)
+    assert not outcome.traceback, output
+    assert not outcome.wrong_result, f"status {status}, same result {same_result}:\n{output}"
+    assert not outcome.data_lost, "an input changed"
+    assert not outcome.unnamed, f"expected {named} in:\n{output}"
+
+
+def outcome_table(outcomes: list[Outcome]) -> str:
+    """The markdown table of docs/reliability.md."""
+    lines = ["| class | cases tried | clear error or right result | tracebacks | wrong results | data lost |",
+             "|---|---:|---:|---:|---:|---:|"]
+    rows = [[o for o in outcomes if o.fault_class == name] for name in CLASSES]
+    for name, row in [*zip(CLASSES, rows), ("**all**", outcomes)]:
+        if row:
+            lines.append(f"| {name} | {len(row)} | {sum(o.good for o in row)} | {sum(o.traceback for o in row)} | "
+                         f"{sum(o.wrong_result for o in row)} | {sum(o.data_lost for o in row)} |")
+    return "\n".join(lines) + "\n"
+
+
+SIGKILL = signal.SIGKILL
+SIGINT = signal.SIGINT
+
+
+# Overrides for a two-iteration run on the tiny benchmark (``tiny_benchmark``): seconds on a CPU.
+# ``batch`` names the training batch: ``source`` (source-only) or ``target`` (the store methods).
+def tiny_training(benchmark: Path, iterations: int = 2, batch: str = "source") -> list[str]:
+    root = benchmark / ("gta5" if batch == "source" else "cityscapes")
+    return [
+        "model.backbone=resnet18", "data.batch_size=2", f"optim.max_iters={iterations}",
+        f"optim.stop_iter={iterations}", "engine.eval_period=0", "engine.device=cpu", "engine.log_period=1",
+        "data.num_workers=0", f"data.{batch}.resize=[32, 64]", "data.target_val.resize=[32, 64]",
+        f"data.{batch}.root={root}", f"data.target_val.root={benchmark / 'cityscapes'}",
+    ]
