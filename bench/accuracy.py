@@ -26,7 +26,6 @@ Writes ``OUTPUT/accuracy.md`` and ``accuracy.json``; the last line is the headli
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import sys
@@ -35,33 +34,17 @@ from pathlib import Path
 
 import torch
 
-from common import REFERENCE_STEP_SECONDS, add_benchmark_arguments, calibration_step_seconds, cell, cpu_description
-from common import mean_std, quick_stage, synth_arguments
-from crossregion.demo import demo_pipeline_config, ensure_benchmark
-from crossregion.pipeline import BASELINE_TITLES, StageSpec, run_pipeline
+from common import REFERENCE_STEP_SECONDS, add_benchmark_arguments, benchmark_pipeline, calibration_step_seconds
+from common import PIPELINE_PRESET, cell, cpu_description, mean_std, synth_arguments, with_seed
+from crossregion.demo import ensure_benchmark
+from crossregion.pipeline import BASELINE_TITLES, PipelineConfig, run_pipeline
 
-CDA_METHODS = ("fada", "advent", "adaptsegnet")
-TABLE3_METHODS = ("fada",)
-ORACLE_PRESET = "demo_oracle"
 ROW_KEYS = ("cda", "bn_target", "cra", *BASELINE_TITLES, "trusted_fraction", "trusted_precision", "untrusted_share",
             "pseudo_label_accuracy", "error_share_untrusted_cda", "error_share_untrusted_cra")
 
 
-def run_seed(output: Path, data_dir: Path, seed: int, quick: bool) -> dict:
-    cfg = demo_pipeline_config(data_dir)
-    missing = [name for name in BASELINE_TITLES if name not in cfg.baselines]
-    if missing:
-        raise ValueError(f"the demo pipeline has no baseline stage {missing}; the Table-3 analog needs both")
-    cfg = dataclasses.replace(cfg, cda_methods=CDA_METHODS, baseline_methods=TABLE3_METHODS,
-                              oracle=StageSpec(ORACLE_PRESET, cfg.source.overrides),
-                              common_overrides=(*cfg.common_overrides, f"engine.seed={seed}"))
-    if quick:
-        cfg = dataclasses.replace(
-            cfg, source=quick_stage(cfg.source), oracle=quick_stage(cfg.oracle), cra=quick_stage(cfg.cra),
-            cda={name: quick_stage(spec) for name, spec in cfg.cda.items()},
-            baselines={name: quick_stage(spec) for name, spec in cfg.baselines.items()}, panel_images=1,
-        )
-    results = run_pipeline(cfg, output / f"seed{seed}")
+def run_seed(output: Path, cfg: PipelineConfig, seed: int) -> dict:
+    results = run_pipeline(with_seed(cfg, seed), output / f"seed{seed}")
     results["wall_seconds"] = sum(
         float(json.loads((Path(stage["folder"]) / "stage.json").read_text()).get("wall_seconds", 0.0))
         for stage in results["stages"].values())
@@ -71,7 +54,7 @@ def run_seed(output: Path, data_dir: Path, seed: int, quick: bool) -> dict:
 def summarize(runs: list[dict]) -> dict:
     summary = {"seeds": len(runs), "source_only": mean_std([r["source_only"] for r in runs]),
                "oracle": mean_std([r["oracle"] for r in runs]), "methods": {}}
-    for method in CDA_METHODS:
+    for method in runs[0]["methods"]:
         rows = [r["methods"][method] for r in runs]
         stats = {key: mean_std([row.get(key) for row in rows]) for key in ROW_KEYS}
         stats["delta"] = mean_std([row["cra"] - row["cda"] for row in rows])
@@ -102,8 +85,9 @@ def markdown(summary: dict, runs: list[dict], synth: dict, calibration: float) -
         lines.append(f"| {name} | {cell(s['cda'])} | {cell(s['bn_target'])} | {cell(s['cra'])} | {cell(s['delta'], sign=True)} |")
     lines += ["", "#### Table 3 analog", "", "| CDA | CDA mIoU | pseudo-label only | entropy min. | CRA |",
               "|---|---|---|---|---|"]
-    for name in TABLE3_METHODS:
-        s = methods[name]
+    for name, s in methods.items():
+        if s["pseudo_label_only"] is None:
+            continue
         lines.append(f"| {name} | {cell(s['cda'])} | {cell(s['pseudo_label_only'])} | {cell(s['entropy_min'])} | "
                      f"{cell(s['cra'])} |")
     lines += ["", "#### The paper's premises (target train, λ = 0.01, rare-class factor 0.5)", "",
@@ -115,9 +99,9 @@ def markdown(summary: dict, runs: list[dict], synth: dict, calibration: float) -
                      f"{cell(s['error_share_untrusted_cra'], 100)} |")
     lines += ["", "Per seed (seed: CDA → +CRA; pseudo-label only, entropy min. after FADA):", ""]
     for seed, run in zip(summary["seed_list"], runs):
-        parts = [f"{m} {run['methods'][m]['cda']:.2f} → {run['methods'][m]['cra']:.2f}" for m in CDA_METHODS]
-        fada = run["methods"]["fada"]
-        parts.append(f"PL-only {fada['pseudo_label_only']:.2f}, EM {fada['entropy_min']:.2f}")
+        parts = [f"{m} {row['cda']:.2f} → {row['cra']:.2f}" for m, row in run["methods"].items()]
+        parts += [f"after {m}: PL-only {row['pseudo_label_only']:.2f}, EM {row['entropy_min']:.2f}"
+                  for m, row in run["methods"].items() if "pseudo_label_only" in row]
         lines.append(f"- seed {seed}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
@@ -131,7 +115,11 @@ def main() -> int:
     data_dir = args.output / "data"
     synth = synth_arguments(args)
     ensure_benchmark(data_dir, synth)
-    runs = [run_seed(args.output, data_dir, seed, args.quick) for seed in args.seeds]
+    cfg = benchmark_pipeline(data_dir, args.quick)
+    missing = [name for name in BASELINE_TITLES if name not in cfg.baselines]
+    if missing or cfg.oracle is None:
+        raise ValueError(f"the {PIPELINE_PRESET} pipeline needs an oracle and both baselines (missing: {missing})")
+    runs = [run_seed(args.output, cfg, seed) for seed in args.seeds]
     summary = {**summarize(runs), "seed_list": args.seeds}
     text = markdown(summary, runs, synth, calibration)
     (args.output / "accuracy.md").write_text(text)

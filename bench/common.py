@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import subprocess
@@ -11,8 +12,13 @@ from pathlib import Path
 
 import torch
 
-from crossregion.demo import QUICK_SYNTH_ARGUMENTS, SYNTH_ARGUMENTS
-from crossregion.pipeline import StageSpec
+from crossregion.demo import QUICK_SYNTH_ARGUMENTS, SYNTH_ARGUMENTS, demo_pipeline_config
+from crossregion.pipeline import PipelineConfig, StageSpec
+
+PIPELINE_PRESET = "synth_benchmark"
+# fp32 on every CPU, whatever engine.amp=auto would pick: the same numbers on every machine, and
+# wall times that the fp32 calibration step converts between machines.
+FP32 = ("engine.amp=none", "engine.channels_last=false")
 
 # --quick: every training stage 2 iterations at batch 2 on a 12/6/4-image benchmark.
 QUICK_TRAINING = ("optim.max_iters=2", "optim.stop_iter=2", "data.batch_size=2")
@@ -39,6 +45,24 @@ def synth_arguments(args: argparse.Namespace) -> dict[str, int]:
     if args.quick:
         return dict(QUICK_SYNTH_ARGUMENTS)
     return {**SYNTH_ARGUMENTS, "seed": args.benchmark_seed, "height": args.size[0], "width": args.size[1]}
+
+
+def benchmark_pipeline(data_dir: Path, quick: bool) -> PipelineConfig:
+    """The ``synth_benchmark`` pipeline on the benchmark in ``data_dir``, in fp32; tiny with ``quick``."""
+    cfg = demo_pipeline_config(data_dir, preset=PIPELINE_PRESET)
+    cfg = dataclasses.replace(cfg, common_overrides=(*cfg.common_overrides, *FP32))
+    if not quick:
+        return cfg
+    return dataclasses.replace(
+        cfg, source=quick_stage(cfg.source), oracle=cfg.oracle and quick_stage(cfg.oracle), cra=quick_stage(cfg.cra),
+        cda={name: quick_stage(spec) for name, spec in cfg.cda.items()},
+        baselines={name: quick_stage(spec) for name, spec in cfg.baselines.items()}, panel_images=1,
+    )
+
+
+def with_seed(cfg: PipelineConfig, seed: int) -> PipelineConfig:
+    """``cfg`` with every training stage at ``engine.seed=seed``."""
+    return dataclasses.replace(cfg, common_overrides=(*cfg.common_overrides, f"engine.seed={seed}"))
 
 
 def quick_stage(spec: StageSpec) -> StageSpec:

@@ -167,9 +167,11 @@ def _max_rss_mib() -> float:
 def _random_batch(cfg, kind: str, quick: bool) -> dict:
     """A batch of the preset's crop: labels for labelled data, pseudo labels and entropy for target."""
     import torch
+    from crossregion.demo import SYNTH_ARGUMENTS
 
     spec = getattr(cfg.data, kind)
-    height, width = QUICK_CROP if quick else (spec.crop or spec.resize)
+    # Presets without crop or resize train on whole images of the benchmark's size.
+    height, width = QUICK_CROP if quick else (spec.crop or spec.resize or (SYNTH_ARGUMENTS["height"], SYNTH_ARGUMENTS["width"]))
     num_classes, batch_size = cfg.model.num_classes, cfg.data.batch_size
     batch = {"image": torch.randn(batch_size, 3, height, width)}
     if spec.labelled:
