@@ -90,12 +90,12 @@ def test_state_dict_keys_follow_the_official_patterns(meta_r101_frozen_bn, meta_
     }
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "resnet101", "vgg16"])
+@pytest.mark.parametrize("backbone", ["resnet18_half", "resnet18", "resnet34", "resnet50", "resnet101", "vgg16"])
 def test_output_stride_is_8(backbone):
     with torch.device("meta"):
         segmenter = build_segmenter(backbone, 19, multi_level=backbone != "vgg16")
         outputs = segmenter(torch.empty(1, 3, 512, 1024))
-    channels = {"resnet18": 512, "resnet34": 512, "vgg16": 1024}.get(backbone, 2048)
+    channels = {"resnet18_half": 256, "resnet18": 512, "resnet34": 512, "vgg16": 1024}.get(backbone, 2048)
     assert segmenter.feature_channels == channels
     assert outputs["features"].shape == (1, channels, 64, 128)
     assert outputs["logits"].shape == (1, 19, 64, 128)
@@ -268,3 +268,16 @@ def test_wrong_imagenet_file_lists_the_mismatches(tmp_path):
             build_segmenter("resnet18", 4, pretrained=bad_path)
         with pytest.raises(FileNotFoundError, match="missing.pth"):
             build_segmenter("resnet18", 4, pretrained=tmp_path / "missing.pth")
+
+
+def test_half_width_resnet18_has_a_quarter_of_the_weights_and_trains_from_kaiming_init():
+    half = build_segmenter("resnet18_half", 19).feature_extractor
+    full = build_segmenter("resnet18", 19).feature_extractor
+    half_count = sum(p.numel() for p in half.parameters())
+    full_count = sum(p.numel() for p in full.parameters())
+    assert 0.2 < half_count / full_count < 0.3
+    assert [half.backbone.layer4[0].conv2.dilation, half.backbone.layer3[0].conv1.stride] == [(4, 4), (1, 1)]
+    # The rebuilt stages are initialised as torchvision initialises a ResNet (fan-out Kaiming).
+    weight = half.backbone.layer2[0].conv1.weight
+    expected_std = (2.0 / (weight.shape[0] * weight.shape[2] * weight.shape[3])) ** 0.5
+    assert abs(weight.std().item() / expected_std - 1) < 0.1

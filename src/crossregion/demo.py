@@ -2,8 +2,8 @@
 
 Generates the benchmark with fixed arguments into ``DIR/data`` (skipped when its ``synth.json``
 already records the same arguments), runs the ``demo`` pipeline preset into ``DIR``, prints
-the tables and writes ``DIR/report.html``. ``make demo`` runs it; on the 2-core machine it takes
-about 7 minutes, and a second run reuses every finished stage.
+the tables and writes ``DIR/report.html``. ``make demo`` runs it, within 10 minutes on a 2-core
+AVX2 CPU (docs/benchmarks.md), and a second run reuses every finished stage.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import logging
 import time
 from pathlib import Path
 
+from crossregion.data.synth import DEFAULT_ARGUMENTS
 from crossregion.files import check_output_folder
 
 logger = logging.getLogger(__name__)
 
 PRESET = "demo"
 # The benchmark the demo preset is sized for; part of the demo's definition, not an option.
-SYNTH_ARGUMENTS = {"source_images": 1000, "target_train_images": 500, "target_val_images": 200,
-                   "height": 80, "width": 160, "seed": 0}
+SYNTH_ARGUMENTS = DEFAULT_ARGUMENTS
 # The tiny benchmark of the benchmarks' ``--quick`` smoke runs.
 QUICK_SYNTH_ARGUMENTS = {"source_images": 12, "target_train_images": 6, "target_val_images": 4,
                          "height": 48, "width": 96, "seed": 0}

@@ -66,6 +66,10 @@ ARGUMENT_KEYS = ("source_layout", "source_images", "target_train_images", "targe
 GENERATOR_VERSION = 2
 
 SOURCE_LAYOUTS = ("gta5", "synthia")
+# The benchmark `crossregion data synth` writes by default, and the one the demo and the accuracy
+# benchmarks run on (their presets are sized for it: docs/benchmarks.md).
+DEFAULT_ARGUMENTS = {"source_images": 1000, "target_train_images": 500, "target_val_images": 200,
+                     "height": 80, "width": 160, "seed": 0}
 # Fictional cities; train and val cities are disjoint, as in Cityscapes.
 TRAIN_CITIES = ("aldport", "brenvik", "corstadt")
 VAL_CITIES = ("dunmere", "elsburg")
@@ -1013,12 +1017,15 @@ def save_sample_figure(path: str | Path, *, height: int = 256, width: int = 512,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write gta5/ (or synthia/) and cityscapes/ into")
-    parser.add_argument("--source-images", type=int, default=400, help="source (GTA5-like) images")
-    parser.add_argument("--target-train-images", type=int, default=200, help="target train images (Cityscapes-like)")
-    parser.add_argument("--target-val-images", type=int, default=100, help="target val images")
-    parser.add_argument("--height", type=int, default=128, help="image height in pixels")
-    parser.add_argument("--width", type=int, default=256, help="image width in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="benchmark seed; same arguments give identical files")
+    defaults = DEFAULT_ARGUMENTS
+    parser.add_argument("--source-images", type=int, default=defaults["source_images"], help="source (GTA5-like) images")
+    parser.add_argument("--target-train-images", type=int, default=defaults["target_train_images"],
+                        help="target train images (Cityscapes-like)")
+    parser.add_argument("--target-val-images", type=int, default=defaults["target_val_images"], help="target val images")
+    parser.add_argument("--height", type=int, default=defaults["height"], help="image height in pixels")
+    parser.add_argument("--width", type=int, default=defaults["width"], help="image width in pixels")
+    parser.add_argument("--seed", type=int, default=defaults["seed"],
+                        help="benchmark seed; same arguments give identical files")
     parser.add_argument("--source-layout", choices=SOURCE_LAYOUTS, default="gta5",
                         help="write the source in the GTA5 (19 classes) or SYNTHIA (16 classes) layout")
     parser.add_argument("--force", action="store_true",
