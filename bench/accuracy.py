@@ -1,23 +1,24 @@
 """Accuracy on the embedded benchmark: the paper's Table 1 and Table 3 analogs over three seeds.
 
-Runs the ``demo`` pipeline preset with the oracle and every CDA method (FADA, ADVENT,
-AdaptSegNet) once per training seed (``engine.seed``), each into ``OUTPUT/seed<N>``: per CDA
-method its no-training baseline (target BatchNorm statistics, "AdaBN"), pseudo labels on
-target train and CRA; after FADA (as in the paper's Table 3) also the two baselines on the same
-pseudo labels, training on the trusted pseudo labels only and adding entropy minimisation on
-the untrusted region. Stages are cached, so an interrupted run resumes where it stopped;
-``bench/regime.py`` trains the source, oracle and CDA stages under the same names and configs,
-so pointed at its folder this benchmark adds only what is missing.
+Runs the ``synth_benchmark`` pipeline preset (configs/pipelines/synth_benchmark.yaml), in fp32,
+once per training seed (``engine.seed``), each into ``OUTPUT/seed<N>``: source-only, the oracle,
+and per CDA method (FADA, ADVENT, AdaptSegNet) its no-training baseline (target BatchNorm
+statistics, "AdaBN"), pseudo labels on target train and CRA; after FADA (as in the paper's
+Table 3) also the two baselines on the same pseudo labels, training on the trusted pseudo labels
+only and adding entropy minimisation on the untrusted region. Stages are cached, so an
+interrupted run resumes where it stopped; ``bench/regime.py`` trains the source, oracle and CDA
+stages under the same names and configs, so pointed at the same folder either adds only what
+the other has not trained.
 
 Reports mean ± sample std over the seeds: source-only, oracle, each CDA model, AdaBN, +CRA and
 Δ (Table 1), pseudo-label only, entropy minimisation and CRA (Table 3), and the paper's premises
 (trusted fraction and precision, share of the errors inside the untrusted region before and
 after CRA); and the wall time of those stages, here and as estimated for the 2-core AVX2
-machine through the calibration step.
+machine through the calibration step (bench/common.py).
 
-    python bench/accuracy.py --output runs/bench                                   # after bench/regime.py
-    python bench/accuracy.py --output runs/bench_seed7 --benchmark-seed 7 --size 128 256 --seeds 0
-    python bench/accuracy.py --output /tmp/acc --seeds 0 --quick                   # smoke, ~2 min
+    python bench/accuracy.py --output runs/bench                     # ~30 min on the development machine
+    python bench/accuracy.py --output runs/bench_seed7 --benchmark-seed 7 --size 96 192 --seeds 0
+    python bench/accuracy.py --output /tmp/acc --seeds 0 --quick     # smoke, ~1 min
 
 Writes ``OUTPUT/accuracy.md`` and ``accuracy.json``; the last line is the headline
 (``accuracy CRA Δ ...``); exits non-zero if a number is missing.

@@ -35,13 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def ensure_benchmark(data_dir: Path, arguments: dict[str, int] = SYNTH_ARGUMENTS) -> None:
-    """Generate the synthetic benchmark into ``data_dir`` unless it is there with the same arguments."""
-    from crossregion.data.synth import generate_into
+    """Generate the synthetic benchmark into ``data_dir`` unless it is there with the same arguments
+    and generator version."""
+    from crossregion.data.synth import GENERATOR_VERSION, generate_into
 
     summary_path = data_dir / "synth.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        if all(summary.get(key) == value for key, value in arguments.items()):
+        expected = {"generator_version": GENERATOR_VERSION, **arguments}
+        if all(summary.get(key) == value for key, value in expected.items()):
             logger.info("synthetic benchmark in %s is up to date", data_dir)
             return
     logger.info("generating the synthetic benchmark in %s", data_dir)
