@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -95,21 +96,29 @@ def run_subprocess(argv: list[str], *, file_size_limit: int | None = None, timeo
     return done.returncode, done.stdout + done.stderr
 
 
-def interrupt_when(argv: list[str], ready, *, sig: int, delay: float, timeout: float = 300) -> tuple[int, str]:
+def interrupt_when(argv: list[str], ready, *, sig: int, delay: float, output: Path, timeout: float = 300,
+                   attempts: int = 5) -> tuple[int, str]:
     """Start ``crossregion ARGV``, wait until ``ready()`` holds, then ``delay`` seconds, then send ``sig``.
 
-    Returns (exit status, output); a run that ended before the signal returns its own status.
+    On a loaded machine the command can finish between two looks at ``ready()``; that attempt did
+    not inject the fault, so ``output`` is removed and the command started again, up to
+    ``attempts`` times. Returns (exit status, output text) of the last attempt.
     """
-    process = subprocess.Popen(cli_command(argv), env=cli_environment(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout
-    while not ready() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(delay)
-    if process.poll() is None:
-        process.send_signal(sig)
-    output, _ = process.communicate(timeout=timeout)
-    return process.returncode, output
+    for _ in range(attempts):
+        process = subprocess.Popen(cli_command(argv), env=cli_environment(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout
+        while not ready() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(delay)
+        interrupted = process.poll() is None
+        if interrupted:
+            process.send_signal(sig)
+        text, _ = process.communicate(timeout=timeout)
+        if interrupted:
+            break
+        shutil.rmtree(output, ignore_errors=True)
+    return process.returncode, text
 
 
 def judge(fault_class: str, case: str, *, status: int, output: str, named: list[str] = (),

@@ -112,7 +112,8 @@ def test_train_killed_then_resumed_equals_uninterrupted(moment, kill_benchmark, 
     else:
         ready = lambda: count_lines(run / "metrics.jsonl") >= int(moment.split()[-1])  # noqa: E731
     before = tree_digest(kill_benchmark)
-    killed_status, killed_output = interrupt_when(train_argv(kill_benchmark, run), ready, sig=SIGKILL, delay=0.0)
+    killed_status, killed_output = interrupt_when(train_argv(kill_benchmark, run), ready, sig=SIGKILL, delay=0.0,
+                                                  output=run)
     assert_killed(killed_status, killed_output)
     status, output = run_subprocess([*train_argv(kill_benchmark, run), "--resume"])
     judge("kill -9 and rerun", f"train, kill {moment}", status=status, output=killed_output + output,
@@ -127,7 +128,8 @@ def test_pseudo_label_killed_then_rerun_equals_uninterrupted(images_done, kill_b
     argv = pseudo_label_argv(kill_benchmark, reference_run / "final.pth", store)
     before = tree_digest(kill_benchmark, reference_run / "final.pth")
     killed_status, killed_output = interrupt_when(
-        argv, lambda: len(list((store / "image_stats").rglob("*.json"))) >= images_done, sig=SIGKILL, delay=0.0)
+        argv, lambda: len(list((store / "image_stats").rglob("*.json"))) >= images_done, sig=SIGKILL, delay=0.0,
+        output=store)
     assert_killed(killed_status, killed_output)
     status, output = run_subprocess(argv)
     judge("kill -9 and rerun", f"pseudo-label, kill after image {images_done} of 24", status=status,
@@ -141,7 +143,7 @@ def test_synth_killed_then_rerun_equals_uninterrupted(files_done, reference_synt
     out = tmp_path / "synth"
     killed_status, killed_output = interrupt_when(
         ["data", "synth", out, *SYNTH], lambda: out.exists() and len(list(out.rglob("*.png"))) >= files_done,
-        sig=SIGKILL, delay=0.0)
+        sig=SIGKILL, delay=0.0, output=out)
     assert_killed(killed_status, killed_output)
     status, output = run_subprocess(["data", "synth", out, *SYNTH])
     judge("kill -9 and rerun", f"data synth, kill after file {files_done} of 60", status=status,
@@ -201,7 +203,7 @@ def test_ctrl_c_in_training_says_how_to_resume_and_resume_equals_uninterrupted(k
     run = tmp_path / "run"
     before = tree_digest(kill_benchmark)
     status, output = interrupt_when(train_argv(kill_benchmark, run), lambda: (run / "metrics.jsonl").exists(),
-                                    sig=SIGINT, delay=0.5)
+                                    sig=SIGINT, delay=0.5, output=run)
     last_line = output.strip().splitlines()[-1]
     resume = shlex.split(last_line.split("with: ", 1)[-1])
     resumed_status, resumed_output = run_subprocess(resume[1:]) if resume[0] == "crossregion" else (1, last_line)
@@ -220,7 +222,8 @@ def test_ctrl_c_ends_with_one_line_and_a_rerun_completes(command, kill_benchmark
         argv[argv.index("--images") + 1] = kill_benchmark / "cityscapes" / "leftImg8bit" / "train"
     inputs = (kill_benchmark, reference_run / "final.pth")
     before = tree_digest(*inputs)
-    status, text = interrupt_when(argv, lambda: output.exists() and any(output.rglob("*.png")), sig=SIGINT, delay=0.0)
+    status, text = interrupt_when(argv, lambda: output.exists() and any(output.rglob("*.png")), sig=SIGINT, delay=0.0,
+                                  output=output)
     rerun_status, rerun_text = run_subprocess(argv)
     reference = {"pseudo-label": reference_store, "data synth": reference_synth}.get(command)
     same = rerun_status == 0 and (reference is None or relative_digest(output) == relative_digest(reference))

@@ -1,6 +1,6 @@
 """Pure functions of Cross-Region Adaptation: entropy, region masks, soft domain labels, losses.
 
-Semantics follow the official CRA code (``../shared/reference/cra-spec.md`` §1.3–§1.5, §2.2);
+Semantics follow the official CRA code (docs/cra.md lists the constants and the differences);
 where the paper's text differs, the docstring says so. Everything here is a tensor function
 without state, so CRA, its Table-3 baselines and the CDA methods (FADA) share one definition.
 Masks are ``bool`` tensors on the input's device; nothing here syncs with the host.
