@@ -98,7 +98,8 @@ def run_subprocess(argv: list[str], *, file_size_limit: int | None = None, timeo
 
 def interrupt_when(argv: list[str], ready, *, sig: int, delay: float, output: Path, timeout: float = 300,
                    attempts: int = 5) -> tuple[int, str]:
-    """Start ``crossregion ARGV``, wait until ``ready()`` holds, then ``delay`` seconds, then send ``sig``.
+    """Start ``crossregion ARGV``, wait until ``ready()`` holds, stop it there, and send ``sig``
+    (after ``delay`` seconds, while it stands still).
 
     On a loaded machine the command can finish between two looks at ``ready()``; that attempt did
     not inject the fault, so ``output`` is removed and the command started again, up to
@@ -109,11 +110,15 @@ def interrupt_when(argv: list[str], ready, *, sig: int, delay: float, output: Pa
                                    stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         while not ready() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(delay)
+            time.sleep(0.005)
+        # Freeze the command the moment it is ready, so a fast machine cannot finish it before the
+        # signal lands; the signal is delivered when it continues.
         interrupted = process.poll() is None
         if interrupted:
+            process.send_signal(signal.SIGSTOP)
+            time.sleep(delay)
             process.send_signal(sig)
+            process.send_signal(signal.SIGCONT)
         text, _ = process.communicate(timeout=timeout)
         if interrupted:
             break
