@@ -35,9 +35,8 @@ from pathlib import Path
 
 import torch
 
-from common import REFERENCE_STEP_SECONDS, add_benchmark_arguments, benchmark_pipeline, calibration_step_seconds
-from common import PIPELINE_PRESET, cell, cpu_description, mean_std, synth_arguments, with_seed
-from crossregion.demo import ensure_benchmark
+from common import REFERENCE_STEP_SECONDS, add_benchmark_arguments, calibration_step_seconds, prepared_benchmark
+from common import PIPELINE_PRESET, cell, cpu_description, mean_std, with_seed
 from crossregion.pipeline import BASELINE_TITLES, PipelineConfig, run_pipeline
 
 ROW_KEYS = ("cda", "bn_target", "cra", *BASELINE_TITLES, "trusted_fraction", "trusted_precision", "untrusted_share",
@@ -113,10 +112,7 @@ def main() -> int:
     args = parser.parse_args()
     start = time.perf_counter()
     calibration = calibration_step_seconds()
-    data_dir = args.output / "data"
-    synth = synth_arguments(args)
-    ensure_benchmark(data_dir, synth)
-    cfg = benchmark_pipeline(data_dir, args.quick)
+    cfg, synth = prepared_benchmark(args)
     missing = [name for name in BASELINE_TITLES if name not in cfg.baselines]
     if missing or cfg.oracle is None:
         raise ValueError(f"the {PIPELINE_PRESET} pipeline needs an oracle and both baselines (missing: {missing})")

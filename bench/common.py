@@ -60,6 +60,17 @@ def benchmark_pipeline(data_dir: Path, quick: bool) -> PipelineConfig:
     )
 
 
+def prepared_benchmark(args: argparse.Namespace) -> tuple[PipelineConfig, dict[str, int]]:
+    """Generate (or reuse) the benchmark the command line asks for under ``OUTPUT/data``; returns
+    the benchmark pipeline on it and the generator arguments."""
+    from crossregion.demo import ensure_benchmark
+
+    data_dir = args.output / "data"
+    synth = synth_arguments(args)
+    ensure_benchmark(data_dir, synth)
+    return benchmark_pipeline(data_dir, args.quick), synth
+
+
 def with_seed(cfg: PipelineConfig, seed: int) -> PipelineConfig:
     """``cfg`` with every training stage at ``engine.seed=seed``."""
     return dataclasses.replace(cfg, common_overrides=(*cfg.common_overrides, f"engine.seed={seed}"))

@@ -19,8 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import add_benchmark_arguments, benchmark_pipeline, cell, mean_std, synth_arguments, with_seed
-from crossregion.demo import ensure_benchmark
+from common import add_benchmark_arguments, cell, mean_std, prepared_benchmark, with_seed
 from crossregion.pipeline import StageSpec, Stages, pseudo_label_stage, training_stage
 
 METHOD = "fada"
@@ -54,9 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_benchmark_arguments(parser)
     args = parser.parse_args()
-    data_dir = args.output / "data"
-    ensure_benchmark(data_dir, synth_arguments(args))
-    cfg = benchmark_pipeline(data_dir, args.quick)
+    cfg, _ = prepared_benchmark(args)
     runs = [run_seed(args.output, cfg, seed) for seed in args.seeds]
     reference = "CRA (paper's constants)"
     lines = [f"CRA variants after {METHOD}, mIoU (%) on target val, mean ± std over seeds {args.seeds}; Δ is "

@@ -38,9 +38,8 @@ from pathlib import Path
 
 import torch
 
-from common import REFERENCE_STEP_SECONDS, add_benchmark_arguments, benchmark_pipeline, calibration_step_seconds
-from common import cell, cpu_description, mean_std, synth_arguments, with_seed
-from crossregion.demo import ensure_benchmark
+from common import REFERENCE_STEP_SECONDS, add_benchmark_arguments, calibration_step_seconds, prepared_benchmark
+from common import cell, cpu_description, mean_std, with_seed
 from crossregion.pipeline import PipelineConfig, StageRecord, StageSpec, Stages, bn_target_stage
 from crossregion.pipeline import pseudo_label_stage, resolve_training_config, training_stage
 
@@ -193,10 +192,7 @@ def main() -> int:
     args = parser.parse_args()
     start = time.perf_counter()
     calibration = calibration_step_seconds()
-    data_dir = args.output / "data"
-    synth = synth_arguments(args)
-    ensure_benchmark(data_dir, synth)
-    cfg = benchmark_pipeline(data_dir, args.quick)
+    cfg, synth = prepared_benchmark(args)
     missing = [method for method in CDA_METHODS if method not in cfg.cda]
     if missing or cfg.oracle is None:
         raise ValueError(f"the benchmark pipeline needs an oracle and the cda stages {CDA_METHODS} (missing: {missing})")
