@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 import traceback
+
+import pytest
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,9 +123,10 @@ def interrupt_when(argv: list[str], ready, *, sig: int, delay: float, output: Pa
             process.send_signal(signal.SIGCONT)
         text, _ = process.communicate(timeout=timeout)
         if interrupted:
-            break
+            return process.returncode, text
         shutil.rmtree(output, ignore_errors=True)
-    return process.returncode, text
+    pytest.skip(f"the command finished before the signal could land, {attempts} times: this machine is too fast "
+                "for the case's input to be interrupted mid-run")
 
 
 def judge(fault_class: str, case: str, *, status: int, output: str, named: list[str] = (),
