@@ -34,10 +34,20 @@ import time
 from pathlib import Path
 
 import torch
+from common import (
+    PIPELINE_PRESET,
+    REFERENCE_STEP_SECONDS,
+    add_benchmark_arguments,
+    calibration_step_seconds,
+    cell,
+    cpu_description,
+    mean_std,
+    prepared_benchmark,
+    with_seed,
+)
 
-from common import REFERENCE_STEP_SECONDS, add_benchmark_arguments, calibration_step_seconds, prepared_benchmark
-from common import PIPELINE_PRESET, cell, cpu_description, mean_std, with_seed
-from crossregion.pipeline import BASELINE_TITLES, PipelineConfig, run_pipeline
+from crossregion.app.pipeline.config import BASELINE_TITLES, PipelineConfig
+from crossregion.app.pipeline.run import run_pipeline
 
 ROW_KEYS = ("cda", "bn_target", "cra", *BASELINE_TITLES, "trusted_fraction", "trusted_precision", "untrusted_share",
             "pseudo_label_accuracy", "error_share_untrusted_cda", "error_share_untrusted_cra")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from crossregion.demo import QUICK_SYNTH_ARGUMENTS, SYNTH_ARGUMENTS, demo_pipeline_config
-from crossregion.pipeline import PipelineConfig, StageSpec
+from crossregion.app.demo import QUICK_SYNTH_ARGUMENTS, SYNTH_ARGUMENTS, demo_pipeline_config
+from crossregion.app.pipeline.config import PipelineConfig, StageSpec
 
 PIPELINE_PRESET = "synth_benchmark"
 # fp32 on every CPU, whatever engine.amp=auto would pick: the same numbers on every machine, and
@@ -63,7 +63,7 @@ def benchmark_pipeline(data_dir: Path, quick: bool) -> PipelineConfig:
 def prepared_benchmark(args: argparse.Namespace) -> tuple[PipelineConfig, dict[str, int]]:
     """Generate (or reuse) the benchmark the command line asks for under ``OUTPUT/data``; returns
     the benchmark pipeline on it and the generator arguments."""
-    from crossregion.demo import ensure_benchmark
+    from crossregion.app.demo import ensure_benchmark
 
     data_dir = args.output / "data"
     synth = synth_arguments(args)

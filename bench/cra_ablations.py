@@ -20,7 +20,10 @@ import sys
 from pathlib import Path
 
 from common import add_benchmark_arguments, cell, mean_std, prepared_benchmark, with_seed
-from crossregion.pipeline import StageSpec, Stages, pseudo_label_stage, training_stage
+
+from crossregion.app.pipeline.cache import Stages
+from crossregion.app.pipeline.config import StageSpec
+from crossregion.app.pipeline.stages import pseudo_label_stage, training_stage
 
 METHOD = "fada"
 # variant -> overrides of the CRA stage.

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from crossregion.data.pseudo_labels import PseudoLabelWriter
 from crossregion.eval.inference import predict_probs
-from crossregion.methods.cra_losses import normalized_entropy
+from crossregion.trust import normalized_entropy
 from crossregion.models import build_segmenter
 
 device, backbone, height, width, images = torch.device(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

@@ -105,8 +105,8 @@ def measure(preset: str, args: argparse.Namespace) -> dict:
     """Time one preset's step in this process; returns the row (without the method name)."""
     import torch
 
+    from crossregion.app.train import build_method, build_model
     from crossregion.config import load_config
-    from crossregion.engine.launch import build_method, build_model
     from crossregion.engine.trainer import Trainer
 
     torch.set_num_threads(args.threads)
@@ -167,7 +167,8 @@ def _max_rss_mib() -> float:
 def _random_batch(cfg, kind: str, quick: bool) -> dict:
     """A batch of the preset's crop: labels for labelled data, pseudo labels and entropy for target."""
     import torch
-    from crossregion.demo import SYNTH_ARGUMENTS
+
+    from crossregion.app.demo import SYNTH_ARGUMENTS
 
     spec = getattr(cfg.data, kind)
     # Presets without crop or resize train on whole images of the benchmark's size.
@@ -188,7 +189,7 @@ def _write_fresh_checkpoint(path: Path, cfg) -> Path:
     """A crossregion-format checkpoint of a randomly initialised segmenter of ``cfg.model``."""
     import torch
 
-    from crossregion.engine.launch import build_model
+    from crossregion.app.train import build_model
 
     segmenter, model_args = build_model(cfg.model)
     torch.save({"format": "crossregion", "model": model_args, "models": {"segmenter": segmenter.state_dict()}}, path)

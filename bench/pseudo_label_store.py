@@ -23,7 +23,7 @@ from PIL import Image
 
 from crossregion.data.labels import CITYSCAPES_19
 from crossregion.data.pseudo_labels import PseudoLabelStore, PseudoLabelWriter
-from crossregion.methods.cra_losses import normalized_entropy
+from crossregion.trust import normalized_entropy
 
 HEIGHT, WIDTH, NUM_CLASSES = 1024, 2048, 19
 THRESHOLDS = np.linspace(0.005, 0.05, 46)

@@ -37,11 +37,25 @@ import time
 from pathlib import Path
 
 import torch
+from common import (
+    REFERENCE_STEP_SECONDS,
+    add_benchmark_arguments,
+    calibration_step_seconds,
+    cell,
+    cpu_description,
+    mean_std,
+    prepared_benchmark,
+    with_seed,
+)
 
-from common import REFERENCE_STEP_SECONDS, add_benchmark_arguments, calibration_step_seconds, prepared_benchmark
-from common import cell, cpu_description, mean_std, with_seed
-from crossregion.pipeline import PipelineConfig, StageRecord, StageSpec, Stages, bn_target_stage
-from crossregion.pipeline import pseudo_label_stage, resolve_training_config, training_stage
+from crossregion.app.pipeline.cache import StageRecord, Stages
+from crossregion.app.pipeline.config import PipelineConfig, StageSpec
+from crossregion.app.pipeline.stages import (
+    bn_target_stage,
+    pseudo_label_stage,
+    resolve_training_config,
+    training_stage,
+)
 
 CDA_METHODS = ("fada", "advent", "minent", "adaptsegnet")
 # Controls of FADA: stage name -> overrides added to the FADA stage.

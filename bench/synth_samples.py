@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from crossregion.data.synth import save_sample_figure
+from crossregion.synth.benchmark import save_sample_figure
 
 
 def main() -> int:

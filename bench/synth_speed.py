@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from crossregion.data.synth import generate_benchmark
+from crossregion.synth.benchmark import generate_benchmark
 
 
 def main() -> int:

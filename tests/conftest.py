@@ -1,6 +1,8 @@
 """Session fixtures of the fault-injection suite, and the table of its outcomes.
 
-``pytest --fault-table PATH`` also writes the table (docs/reliability.md quotes it).
+``pytest --fault-table PATH`` also writes the table (docs/reliability.md quotes it). Importing
+``crossregion.methods`` registers every method, dataset and backbone name, as the command
+line does, so tests may load configs directly.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import crossregion.methods  # noqa: F401  (fills the config registries)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import faults  # noqa: E402
@@ -32,7 +36,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory) -> Path:
     """4 source, 4 target train and 2 target val images of 32x64; never modified by a test."""
-    from crossregion.data.synth import generate_benchmark
+    from crossregion.synth.benchmark import generate_benchmark
 
     root = tmp_path_factory.mktemp("fault_benchmark")
     generate_benchmark(root, source_images=4, target_train_images=4, target_val_images=2, height=32, width=64, seed=0)

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import traceback
-
-import pytest
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

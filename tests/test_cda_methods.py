@@ -21,9 +21,9 @@ from crossregion.engine.trainer import StepContext
 from crossregion.methods import METHODS
 from crossregion.methods.adaptsegnet import AdaptSegNetConfig
 from crossregion.methods.advent import AdventConfig, entropy_loss, weighted_self_information
-from crossregion.methods.cra_losses import normalized_entropy
 from crossregion.methods.fada import FadaConfig
 from crossregion.models import ASPPClassifier, Segmenter
+from crossregion.trust import normalized_entropy
 
 NUM_CLASSES = 4
 # 32x64 is the smallest input for which the output-space discriminator (5 stride-2 convs) gives a map.

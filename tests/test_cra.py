@@ -6,15 +6,28 @@ import numpy as np
 import pytest
 import torch
 from fixtures import write_cityscapes
-from pseudo_label_fixtures import NUM_CLASSES, TinySegmenter, rare_store, step_context, target_batch, write_store
+from pseudo_label_fixtures import (
+    NUM_CLASSES,
+    TinySegmenter,
+    rare_store,
+    step_context,
+    target_batch,
+    write_store,
+)
 
+from crossregion.app.train import build_train_datasets
 from crossregion.config.io import load_config
-from crossregion.config.schema import DataConfig, DatasetSpec, ExperimentConfig, ModelConfig
+from crossregion.config.schema import (
+    DataConfig,
+    DatasetSpec,
+    ExperimentConfig,
+    ModelConfig,
+    OptimConfig,
+)
 from crossregion.data.datasets import build_dataset
 from crossregion.data.pseudo_labelled import PseudoLabelledDataset
 from crossregion.data.pseudo_labels import PseudoLabelStore
 from crossregion.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
-from crossregion.config.schema import OptimConfig
 from crossregion.engine.trainer import StepContext
 from crossregion.methods.cra import CRA, CRAConfig
 
@@ -186,4 +199,4 @@ def test_bad_stores_fail_before_training_with_clear_errors(tmp_path):
 
     write_cityscapes(tmp_path / "cs", splits=("train",))
     with pytest.raises(ValueError, match="lacks 3 of 4 images"):
-        method.build_dataset("target", experiment().data.target, 19)
+        build_train_datasets(experiment(), method)

@@ -5,16 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from crossregion.methods.cra_losses import (
-    ENTROPY_IGNORE_VALUE,
     SOURCE_DOMAIN,
     TARGET_DOMAIN,
     domain_targets,
-    rare_class_factors,
-    region_masks,
-    scaled_entropy,
     soft_domain_labels,
     soft_label_cross_entropy,
 )
+from crossregion.trust import ENTROPY_IGNORE_VALUE, rare_class_factors, region_masks, scaled_entropy
 
 
 def test_rare_class_factors():

@@ -14,6 +14,7 @@ from fixtures import (
 )
 from PIL import Image
 
+from crossregion.config.schema import DatasetSpec
 from crossregion.data.datasets import DATASETS, build_dataset
 from crossregion.data.labels import CITYSCAPES_19, SYNTHIA_16, SYNTHIA_19
 from crossregion.data.transforms import train_transform
@@ -44,7 +45,7 @@ def test_gta5_sample_follows_contract(tmp_path):
 
 def test_transform_is_applied(tmp_path):
     root = write_gta5(tmp_path / "gta5", n=1, size=(16, 24))
-    dataset = build_dataset("gta5", root, "train", transform=train_transform(crop_size=(8, 8)))
+    dataset = build_dataset("gta5", root, "train", transform=train_transform(DatasetSpec(name="gta5", root=str(root), crop=(8, 8), flip=True)))
     sample = dataset[0]
     assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, 8, 8)
     assert sample["mask"].shape == (8, 8)

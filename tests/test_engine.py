@@ -9,15 +9,19 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_training import NUM_CLASSES, TinyDataset, TinySegmenter, tiny_config
 
-from crossregion.engine.launch import build_method, run_training, seed_everything
+from crossregion.app.train import build_method, run_training, seed_everything
 from crossregion.config.schema import OptimConfig
-from crossregion.engine.optim import build_poly_scheduler, build_segmenter_optimizer, poly_factor
 from crossregion.engine import trainer
 from crossregion.engine.checkpoint import load_checkpoint
-from crossregion.engine.trainer import InfiniteLoader, NonFiniteLossError, ResumableClassBalancedSampler
+from crossregion.engine.optim import build_poly_scheduler, build_segmenter_optimizer, poly_factor
+from crossregion.engine.trainer import (
+    InfiniteLoader,
+    NonFiniteLossError,
+    ResumableClassBalancedSampler,
+)
 from crossregion.methods.source_only import SourceOnly
-from tiny_training import NUM_CLASSES, TinyDataset, TinySegmenter, tiny_config
 
 
 def test_poly_factor_matches_the_official_stop_value():

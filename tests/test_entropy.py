@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from crossregion.methods.cra_losses import default_threshold, normalized_entropy, validate_threshold
+from crossregion.trust import default_threshold, normalized_entropy, validate_threshold
 
 
 def test_entropy_equals_h_over_k_ln_k():

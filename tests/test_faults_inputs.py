@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from faults import judge, run_cli, tiny_training, tree_digest
+from PIL import Image
 
 VAL_STEM = "dunmere_000000_000019"
 VAL_IMAGE = f"cityscapes/leftImg8bit/val/dunmere/{VAL_STEM}_leftImg8bit.png"

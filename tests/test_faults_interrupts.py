@@ -13,8 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from faults import SIGINT, SIGKILL, interrupt_when, judge, run_subprocess, tiny_training, tree_digest
+from faults import (
+    SIGINT,
+    SIGKILL,
+    interrupt_when,
+    judge,
+    run_subprocess,
+    tiny_training,
+    tree_digest,
+)
 
 KILL_ITERATIONS = 12
 
@@ -22,7 +29,7 @@ KILL_ITERATIONS = 12
 @pytest.fixture(scope="module")
 def kill_benchmark(tmp_path_factory) -> Path:
     """Enough target-train images (24) for pseudo-label to be killed mid-run."""
-    from crossregion.data.synth import generate_benchmark
+    from crossregion.synth.benchmark import generate_benchmark
 
     root = tmp_path_factory.mktemp("kill_benchmark")
     generate_benchmark(root, source_images=4, target_train_images=24, target_val_images=2, height=32, width=64, seed=0)

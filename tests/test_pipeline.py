@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossregion.data.synth import generate_benchmark
-from crossregion.pipeline import load_pipeline_config, run_pipeline
+from crossregion.app.pipeline.config import load_pipeline_config
+from crossregion.app.pipeline.run import run_pipeline
+from crossregion.synth.benchmark import generate_benchmark
 
 TINY_TRAINING = [
     "model.backbone=resnet18", "data.batch_size=2", "optim.max_iters=1", "optim.stop_iter=1",

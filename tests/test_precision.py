@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 import yaml
-
-from crossregion.engine import amp
-from crossregion.engine.launch import build_method, run_training
 from tiny_training import TinyDataset, TinySegmenter, tiny_config
+
+from crossregion.app.train import build_method, run_training
+from crossregion.engine import amp
 
 CPU = torch.device("cpu")
 
@@ -48,7 +48,7 @@ def test_run_on_a_cpu_without_native_bf16_trains_in_fp32_and_records_it(monkeypa
     seen = []
     original = amp.autocast
     monkeypatch.setattr("crossregion.engine.trainer.autocast", lambda device, mode: seen.append(mode) or original(device, mode))
-    with caplog.at_level("INFO", logger="crossregion.engine.launch"):
+    with caplog.at_level("INFO", logger="crossregion.app.train"):
         run_training(cfg, tmp_path, method=build_method(cfg), segmenter=TinySegmenter(), model_args={},
                      datasets={"source": TinyDataset(augment=False, sleep=0.0)}, device=CPU, resume=False)
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())

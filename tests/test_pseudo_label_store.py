@@ -8,8 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from crossregion.data.labels import CITYSCAPES_19
-from crossregion.data.pseudo_labels import PseudoLabelStore, PseudoLabelWriter, EntropyCodec, encode_entropy_png, decode_entropy_png
-from crossregion.methods.cra_losses import normalized_entropy
+from crossregion.data.pseudo_labels import (
+    EntropyCodec,
+    PseudoLabelStore,
+    PseudoLabelWriter,
+    decode_entropy_png,
+    encode_entropy_png,
+)
+from crossregion.trust import normalized_entropy
 
 OFFICIAL_NPY_BYTES = 8_388_736  # float32 1×1×1024×2048 .npy of the official code
 

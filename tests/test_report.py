@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 from test_pipeline import benchmark, write_config  # noqa: F401 (benchmark is a fixture)
 
+from crossregion.app.pipeline.config import load_pipeline_config
+from crossregion.app.pipeline.run import run_pipeline
+from crossregion.app.report import SECTIONS, write_report
+from crossregion.app.report.runs import differing_keys, load_run
 from crossregion.cli import main as cli_main
-from crossregion.pipeline import load_pipeline_config, run_pipeline
-from crossregion.report import SECTIONS, write_report
-from crossregion.report.runs import differing_keys, load_run
 
 PNG_URI_PREFIX = "data:image/png;base64,"
 CHROMIUM = shutil.which("chromium")

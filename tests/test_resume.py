@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from crossregion.files import save_torch_atomically
 from crossregion.engine.checkpoint import load_checkpoint, periodic_checkpoints, write_checkpoint
+from crossregion.files import save_torch_atomically
 
 SCRIPT = Path(__file__).with_name("tiny_training.py")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tiny_training import NUM_CLASSES, TinySegmenter
 
 from crossregion.config.schema import OptimConfig
 from crossregion.engine.amp import build_grad_scaler
@@ -10,7 +11,6 @@ from crossregion.engine.trainer import StepContext
 from crossregion.methods import METHODS
 from crossregion.methods.losses import segmentation_cross_entropy
 from crossregion.methods.source_only import SourceOnlyConfig
-from tiny_training import NUM_CLASSES, TinySegmenter
 
 
 def test_cross_entropy_upsamples_logits_to_the_label():

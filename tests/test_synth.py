@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from crossregion import cli
-from crossregion.data import synth
 from crossregion.data.labels import CITYSCAPES_19, SYNTHIA_CLASS_NAMES
+from crossregion.synth import benchmark as synth
 
 HEIGHT, WIDTH = 48, 96
 VOID_IDS = {0, 1, 4, 6, 9}

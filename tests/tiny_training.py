@@ -14,10 +14,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossregion.config.schema import DataConfig, DatasetSpec, EngineConfig, ExperimentConfig, ModelConfig, OptimConfig
+from crossregion.app.train import build_method, run_training, seed_everything
+from crossregion.config.schema import (
+    DataConfig,
+    DatasetSpec,
+    EngineConfig,
+    ExperimentConfig,
+    ModelConfig,
+    OptimConfig,
+)
 from crossregion.data.labels import LabelSet
-from crossregion.engine.dist import init_distributed, shutdown_distributed
-from crossregion.engine.launch import build_method, run_training, seed_everything
+from crossregion.dist import init_distributed, shutdown_distributed
 from crossregion.methods.source_only import SourceOnlyConfig
 
 NUM_CLASSES = 4

@@ -16,20 +16,20 @@ import sys
 
 # (command, module, one-line help). "data" commands are nested: ``crossregion data synth``.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("demo", "crossregion.demo", "run the whole pipeline on the embedded synthetic benchmark"),
-    ("train", "crossregion.engine.launch", "train one method from a config preset"),
-    ("evaluate", "crossregion.eval.evaluate", "evaluate a checkpoint on a labelled split"),
-    ("evaluate-predictions", "crossregion.eval.predictions", "score saved prediction PNGs"),
-    ("predict", "crossregion.eval.predict", "write predictions for images"),
-    ("pseudo-label", "crossregion.pseudo_label", "pseudo labels + entropy maps for target train"),
-    ("pipeline", "crossregion.pipeline", "source -> CDA -> pseudo-label -> CRA -> evaluation"),
-    ("export-checkpoint", "crossregion.models.checkpoint_io", "convert a checkpoint to the official FADA/CRA format"),
-    ("dump-config", "crossregion.config.dump", "print a preset with every default filled in"),
-    ("report", "crossregion.report", "one self-contained HTML page of pipeline or training runs"),
+    ("demo", "crossregion.app.demo", "run the whole pipeline on the embedded synthetic benchmark"),
+    ("train", "crossregion.app.train", "train one method from a config preset"),
+    ("evaluate", "crossregion.app.evaluate", "evaluate a checkpoint on a labelled split"),
+    ("evaluate-predictions", "crossregion.app.evaluate_predictions", "score saved prediction PNGs"),
+    ("predict", "crossregion.app.predict", "write predictions for images"),
+    ("pseudo-label", "crossregion.app.pseudo_label", "pseudo labels + entropy maps for target train"),
+    ("pipeline", "crossregion.app.pipeline.run", "source -> CDA -> pseudo-label -> CRA -> evaluation"),
+    ("export-checkpoint", "crossregion.app.export_checkpoint", "convert a checkpoint to the official FADA/CRA format"),
+    ("dump-config", "crossregion.app.dump_config", "print a preset with every default filled in"),
+    ("report", "crossregion.app.report", "one self-contained HTML page of pipeline or training runs"),
 )
 DATA_COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("synth", "crossregion.data.synth", "generate the synthetic GTA5-like -> Cityscapes-like benchmark"),
-    ("check", "crossregion.data.check", "validate a dataset folder and print its class histogram"),
+    ("synth", "crossregion.app.data_synth", "generate the synthetic GTA5-like -> Cityscapes-like benchmark"),
+    ("check", "crossregion.app.data_check", "validate a dataset folder and print its class histogram"),
 )
 
 

@@ -1,9 +1,14 @@
-"""A small name -> object registry with helpful errors."""
+"""Name -> object registries with helpful errors, and the registries of names a config may use.
+
+The config loader looks dataset, backbone and method names up here; each layer fills its own
+registry when imported (``data`` the datasets, ``models`` the backbones, ``methods`` the method
+configs), so the loader imports none of those layers. The application layer imports them all.
+"""
 
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -11,8 +16,10 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to classes or functions; ``get`` of an unknown name lists the known ones."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, filled_by: str | None = None) -> None:
         self.kind = kind
+        # The module whose import fills this registry, named when a lookup finds it empty.
+        self.filled_by = filled_by
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -25,6 +32,8 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
+        if not self._entries and self.filled_by is not None:
+            raise KeyError(f"no {self.kind} is registered yet: import {self.filled_by} first (the command line does)")
         if name not in self._entries:
             close = difflib.get_close_matches(name, self._entries, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -39,3 +48,9 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+
+# Filled by the layers named; typed loosely because the classes live above this module.
+DATASETS: Registry[Any] = Registry("dataset", filled_by="crossregion.data.datasets")
+BACKBONES: Registry[Any] = Registry("backbone", filled_by="crossregion.models")
+METHOD_CONFIGS: Registry[Any] = Registry("method", filled_by="crossregion.methods")

@@ -19,6 +19,7 @@ import yaml
 
 from crossregion.config.schema import ExperimentConfig
 from crossregion.files import write_text_atomically
+from crossregion.registry import BACKBONES, DATASETS, METHOD_CONFIGS
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Pipeline presets (``crossregion pipeline``) are a different schema, so they live apart.
@@ -134,17 +135,12 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ExperimentC
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
     """Build an ``ExperimentConfig`` from plain data (a loaded preset or a checkpoint's config)."""
-    # Imported here: methods and models import torch, and only a full config needs their registries.
-    from crossregion.data.datasets import DATASETS
-    from crossregion.methods import METHODS
-    from crossregion.models import BACKBONES
-
     method_data = data.get("method")
     if not isinstance(method_data, dict) or "name" not in method_data:
-        raise KeyError(f"{source}: missing method.name; available methods: {', '.join(METHODS.names())}")
-    method_class = METHODS.get(str(method_data["name"]))
+        raise KeyError(f"{source}: missing method.name; available methods: {', '.join(METHOD_CONFIGS.names())}")
+    method_config_class = METHOD_CONFIGS.get(str(method_data["name"]))
     try:
-        config = _build(ExperimentConfig, data, "", {"method": method_class.config_class})
+        config = _build(ExperimentConfig, data, "", {"method": method_config_class})
     except (ValueError, KeyError) as error:
         message = error.args[0] if error.args else str(error)
         raise type(error)(f"{source}: {message}") from error

@@ -8,14 +8,13 @@ a dataset before a long run.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from crossregion.data.datasets import DATASETS, build_dataset
+from crossregion.data.datasets import build_dataset
 from crossregion.data.labels import IGNORE_INDEX
 
 PROGRESS_MIN_IMAGES = 100  # smaller datasets finish too fast for a progress bar to help
@@ -178,19 +177,3 @@ def check_dataset(
     report.pixel_counts = class_and_ignore_counts[: dataset.num_classes]
     report.ignore_pixels = int(class_and_ignore_counts[IGNORE_INDEX])
     return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout")
-    parser.add_argument("--root", required=True, type=Path, help="dataset root folder")
-    parser.add_argument("--split", default="train",
-                        help="train/val/test for Cityscapes; all/train or a list file of names for the others")
-    parser.add_argument("--num-classes", type=int, default=19, choices=(19, 16), help="19 (GTA5 setting) or 16 (SYNTHIA)")
-    parser.add_argument("--id-map", type=Path, default=None,
-                        help="folder dataset only: YAML/JSON {on_disk_id: train_id}")
-
-
-def main(args: argparse.Namespace) -> int:
-    report = check_dataset(args.dataset, args.root, args.split, num_classes=args.num_classes, id_map=args.id_map)
-    print(report.format())
-    return 0 if report.usable else 1

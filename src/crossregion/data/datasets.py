@@ -29,11 +29,10 @@ from crossregion.data.labels import (
     LabelSet,
     label_set_for,
 )
-from crossregion.registry import Registry
+from crossregion.registry import DATASETS
 
 logger = logging.getLogger(__name__)
 
-DATASETS: Registry[type["SegmentationDataset"]] = Registry("dataset")
 
 Sample = dict[str, object]
 Transform = Callable[[Sample], Sample]

@@ -26,9 +26,9 @@ the same way before its first iteration (``PseudoLabelStore.check_compatible``).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import hashlib
 import logging
 import math
 import struct
@@ -37,10 +37,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from crossregion.files import remove_stale_temp_files, write_bytes_atomically
-from crossregion.methods.cra_losses import rare_class_factors, validate_threshold
+from crossregion.trust import rare_class_factors, trusted_at, validate_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -336,8 +337,9 @@ class PseudoLabelWriter:
         threshold = self.manifest["threshold"]
         labels = pseudo_label.ravel()
         values = entropy.ravel()
-        trusted_common = labels[values <= threshold]
-        trusted_rare = labels[values <= threshold / self.manifest["rare_factor"]]
+        entropy_tensor = torch.from_numpy(values)
+        trusted_common = labels[trusted_at(entropy_tensor, 1.0, threshold).numpy()]
+        trusted_rare = labels[trusted_at(entropy_tensor, self.manifest["rare_factor"], threshold).numpy()]
         histogram, _ = np.histogram(values, bins=histogram_edges(num_classes))
         # np.histogram drops values above the last edge (float round-off at 1/K): count them last.
         histogram[-1] += int((values > 1.0 / num_classes).sum())

@@ -16,13 +16,15 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from crossregion.config.schema import DatasetSpec
 from crossregion.data.labels import IGNORE_INDEX
+from crossregion.trust import ENTROPY_IGNORE_VALUE
 
 Sample = dict[str, object]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FLOAT_IGNORE = -1.0  # pad value of float maps (entropy), as the contract says
+FLOAT_IGNORE = ENTROPY_IGNORE_VALUE  # pad value of float maps (entropy): neither trusted nor untrusted
 
 IMAGE_INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
@@ -183,42 +185,26 @@ class Normalize:
         return {**sample, "image": (image - self.mean) / self.std}
 
 
-def train_transform(
-    *,
-    crop_size: tuple[int, int],
-    resize: tuple[int, int] | None = None,
-    scale_range: tuple[float, float] | None = None,
-    flip_prob: float = 0.5,
-    color_jitter: tuple[float, float, float, float] | None = None,
-    float_ignore: float = FLOAT_IGNORE,
-) -> Compose:
-    """Training augmentation: the official CRA pipeline (cra-spec §1.7), jitter moved last.
+def train_transform(spec: DatasetSpec) -> Compose:
+    """``spec``'s training augmentation in the official CRA order (docs/spec.md §1.7), then normalisation.
 
-    Resize -> random scale -> random crop -> flip -> colour jitter (image only) -> normalise.
-    The official code jitters the full image first; jittering the crop is the same per-pixel
-    operation except that contrast blends towards the crop's mean grey instead of the whole
-    image's, and it is ~4x cheaper (hue shift dominates: ~2 s on a 1914×1052 image on 2 cores).
-
-    Args:
-        crop_size: (height, width) of the crop.
-        resize: optional (height, width) every image is first resized to (e.g. GTA5 720×1280).
-        scale_range: optional (min, max) of the random scale; CRA uses (0.5, 1.5).
-        flip_prob: probability of a horizontal flip.
-        color_jitter: optional (brightness, contrast, saturation, hue); CRA uses (0.5, 0.5, 0.5, 0.2).
-        float_ignore: pad value of float maps such as entropy.
+    Colour jitter (image only) -> resize -> random scale -> random crop -> flip -> normalise; each
+    step only where ``spec`` asks for it. Crop padding fills float maps (entropy) with
+    ``FLOAT_IGNORE`` and masks with 255.
     """
-    transforms: list[Callable[[Sample], Sample]] = []
-    if resize is not None:
-        transforms.append(Resize(*resize))
-    if scale_range is not None:
-        transforms.append(RandomScale(*scale_range))
-    transforms.append(RandomCrop(*crop_size, float_ignore=float_ignore))
-    if flip_prob > 0:
-        transforms.append(RandomHorizontalFlip(flip_prob))
-    if color_jitter is not None:
-        transforms.append(ColorJitter(*color_jitter))
-    transforms.append(Normalize())
-    return Compose(transforms)
+    steps: list[Callable[[Sample], Sample]] = []
+    if any(spec.color_jitter):
+        steps.append(ColorJitter(*spec.color_jitter))
+    if spec.resize is not None:
+        steps.append(Resize(*spec.resize))
+    if spec.scale_range != (1.0, 1.0):
+        steps.append(RandomScale(*spec.scale_range))
+    if spec.crop is not None:
+        steps.append(RandomCrop(*spec.crop))
+    if spec.flip:
+        steps.append(RandomHorizontalFlip(0.5))
+    steps.append(Normalize())
+    return Compose(steps)
 
 
 def eval_transform(*, size: tuple[int, int] | None = None, resize_mask: bool = False) -> Compose:

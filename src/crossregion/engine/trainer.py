@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from crossregion.config.io import config_to_dict
 from crossregion.config.schema import ExperimentConfig
 from crossregion.data.sampler import SUB_EPOCH_SIZE, ClassBalancedSampler
+from crossregion.dist import all_gather_objects, barrier, get_rank, get_world_size, is_main, unwrap
 from crossregion.engine import checkpoint as ckpt
 from crossregion.engine.amp import autocast, build_grad_scaler
-from crossregion.engine.dist import all_gather_objects, barrier, get_rank, get_world_size, is_main, unwrap
 from crossregion.engine.logging import MetricWriter, ProgressBar
 from crossregion.engine.optim import build_poly_scheduler
 
@@ -214,6 +214,20 @@ class StepContext:
         self.stepped.append(name)
 
 
+class TrainableMethod(Protocol):
+    """What the trainer needs of a method (``methods.base.Method`` is the implementation)."""
+
+    def training_step(
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
+    ) -> dict[str, torch.Tensor]: ...
+
+    def after_step(self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
 class Trainer:
     """Runs a method from the current iteration to ``cfg.optim.last_iter``.
 
@@ -230,7 +244,7 @@ class Trainer:
     """
 
     def __init__(
-        self, *, cfg: ExperimentConfig, method: Any, models: Mapping[str, nn.Module],
+        self, *, cfg: ExperimentConfig, method: TrainableMethod, models: Mapping[str, nn.Module],
         optimizers: Mapping[str, torch.optim.Optimizer], loaders: Mapping[str, InfiniteLoader],
         device: torch.device, run_dir: str | Path, model_args: Mapping[str, Any],
         evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
@@ -265,6 +279,7 @@ class Trainer:
             # One RNG state per rank: each rank augments with its own generator.
             "rng": all_gather_objects(ckpt.capture_rng()),
             "data_state": {name: loader.state_dict() for name, loader in self.loaders.items()},
+            "method_state": self.method.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -278,6 +293,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         for name, loader in self.loaders.items():
             loader.load_state_dict(state["data_state"][name])
+        # Checkpoints written before methods kept state have none.
+        self.method.load_state_dict(state.get("method_state", {}))
         rng_states = state["rng"]
         if len(rng_states) != get_world_size():
             logger.warning(
@@ -339,6 +356,7 @@ class Trainer:
         self.scaler.update()
         for scheduler in self.schedulers.values():
             scheduler.step()
+        self.method.after_step(self.models, batches)
         return losses
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -8,23 +8,20 @@ matrices are summed once at the end.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from crossregion.data.datasets import DATASETS, SegmentationDataset, build_dataset
+from crossregion.data.datasets import SegmentationDataset
 from crossregion.data.transforms import eval_transform
 from crossregion.eval.inference import (
-    add_checkpoint_arguments, add_inference_arguments, inference_options, predict_probs,
+    predict_probs,
 )
-from crossregion.eval.metrics import ConfusionMatrix, metrics_dict, write_cli_metrics
-from crossregion.files import check_output_folder
+from crossregion.eval.metrics import ConfusionMatrix, metrics_dict
 
 logger = logging.getLogger(__name__)
 
@@ -106,63 +103,3 @@ def _rank_and_world_size() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_arguments(parser)
-    parser.add_argument(
-        "--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root"
-    )
-    parser.add_argument("--root", type=Path, required=True, help="dataset root folder")
-    parser.add_argument("--split", default="val", help="split name or list file (default val)")
-    parser.add_argument(
-        "--output", type=Path, required=True, help="folder for metrics.json and metrics.md"
-    )
-    parser.add_argument(
-        "--num-classes",
-        type=int,
-        choices=(16, 19),
-        help="classes the checkpoint must predict (default: whatever it holds); 16 scores the SYNTHIA setting",
-    )
-    add_inference_arguments(parser)
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=2, help="image-decoding worker processes (default 2)"
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    from crossregion.engine.dist import select_device
-    from crossregion.models.checkpoint_io import load_segmenter
-
-    check_output_folder(args.output)
-    options = inference_options(args)
-    device = select_device(args.device)
-    segmenter, info = load_segmenter(
-        args.checkpoint, format=args.format, num_classes=args.num_classes, device=device
-    )
-    dataset = build_dataset(args.dataset, args.root, args.split, num_classes=info["num_classes"])
-    logger.info(
-        "evaluating %s (%s, %s, %d classes) on %s %s: %d images",
-        args.checkpoint,
-        info["format"],
-        info["backbone"],
-        info["num_classes"],
-        args.dataset,
-        args.split,
-        len(dataset),
-    )
-    metrics = evaluate_segmenter(
-        segmenter, dataset, device=device, num_workers=args.workers, **options
-    )
-    write_cli_metrics(
-        metrics,
-        args,
-        len(dataset),
-        checkpoint=str(args.checkpoint),
-        checkpoint_format=info["format"],
-        backbone=info["backbone"],
-    )
-    return 0

@@ -8,9 +8,7 @@ is resized bilinearly with ``align_corners=True`` as the official ``multi_scale_
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -126,91 +124,3 @@ def _crop_starts(length: int, crop: int, stride: int) -> list[int]:
     if starts[-1] + crop < length:
         starts.append(length - crop)
     return starts
-
-
-def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model options shared by ``evaluate`` and ``predict``: ``--checkpoint`` and its ``--format``."""
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="a crossregion or official FADA/CRA checkpoint",
-    )
-    parser.add_argument(
-        "--format",
-        choices=("auto", "crossregion", "official"),
-        default="auto",
-        help="checkpoint format (default: detected from the file)",
-    )
-
-
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options shared by ``evaluate`` and ``predict``: input size, flip, scales, window."""
-    parser.add_argument(
-        "--input-size",
-        nargs=2,
-        type=int,
-        metavar=("W", "H"),
-        help="resize each image to W×H before inference (FADA/CRA: 1024 512 for CDA, 2048 1024 for CRA); "
-        "default: the image size",
-    )
-    parser.add_argument(
-        "--flip", action="store_true", help="average with the horizontally flipped image"
-    )
-    parser.add_argument(
-        "--scales",
-        type=_parse_scales,
-        default=(1.0,),
-        metavar="S1,S2,...",
-        help="comma-separated input scales whose softmax maps are averaged, e.g. 0.75,1.0,1.25 (default 1.0)",
-    )
-    parser.add_argument(
-        "--window", nargs=2, type=int, metavar=("W", "H"), help="sliding-window crop size"
-    )
-    parser.add_argument(
-        "--stride",
-        nargs=2,
-        type=int,
-        metavar=("W", "H"),
-        help="sliding-window step (needs --window; default two thirds of the window)",
-    )
-
-
-def _parse_scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--scales takes comma-separated numbers like 0.75,1.0,1.25, got {text!r}"
-        )
-    if any(scale <= 0 for scale in scales):
-        raise argparse.ArgumentTypeError(f"--scales must be positive, got {text!r}")
-    return scales
-
-
-def inference_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments for ``predict_probs`` and the input size, from parsed options.
-
-    Command-line sizes are W×H (like image tools); tensors use (height, width).
-
-    Returns:
-        ``input_size`` (H, W) or ``None``, ``flip``, ``scales``, ``window`` and ``stride``.
-    """
-    if args.stride is not None and args.window is None:
-        raise ValueError("--stride needs --window W H")
-    return {
-        "input_size": _height_width(args.input_size),
-        "flip": args.flip,
-        "scales": tuple(args.scales),
-        "window": _height_width(args.window),
-        "stride": _height_width(args.stride),
-    }
-
-
-def _height_width(width_height: Sequence[int] | None) -> tuple[int, int] | None:
-    if width_height is None:
-        return None
-    width, height = width_height
-    if width < 1 or height < 1:
-        raise ValueError(f"sizes must be positive, got {width} {height}")
-    return (height, width)

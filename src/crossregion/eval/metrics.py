@@ -15,7 +15,6 @@ Conventions (spec §6):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -185,26 +184,6 @@ def write_metrics(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, P
     markdown_path = out_dir / "metrics.md"
     write_text_atomically(markdown_path, metrics_markdown(metrics))
     return json_path, markdown_path
-
-
-def write_cli_metrics(
-    metrics: dict[str, Any], args: argparse.Namespace, num_images: int, **model_settings: Any
-) -> None:
-    """The end of ``evaluate`` and ``evaluate-predictions``: record what was scored, write, print.
-
-    ``metrics["settings"]`` becomes ``model_settings`` (what made the predictions), then
-    ``args.dataset``, ``args.root`` and ``args.split``, then the settings already there; the
-    files go to ``args.output`` (``write_metrics``) and one summary line is printed.
-    """
-    metrics["settings"] = {
-        **model_settings,
-        "dataset": args.dataset,
-        "root": str(args.root),
-        "split": args.split,
-        **metrics["settings"],
-    }
-    json_path, markdown_path = write_metrics(metrics, args.output)
-    print(f"{summary_line(metrics)} on {num_images} images; wrote {json_path} and {markdown_path}")
 
 
 def metrics_markdown(metrics: dict[str, Any]) -> str:

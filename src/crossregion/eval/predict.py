@@ -8,9 +8,10 @@ what the official test server takes), ``<stem>_color.png`` (official Cityscapes 
 
 from __future__ import annotations
 
-import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,11 +22,8 @@ from tqdm import tqdm
 from crossregion.data.datasets import IMAGE_SUFFIXES
 from crossregion.data.labels import label_set_for
 from crossregion.data.transforms import eval_transform
-from crossregion.eval.inference import (
-    add_checkpoint_arguments, add_inference_arguments, inference_options, predict_probs,
-)
+from crossregion.eval.inference import predict_probs
 from crossregion.eval.visualize import colorize, overlay, save_png
-from crossregion.files import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -94,34 +92,15 @@ def predict_image(
     return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_arguments(parser)
-    parser.add_argument(
-        "--images",
-        type=Path,
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help="image files and/or folders (searched recursively for .png/.jpg/.jpeg)",
-    )
-    parser.add_argument("--output", type=Path, required=True, help="folder for the written PNGs")
-    add_inference_arguments(parser)
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
-    )
+def write_predictions(
+    segmenter: nn.Module, images: Sequence[Path], output: Path, *, num_classes: int, device: torch.device,
+    input_size: tuple[int, int] | None = None, **options: Any,
+) -> None:
+    """For each image: ``<stem>_trainIds.png``, ``_labelIds.png``, ``_color.png`` and ``_overlay.png``.
 
-
-def main(args: argparse.Namespace) -> int:
-    from crossregion.engine.dist import select_device
-    from crossregion.models.checkpoint_io import load_segmenter
-
-    check_output_folder(args.output)
-    options = inference_options(args)
-    input_size = options.pop("input_size")
-    images = collect_images(args.images)
-    device = select_device(args.device)
-    segmenter, info = load_segmenter(args.checkpoint, format=args.format, device=device)
-    label_set = label_set_for(info["num_classes"])
+    ``options`` are ``predict_image``'s inference options (flip, scales, window, stride).
+    """
+    label_set = label_set_for(num_classes)
     to_label_id = label_set.train_id_to_cityscapes_id()
     for path in tqdm(images, desc="predict", unit="img"):
         try:
@@ -131,11 +110,8 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"cannot read image {path}: {error}") from error
         train_ids = predict_image(segmenter, image, device=device, input_size=input_size, **options)
         colour = colorize(train_ids, label_set.palette)
-        save_png(train_ids, args.output / f"{path.stem}_trainIds.png")
-        save_png(to_label_id[train_ids], args.output / f"{path.stem}_labelIds.png")
-        save_png(colour, args.output / f"{path.stem}_color.png")
-        save_png(overlay(image, colour, OVERLAY_ALPHA), args.output / f"{path.stem}_overlay.png")
-    print(
-        f"wrote predictions of {len(images)} image(s) ({info['num_classes']} classes) to {args.output}"
-    )
-    return 0
+        save_png(train_ids, output / f"{path.stem}_trainIds.png")
+        save_png(to_label_id[train_ids], output / f"{path.stem}_labelIds.png")
+        save_png(colour, output / f"{path.stem}_color.png")
+        save_png(overlay(image, colour, OVERLAY_ALPHA), output / f"{path.stem}_overlay.png")
+

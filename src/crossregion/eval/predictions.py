@@ -10,7 +10,6 @@ scored pixel is a false negative; classes with a zero denominator are left out o
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from crossregion.data.datasets import DATASETS, SegmentationDataset, build_dataset
+from crossregion.data.datasets import SegmentationDataset
 from crossregion.data.labels import CITYSCAPES_LABELS, IGNORE_INDEX
-from crossregion.eval.metrics import ConfusionMatrix, metrics_dict, write_cli_metrics
-from crossregion.files import check_output_folder
+from crossregion.eval.metrics import ConfusionMatrix, metrics_dict
 
 logger = logging.getLogger(__name__)
 
@@ -263,42 +261,3 @@ def evaluate_predictions(
 def _listing(items: list[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     return shown + (", ..." if len(items) > _MAX_LISTED else "")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root"
-    )
-    parser.add_argument("--root", type=Path, required=True, help="dataset root folder")
-    parser.add_argument("--split", default="val", help="split name or list file (default val)")
-    parser.add_argument(
-        "--predictions",
-        type=Path,
-        required=True,
-        help="folder of prediction PNGs (<image stem>*.png)",
-    )
-    parser.add_argument(
-        "--output", type=Path, required=True, help="folder for metrics.json and metrics.md"
-    )
-    parser.add_argument(
-        "--id-type",
-        choices=ID_TYPES,
-        default="auto",
-        help="what the PNGs hold: train IDs, Cityscapes label IDs, or auto-detect (default)",
-    )
-    parser.add_argument(
-        "--num-classes",
-        type=int,
-        choices=(16, 19),
-        default=19,
-        help="19 (Cityscapes) or 16 (SYNTHIA setting: terrain, truck, train ignored); default 19",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    check_output_folder(args.output)
-    dataset = build_dataset(args.dataset, args.root, args.split, num_classes=args.num_classes)
-    metrics, decision = evaluate_predictions(dataset, args.predictions, id_type=args.id_type)
-    print(f"reading predictions as {decision.id_type} IDs: {decision.reason}")
-    write_cli_metrics(metrics, args, len(dataset))
-    return 0

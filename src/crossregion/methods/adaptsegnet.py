@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossregion.config.schema import MethodConfig, OptimConfig
-from crossregion.engine.optim import build_discriminator_adam, build_segmenter_optimizer
-from crossregion.methods.base import METHODS, Method, frozen
+from crossregion.config.schema import MethodConfig
+from crossregion.engine.trainer import StepContext
+from crossregion.methods.base import Method, frozen, register_method
 from crossregion.methods.losses import segmentation_cross_entropy, upsample_logits
 from crossregion.models import OutputSpaceDiscriminator
 
@@ -101,16 +101,6 @@ class OutputSpaceAdaptation(Method):
         }
         return {"segmenter": segmenter, **discriminators}
 
-    def build_optimizers(
-        self, models: Mapping[str, nn.Module], optim: OptimConfig
-    ) -> dict[str, torch.optim.Optimizer]:
-        """SGD for the segmenter (head ×``head_lr_mult``), one Adam per discriminator."""
-        optimizers = {"segmenter": build_segmenter_optimizer(models["segmenter"], optim)}
-        for name, model in models.items():
-            if name.startswith("discriminator_"):
-                optimizers[name] = build_discriminator_adam(model, optim)
-        return optimizers
-
     def _maps(
         self, outputs: Mapping[str, torch.Tensor], size: tuple[int, int], levels: list[str]
     ) -> dict[str, torch.Tensor]:
@@ -123,7 +113,7 @@ class OutputSpaceAdaptation(Method):
         }
 
     def segment_source(
-        self, segmenter: nn.Module, source: Mapping[str, Any], ctx: Any
+        self, segmenter: nn.Module, source: Mapping[str, Any], ctx: StepContext
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Source forward, CE of the main head (+ ``seg_aux_weight`` × aux head), backward.
 
@@ -142,7 +132,7 @@ class OutputSpaceAdaptation(Method):
         return outputs, losses
 
     def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
     ) -> dict[str, torch.Tensor]:
         segmenter = models["segmenter"]
         source, target = batches["source"], batches["target"]
@@ -184,7 +174,7 @@ def _suffix(level: str) -> str:
     return "" if level == "main" else "_aux"
 
 
-@METHODS.register("adaptsegnet")
+@register_method
 class AdaptSegNet(OutputSpaceAdaptation):
     """AdaptSegNet: the discriminators see each head's softmax probabilities (spec §4.2)."""
 

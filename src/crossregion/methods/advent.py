@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossregion.config.schema import MethodConfig, OptimConfig
-from crossregion.engine.optim import build_segmenter_optimizer
+from crossregion.config.schema import MethodConfig
+from crossregion.engine.trainer import StepContext
 from crossregion.methods.adaptsegnet import OutputSpaceAdaptation
-from crossregion.methods.base import METHODS
+from crossregion.methods.base import register_method
 from crossregion.methods.losses import upsample_logits
 
 VARIANTS = ("advent", "minent")
@@ -33,7 +33,7 @@ LOG_EPSILON = 1e-30
 def weighted_self_information(probs: torch.Tensor) -> torch.Tensor:
     """ADVENT's map I = -p · log2(p + 1e-30) / log2(K), per class channel.
 
-    Its class mean is CRA's normalised entropy e (``cra_losses.normalized_entropy``) up to the
+    Its class mean is CRA's normalised entropy e (``trust.normalized_entropy``) up to the
     epsilon, which is there so the map can be trained through: its gradient stays finite where
     a probability underflows to 0.
 
@@ -85,7 +85,7 @@ class AdventConfig(MethodConfig):
             raise ValueError(f"method.disc_width must be positive, got {self.disc_width}")
 
 
-@METHODS.register("advent")
+@register_method
 class Advent(OutputSpaceAdaptation):
     """AdvEnt or MinEnt, chosen by ``variant``.
 
@@ -107,15 +107,8 @@ class Advent(OutputSpaceAdaptation):
             return {"segmenter": segmenter}
         return super().build_models(segmenter)
 
-    def build_optimizers(
-        self, models: Mapping[str, nn.Module], optim: OptimConfig
-    ) -> dict[str, torch.optim.Optimizer]:
-        if self.cfg.variant == "minent":
-            return {"segmenter": build_segmenter_optimizer(models["segmenter"], optim)}
-        return super().build_optimizers(models, optim)
-
     def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
     ) -> dict[str, torch.Tensor]:
         if self.cfg.variant == "advent":
             return super().training_step(models, batches, ctx)

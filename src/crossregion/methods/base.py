@@ -6,30 +6,49 @@ source, ``target`` = unlabelled target train) and calls ``training_step(models, 
 The step decides the order of forward passes, ``ctx.backward(loss)`` and ``ctx.step(name)``
 (adversarial methods need that control) and returns detached loss tensors under stable keys
 such as ``loss/seg_src``. A step never copies a tensor to the host: the trainer syncs at its log
-period.
+period. Around the step, ``after_step`` runs once per iteration after every optimiser stepped
+(EMA teachers, prototype and threshold updates), and ``state_dict`` / ``load_state_dict`` carry
+a method's own per-run state through checkpoints and ``--resume``.
 
-Adding a method = one file here with a ``MethodConfig`` subclass and a ``Method`` subclass
-registered in ``METHODS``, an import in ``methods/__init__.py``, and a YAML preset.
+Adding a method = one file here with a ``MethodConfig`` subclass (its ``name`` default is the
+method's name) and a ``Method`` subclass decorated with ``@register_method``, an import in
+``methods/__init__.py``, and a YAML preset (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, Iterator, Mapping
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from crossregion.config.schema import DatasetSpec, ExperimentConfig, MethodConfig, OptimConfig
-from crossregion.engine.dist import unwrap
-from crossregion.engine.optim import build_segmenter_optimizer
-from crossregion.registry import Registry
+from crossregion.config.schema import ExperimentConfig, MethodConfig, OptimConfig
+from crossregion.dist import unwrap
+from crossregion.engine.optim import build_discriminator_adam, build_segmenter_optimizer
+from crossregion.engine.trainer import StepContext
+from crossregion.registry import METHOD_CONFIGS, Registry
 
-METHODS: Registry[type["Method"]] = Registry("method")
+if TYPE_CHECKING:
+    from crossregion.data.pseudo_labels import PseudoLabelStore
+
+METHODS: Registry[type["Method"]] = Registry("method", filled_by="crossregion.methods")
 
 # Batch kinds a method may require; each is a field of DataConfig.
 BATCH_KINDS = ("source", "target")
+# Models whose name starts with this get a discriminator optimiser (Adam) by default.
+DISCRIMINATOR_PREFIX = "discriminator"
+
+
+def register_method(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: register a method under its config's ``name`` default (written once)."""
+    name_field = next(f for f in dataclasses.fields(cls.config_class) if f.name == "name")
+    if not isinstance(name_field.default, str):
+        raise TypeError(f"{cls.config_class.__name__}.name needs a default: the method's registered name")
+    METHODS.register(name_field.default)(cls)
+    METHOD_CONFIGS.register(name_field.default)(cls.config_class)
+    return cls
 
 
 class Method:
@@ -47,6 +66,8 @@ class Method:
     def __init__(self, cfg: MethodConfig, *, num_classes: int) -> None:
         self.cfg = cfg
         self.num_classes = num_classes
+        # The pseudo labels that the target batches carry; None: plain target images.
+        self.pseudo_label_store: PseudoLabelStore | None = None
 
     def check_config(self, cfg: ExperimentConfig) -> None:
         """Raise ``ValueError`` if ``cfg`` lacks data this method needs (before anything is built)."""
@@ -58,26 +79,23 @@ class Method:
         if "source" in self.required_batches and not cfg.data.source.labelled:
             raise ValueError(f"method {cfg.method.name!r} needs labels on data.source; set data.source.labelled: true")
 
-    def build_dataset(self, kind: str, spec: DatasetSpec, num_classes: int) -> Dataset:
-        """The training dataset of batch ``kind``; default: ``spec``'s dataset with its transforms.
-
-        CRA and the methods built on it override this to add pseudo labels and entropy maps to
-        the target samples, augmented jointly with the image.
-        """
-        from crossregion.engine.launch import build_train_dataset  # launch imports this module
-
-        return build_train_dataset(spec, num_classes)
-
     def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
         """The models this method trains; the segmenter is always ``"segmenter"``."""
         return {"segmenter": segmenter}
 
     def build_optimizers(self, models: Mapping[str, nn.Module], optim: OptimConfig) -> dict[str, torch.optim.Optimizer]:
-        """One optimiser per name; default: SGD on the segmenter with the head at ``head_lr_mult``."""
-        return {"segmenter": build_segmenter_optimizer(models["segmenter"], optim)}
+        """One optimiser per trained model: SGD (or Adam) on the segmenter with the head at
+        ``head_lr_mult``, Adam on each ``discriminator*`` model. Other models (an EMA teacher)
+        get none: they change only in ``after_step``.
+        """
+        optimizers = {"segmenter": build_segmenter_optimizer(models["segmenter"], optim)}
+        for name, model in models.items():
+            if name.startswith(DISCRIMINATOR_PREFIX):
+                optimizers[name] = build_discriminator_adam(model, optim)
+        return optimizers
 
     def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
     ) -> dict[str, torch.Tensor]:
         """One iteration: forward, ``ctx.backward``, ``ctx.step`` for every optimiser once.
 
@@ -90,6 +108,22 @@ class Method:
             Detached scalar loss tensors keyed ``loss/<what>_<domain>``.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement training_step")
+
+    def after_step(self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]]) -> None:
+        """Runs once per iteration after ``training_step`` stepped every optimiser; default: nothing.
+
+        The place for updates that follow the optimisers (an EMA teacher, class prototypes,
+        class thresholds). Whatever it changes outside ``models`` belongs in ``state_dict``.
+        """
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own per-run state (tensors, numbers), saved in every checkpoint; default none."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict``'s state on ``--resume``; default: there is none to restore."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds {sorted(state)}")
 
 
 @contextlib.contextmanager

@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from crossregion.config.schema import ExperimentConfig, OptimConfig
-from crossregion.engine.dist import unwrap
+from crossregion.dist import unwrap
 from crossregion.engine.optim import build_discriminator_adam, build_segmenter_optimizer
-from crossregion.methods.base import METHODS, frozen
+from crossregion.engine.trainer import StepContext
+from crossregion.methods.base import frozen, register_method
 from crossregion.methods.cra_losses import (
     SOURCE_DOMAIN,
     TARGET_DOMAIN,
@@ -78,7 +79,7 @@ class CRAConfig(RegionConfig):
                 raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
 
 
-@METHODS.register("cra")
+@register_method
 class CRA(RegionMethod):
     """Self-training on trusted pixels plus fine-grained alignment of untrusted to trusted features.
 
@@ -130,7 +131,7 @@ class CRA(RegionMethod):
         return optimizers
 
     def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
     ) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         target = batches["target"]

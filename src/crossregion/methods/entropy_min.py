@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossregion.methods.base import METHODS
+from crossregion.methods.base import register_method
 from crossregion.methods.losses import upsample_logits
 from crossregion.methods.self_training import RegionConfig, RegionMethod, trusted_cross_entropy
 
@@ -53,7 +53,7 @@ def masked_entropy_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return (entropy * mask).sum() / mask.numel()
 
 
-@METHODS.register("entropy_min")
+@register_method
 class EntropyMin(RegionMethod):
     """One phase: CE on trusted pixels plus weighted entropy on untrusted pixels, one SGD step."""
 

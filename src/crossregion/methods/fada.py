@@ -13,9 +13,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from crossregion.config.schema import ExperimentConfig, MethodConfig, OptimConfig
-from crossregion.engine.optim import build_discriminator_adam, build_segmenter_optimizer
-from crossregion.methods.base import METHODS, Method, frozen
+from crossregion.config.schema import ExperimentConfig, MethodConfig
+from crossregion.engine.trainer import StepContext
+from crossregion.methods.base import Method, frozen, register_method
 from crossregion.methods.cra_losses import (
     SOURCE_DOMAIN,
     TARGET_DOMAIN,
@@ -57,7 +57,7 @@ class FadaConfig(MethodConfig):
             raise ValueError(f"method.disc_mid_channels must be >= 2, got {self.disc_mid_channels}")
 
 
-@METHODS.register("fada")
+@register_method
 class Fada(Method):
     """FADA's CDA step, one source and one target batch per iteration (spec §2.3).
 
@@ -83,16 +83,8 @@ class Fada(Method):
         )
         return {"segmenter": segmenter, "discriminator": discriminator}
 
-    def build_optimizers(
-        self, models: Mapping[str, nn.Module], optim: OptimConfig
-    ) -> dict[str, torch.optim.Optimizer]:
-        return {
-            "segmenter": build_segmenter_optimizer(models["segmenter"], optim),
-            "discriminator": build_discriminator_adam(models["discriminator"], optim),
-        }
-
     def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
     ) -> dict[str, torch.Tensor]:
         segmenter, discriminator = models["segmenter"], models["discriminator"]
         source, target = batches["source"], batches["target"]

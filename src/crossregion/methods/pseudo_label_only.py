@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from crossregion.methods.base import METHODS
+from crossregion.methods.base import register_method
 from crossregion.methods.losses import upsample_logits
 from crossregion.methods.self_training import RegionConfig, RegionMethod, trusted_cross_entropy
 
@@ -24,7 +24,7 @@ class PseudoLabelOnlyConfig(RegionConfig):
     name: str = "pseudo_label_only"
 
 
-@METHODS.register("pseudo_label_only")
+@register_method
 class PseudoLabelOnly(RegionMethod):
     """One phase: forward the target batch, CE on its trusted pixels, one SGD step."""
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from crossregion.methods.base import METHODS
+from crossregion.methods.base import register_method
 from crossregion.methods.losses import segmentation_cross_entropy
 from crossregion.methods.self_training import PseudoLabelConfig, PseudoLabelMethod
 
@@ -26,7 +26,7 @@ class SelfDistillConfig(PseudoLabelConfig):
     name: str = "self_distill"
 
 
-@METHODS.register("self_distill")
+@register_method
 class SelfDistill(PseudoLabelMethod):
     """One phase: plain CE of the upsampled logits against the pseudo label (all pixels), one SGD step."""
 

@@ -19,12 +19,12 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
-from crossregion.config.schema import DatasetSpec, ExperimentConfig, MethodConfig
+from crossregion.config.schema import ExperimentConfig, MethodConfig
 from crossregion.data.labels import IGNORE_INDEX
+from crossregion.engine.trainer import StepContext
 from crossregion.methods.base import Method
-from crossregion.methods.cra_losses import rare_class_factors, region_masks, scaled_entropy, validate_threshold
+from crossregion.trust import rare_class_factors, region_masks, scaled_entropy, validate_threshold
 
 STORE_HINT = "make one with `crossregion pseudo-label --checkpoint CKPT ... --output STORE`"
 
@@ -114,7 +114,7 @@ class PseudoLabelMethod(Method):
 
         if cfg.pseudo_label_store is None:
             raise ValueError(f"method {cfg.name!r} needs method.pseudo_label_store=STORE; {STORE_HINT}")
-        self.store = PseudoLabelStore(cfg.pseudo_label_store)
+        self.store = self.pseudo_label_store = PseudoLabelStore(cfg.pseudo_label_store)
         self.store.check_compatible(num_classes=num_classes)
 
     def check_config(self, cfg: ExperimentConfig) -> None:
@@ -122,17 +122,8 @@ class PseudoLabelMethod(Method):
         super().check_config(cfg)
         self.store.check_compatible(dataset=cfg.data.target.name, split=cfg.data.target.split)
 
-    def build_dataset(self, kind: str, spec: DatasetSpec, num_classes: int) -> Dataset:
-        """The target split joined with the store, augmented jointly by ``spec``'s transforms."""
-        from crossregion.data.datasets import build_dataset
-        from crossregion.data.pseudo_labelled import PseudoLabelledDataset
-        from crossregion.engine.launch import build_train_transform  # launch imports the methods
-
-        images = build_dataset(spec.name, spec.root, spec.split, num_classes=num_classes, labelled=False)
-        return PseudoLabelledDataset(images, self.store, build_train_transform(spec))
-
     def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
     ) -> dict[str, torch.Tensor]:
         """One phase: backpropagate ``target_losses``' total, one SGD step of the segmenter.
 

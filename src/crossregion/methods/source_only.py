@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from crossregion.config.schema import MethodConfig
-from crossregion.methods.base import METHODS, Method
+from crossregion.engine.trainer import StepContext
+from crossregion.methods.base import Method, register_method
 from crossregion.methods.losses import segmentation_cross_entropy
 
 
@@ -31,7 +32,7 @@ class SourceOnlyConfig(MethodConfig):
             raise ValueError(f"method.aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
 
 
-@METHODS.register("source_only")
+@register_method
 class SourceOnly(Method):
     """Supervised segmentation on the source domain.
 
@@ -43,7 +44,7 @@ class SourceOnly(Method):
     required_batches = ("source",)
 
     def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: Any
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
     ) -> dict[str, torch.Tensor]:
         source = batches["source"]
         outputs = models["segmenter"](source["image"])

@@ -16,9 +16,7 @@ import torchvision
 from torch import nn
 
 from crossregion.models.weights import describe_state_dict_mismatch, is_state_dict, read_torch_file
-from crossregion.registry import Registry
-
-BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+from crossregion.registry import BACKBONES
 
 # Sequential indices of the VGG-16 convs (3x3, with their input/output channels) once pool4 and
 # pool5 are removed (spec §3.3); the last three (conv5) are dilated by 2.

@@ -10,7 +10,6 @@ Also the ``crossregion export-checkpoint CKPT --output OUT.pth [--ddp-prefix]`` 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from crossregion.files import check_output_file, save_torch_atomically
+from crossregion.files import save_torch_atomically
 from crossregion.models.deeplabv2 import Segmenter, build_segmenter
 from crossregion.models.weights import (
     describe_state_dict_mismatch,
@@ -319,38 +318,3 @@ def export_official(
         )
         payload["model_D"] = official_keys(discriminator_state)
     save_torch_atomically(payload, path)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "checkpoint", type=Path, help="a crossregion or official FADA/CRA checkpoint"
-    )
-    parser.add_argument(
-        "--output", type=Path, required=True, help="the official-format file to write"
-    )
-    parser.add_argument(
-        "--format", choices=CHECKPOINT_FORMATS, default="auto", help="format of CHECKPOINT"
-    )
-    parser.add_argument(
-        "--ddp-prefix",
-        action="store_true",
-        help="prefix keys with 'module.' (official distributed training)",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    check_output_file(args.output)
-    segmenter, info = load_segmenter(args.checkpoint, format=args.format)
-    export_official(
-        segmenter,
-        args.output,
-        discriminator=info["discriminator_state"],
-        iteration=info["iteration"],
-        ddp_prefix=args.ddp_prefix,
-    )
-    with_discriminator = " and model_D" if info["discriminator_state"] is not None else ""
-    print(
-        f"wrote {args.output}: {info['backbone']}, {info['num_classes']} classes, "
-        f"iteration {info['iteration']}, feature_extractor + classifier{with_discriminator}"
-    )
-    return 0

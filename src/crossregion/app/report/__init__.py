@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from crossregion.report.runs import Run, differing_keys, load_run
+from crossregion.app.report.runs import Run, differing_keys, load_run
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,11 @@ def write_report(run_dirs: Sequence[Path], output: Path) -> Path:
     try:
         import jinja2
 
-        from crossregion.report import charts
+        from crossregion.app.report import charts
     except ImportError as error:
         raise MissingReportDependency(f"the report needs {error.name.split('.')[0]}: {INSTALL_HINT}") from error
     runs = [load_run(Path(path), label) for path, label in zip(run_dirs, _labels(run_dirs))]
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("crossregion.report"), autoescape=True,
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("crossregion.app.report"), autoescape=True,
                                      undefined=jinja2.StrictUndefined)
     page = environment.get_template("report.html").render(**_context(runs, charts))
     output = Path(output)
@@ -84,7 +84,7 @@ def _labels(run_dirs: Sequence[Path]) -> list[str]:
 # ------------------------------------------------------------------------------------ context
 def _context(runs: list[Run], charts) -> dict[str, Any]:
     from crossregion import __version__
-    from crossregion.pipeline import results_tables
+    from crossregion.app.pipeline.tables import results_tables
 
     several = len(runs) > 1
     curve_lines = [(f"{run.label} · {stage.name}" if several else stage.name, stage.metric_rows)

@@ -14,8 +14,8 @@ import logging
 import time
 from pathlib import Path
 
-from crossregion.data.synth import DEFAULT_ARGUMENTS
 from crossregion.files import check_output_folder
+from crossregion.synth.benchmark import DEFAULT_ARGUMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def ensure_benchmark(data_dir: Path, arguments: dict[str, int] = SYNTH_ARGUMENTS) -> None:
     """Generate the synthetic benchmark into ``data_dir`` unless it is there with the same arguments
     and generator version."""
-    from crossregion.data.synth import GENERATOR_VERSION, generate_into
+    from crossregion.synth.benchmark import GENERATOR_VERSION, generate_into
 
     summary_path = data_dir / "synth.json"
     if summary_path.exists():
@@ -54,7 +54,7 @@ def ensure_benchmark(data_dir: Path, arguments: dict[str, int] = SYNTH_ARGUMENTS
 def demo_pipeline_config(data_dir: Path, overrides: list[str] | tuple[str, ...] = (), preset: str = PRESET):
     """A pipeline preset on the synthetic benchmark in ``data_dir`` (the demo's by default; the
     accuracy benchmarks use ``synth_benchmark``)."""
-    from crossregion.pipeline import load_pipeline_config
+    from crossregion.app.pipeline.config import load_pipeline_config
 
     roots = [f"dataset_roots={{gta5: {data_dir / 'gta5'}, cityscapes: {data_dir / 'cityscapes'}}}",
              f"target.root={data_dir / 'cityscapes'}"]
@@ -62,8 +62,8 @@ def demo_pipeline_config(data_dir: Path, overrides: list[str] | tuple[str, ...] 
 
 
 def main(args: argparse.Namespace) -> int:
-    from crossregion.pipeline import run_pipeline
-    from crossregion.report import write_run_report
+    from crossregion.app.pipeline.run import run_pipeline
+    from crossregion.app.report import write_run_report
 
     check_output_folder(args.output)
     start = time.perf_counter()

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from crossregion.pipeline import BASELINE_TITLES, STAGE_FILE
+from crossregion.app.pipeline.cache import STAGE_FILE
+from crossregion.app.pipeline.config import BASELINE_TITLES
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.yaml"

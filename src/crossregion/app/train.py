@@ -23,12 +23,20 @@ from torch.utils.data import Dataset
 
 from crossregion.config.io import config_differences, config_to_dict, load_config, save_config
 from crossregion.config.schema import DatasetSpec, ExperimentConfig, ModelConfig
-from crossregion.engine import checkpoint as ckpt
-from crossregion.engine import amp as precision
-from crossregion.engine.dist import (
-    barrier, broadcast_object, get_rank, get_world_size, init_distributed, is_main, select_device,
-    shutdown_distributed, wrap_ddp,
+from crossregion.data.transforms import train_transform
+from crossregion.dist import (
+    barrier,
+    broadcast_object,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main,
+    select_device,
+    shutdown_distributed,
+    wrap_ddp,
 )
+from crossregion.engine import amp as precision
+from crossregion.engine import checkpoint as ckpt
 from crossregion.engine.logging import truncate_metrics
 from crossregion.engine.trainer import InfiniteLoader, ResumableClassBalancedSampler, Trainer
 from crossregion.files import check_output_folder, remove_stale_temp_files
@@ -62,8 +70,7 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False) -
         check_datasets(cfg, method)
         seed_everything(cfg)
         segmenter, model_args = build_model(cfg.model)
-        datasets = {kind: method.build_dataset(kind, getattr(cfg.data, kind), cfg.model.num_classes)
-                    for kind in method.required_batches}
+        datasets = build_train_datasets(cfg, method)
         return run_training(
             cfg, run_dir, method=method, segmenter=segmenter, model_args=model_args, datasets=datasets,
             device=device, resume=resume, evaluate=build_evaluator(cfg, device),
@@ -141,31 +148,30 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
     return segmenter, {**model_args, "pretrained": None}
 
 
+def build_train_datasets(cfg: ExperimentConfig, method: Method) -> dict[str, Dataset]:
+    """One training dataset per batch the method draws; target images carry the method's pseudo
+    labels (joined with the store, augmented jointly with the image) when it trains on a store.
+    """
+    from crossregion.data.datasets import build_dataset
+    from crossregion.data.pseudo_labelled import PseudoLabelledDataset
+
+    datasets: dict[str, Dataset] = {}
+    for kind in method.required_batches:
+        spec: DatasetSpec = getattr(cfg.data, kind)
+        if kind == "target" and method.pseudo_label_store is not None:
+            images = build_dataset(spec.name, spec.root, spec.split, num_classes=cfg.model.num_classes, labelled=False)
+            datasets[kind] = PseudoLabelledDataset(images, method.pseudo_label_store, train_transform(spec))
+        else:
+            datasets[kind] = build_train_dataset(spec, cfg.model.num_classes)
+    return datasets
+
+
 def build_train_dataset(spec: DatasetSpec, num_classes: int) -> Dataset:
     """A training dataset with ``spec``'s transforms, in the official CRA order (spec §1.7)."""
     from crossregion.data.datasets import build_dataset
 
     return build_dataset(spec.name, spec.root, spec.split, num_classes=num_classes,
-                         transform=build_train_transform(spec), labelled=spec.labelled)
-
-
-def build_train_transform(spec: DatasetSpec) -> Callable:
-    """``spec``'s training transforms in the official CRA order (spec §1.7), then normalisation."""
-    from crossregion.data import transforms as T
-
-    steps: list[Callable] = []
-    if any(spec.color_jitter):
-        steps.append(T.ColorJitter(*spec.color_jitter))
-    if spec.resize is not None:
-        steps.append(T.Resize(*spec.resize))
-    if spec.scale_range != (1.0, 1.0):
-        steps.append(T.RandomScale(*spec.scale_range))
-    if spec.crop is not None:
-        steps.append(T.RandomCrop(*spec.crop))
-    if spec.flip:
-        steps.append(T.RandomHorizontalFlip(0.5))
-    steps.append(T.Normalize())
-    return T.Compose(steps)
+                         transform=train_transform(spec), labelled=spec.labelled)
 
 
 def build_evaluator(cfg: ExperimentConfig, device: torch.device) -> Callable[[nn.Module], dict[str, Any]] | None:
