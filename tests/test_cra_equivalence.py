@@ -121,12 +121,14 @@ def test_single_forward_step_equals_the_official_two_forward_step(tmp_path):
 
 def test_paper_variant_differs_from_the_official_step(tmp_path):
     """The `successive` mode is a real change, not an alias: after one step the backbone differs
-    (the head gets only the self-training gradient in both modes, so it is the same)."""
+    (the head gets only the self-training gradient in both modes, so it is the same). Both modes
+    decay the weights once, so the difference is only the adversarial gradient taken at the
+    updated weights, a second-order effect: adv_weight 1 (official 0.001) makes it measurable."""
     store = str(rare_store(tmp_path / "store"))
     batch = target_batch(num_images=2, size=(10, 14), seed=7)
     weights = []
     for mode in ("summed", "successive"):
-        method = CRA(CRAConfig(pseudo_label_store=store, update_mode=mode), num_classes=NUM_CLASSES)
+        method = CRA(CRAConfig(pseudo_label_store=store, update_mode=mode, adv_weight=1.0), num_classes=NUM_CLASSES)
         torch.manual_seed(0)
         models = method.build_models(TinySegmenter())
         method.training_step(models, {"target": batch}, step_context(method.build_optimizers(models, OPTIM)))
@@ -134,4 +136,4 @@ def test_paper_variant_differs_from_the_official_step(tmp_path):
                                                       models["segmenter"].feature_extractor[0].weight)])
     (head_summed, backbone_summed), (head_successive, backbone_successive) = weights
     assert torch.equal(head_summed, head_successive)
-    assert (backbone_summed - backbone_successive).abs().max() > 1e-7
+    assert (backbone_summed - backbone_successive).abs().max() > 1e-6
