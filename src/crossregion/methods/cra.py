@@ -159,7 +159,7 @@ class CRA(RegionMethod):
         # (1) self-training on the trusted region.
         outputs = models["segmenter"](target["image"])
         logits = upsample_logits(outputs["logits"], crop_size)
-        loss_seg = trusted_cross_entropy(logits, pseudo_label, trusted, cfg.seg_temperature)
+        loss_seg = trusted_cross_entropy(logits, pseudo_label, trusted, cfg.seg_temperature, cfg.trusted_ce_weighting)
         if cfg.update_mode == "successive":
             ctx.backward(loss_seg)
             ctx.step("segmenter")
