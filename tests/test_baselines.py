@@ -60,6 +60,55 @@ def test_trusted_cross_entropy_is_the_mean_over_trusted_pixels_at_temperature():
     assert trusted_cross_entropy(logits, labels, torch.zeros_like(trusted), 1.8) == 0
 
 
+def test_per_image_weighting_averages_each_images_trusted_mean():
+    """"per_image" = the official 1 crop per GPU with DDP averaging: mean over images of each
+    image's mean over its trusted pixels; an image without trusted pixels counts as 0 out of N."""
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, NUM_CLASSES, 5, 6, generator=generator, requires_grad=True)
+    labels = torch.randint(0, NUM_CLASSES, (3, 5, 6), generator=generator)
+    trusted = torch.rand(3, 5, 6, generator=generator) < 0.5
+    trusted[0] = False
+    trusted[0, 0, :2] = True  # image 0: 2 trusted pixels, the others about 15
+    per_pixel = F.cross_entropy(logits / 1.8, labels, reduction="none")
+    image_means = torch.stack([per_pixel[i][trusted[i]].mean() for i in range(3)])
+    per_image = trusted_cross_entropy(logits, labels, trusted, 1.8, "per_image")
+    pixel = trusted_cross_entropy(logits, labels, trusted, 1.8, "pixel")
+    assert torch.allclose(per_image, image_means.mean())
+    assert torch.allclose(pixel, per_pixel[trusted].mean())
+    assert (per_image - pixel).abs() > 1e-3  # the two weightings differ when the counts differ
+    # No trusted pixel in image 2: 0 for it, still divided by all 3 images; finite gradients.
+    trusted[2] = False
+    empty = trusted_cross_entropy(logits, labels, trusted, 1.8, "per_image")
+    assert torch.allclose(empty, image_means[:2].sum() / 3)
+    empty.backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad[2] == 0).all()
+    assert trusted_cross_entropy(logits, labels, torch.zeros_like(trusted), 1.8, "per_image") == 0
+    with pytest.raises(ValueError, match="weighting"):
+        trusted_cross_entropy(logits, labels, trusted, 1.8, "batch")
+
+
+@pytest.mark.parametrize("weighting", ["per_image", "pixel"])
+def test_cra_and_both_baselines_weigh_the_trusted_ce_by_the_config_field(tmp_path, weighting):
+    store = str(rare_store(tmp_path / "store"))
+    batch = target_batch(num_images=3, seed=6)
+    batch["entropy"][0, 1:] = torch.where(batch["entropy"][0, 1:] == -1, -1.0, 0.05)  # image 0: one row can be trusted
+    torch.manual_seed(0)
+    logits = F.interpolate(TinySegmenter()(batch["image"])["logits"], size=(8, 12), mode="bilinear", align_corners=True)
+    methods = [
+        PseudoLabelOnly(PseudoLabelOnlyConfig(pseudo_label_store=store, trusted_ce_weighting=weighting), num_classes=NUM_CLASSES),
+        EntropyMin(EntropyMinConfig(pseudo_label_store=store, trusted_ce_weighting=weighting), num_classes=NUM_CLASSES),
+        CRA(CRAConfig(pseudo_label_store=store, trusted_ce_weighting=weighting), num_classes=NUM_CLASSES),
+    ]
+    trusted, _ = methods[0].region_masks(batch)
+    assert len(set(trusted.flatten(1).sum(1).tolist())) == 3  # unequal trusted counts
+    expected = trusted_cross_entropy(logits, batch["pseudo_mask"], trusted, 1.8, weighting)
+    other = trusted_cross_entropy(logits, batch["pseudo_mask"], trusted, 1.8, {"per_image": "pixel", "pixel": "per_image"}[weighting])
+    assert (expected - other).abs() > 1e-3
+    for method in methods:
+        _, losses = one_step(method, batch)
+        assert torch.allclose(losses["loss/seg_trusted"], expected, rtol=1e-5), type(method).__name__
+
+
 def test_masked_entropy_loss_matches_a_direct_computation_and_stays_finite():
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(2, NUM_CLASSES, 4, 4, generator=generator)
@@ -106,6 +155,10 @@ def test_presets_load():
     for name in ("pseudo_label_only", "entropy_min", "demo_pseudo_label_only", "demo_entropy_min"):
         cfg = load_config(name)
         assert cfg.method.entropy_threshold == 0.01 and cfg.method.bn_momentum == 0.19, name
+    # One trusted-CE weighting for CRA and its Table-3 baselines: the official per-image one.
+    for name in ("cra", "cra_paper", "pseudo_label_only", "entropy_min",
+                 "demo_cra", "demo_cra_paper", "demo_pseudo_label_only", "demo_entropy_min"):
+        assert load_config(name).method.trusted_ce_weighting == "per_image", name
     for name in ("self_distill", "demo_self_distill"):
         cfg = load_config(name)
         assert cfg.method.name == "self_distill" and cfg.model.init_checkpoint is None, name
@@ -119,5 +172,7 @@ def test_config_errors_name_the_field(tmp_path):
         PseudoLabelOnlyConfig(rare_factor=0.0)
     with pytest.raises(ValueError, match="method.update_mode"):
         CRAConfig(update_mode="twice")
+    with pytest.raises(ValueError, match="method.trusted_ce_weighting"):
+        PseudoLabelOnlyConfig(trusted_ce_weighting="batch")
     with pytest.raises(ValueError, match="pseudo_label_store"):
         SelfDistill(SelfDistillConfig(), num_classes=NUM_CLASSES)

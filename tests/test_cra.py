@@ -153,6 +153,45 @@ def test_presets_load_with_the_official_and_paper_constants():
     assert paper.method.soft_label_temperature == 1.8 and paper.optim.weight_decay == 1e-4
 
 
+def test_successive_mode_applies_weight_decay_once_per_iteration(tmp_path):
+    """With every gradient zero (no trusted pixel, adversarial weight 0) one iteration only
+    decays: SGD with momentum multiplies each parameter by 1 - lr * wd per step that decays it.
+    Both modes must decay once; the paper mode's second (adversarial) optimiser must not."""
+    lr, weight_decay = 0.01, 0.1
+    optim = OptimConfig(lr=lr, weight_decay=weight_decay, head_lr_mult=10.0)
+    batch = target_batch(seed=1)
+    batch["entropy"] = torch.where(batch["entropy"] == -1, batch["entropy"], torch.full_like(batch["entropy"], 0.05))
+    for mode in ("summed", "successive"):
+        method = CRA(CRAConfig(pseudo_label_store=str(rare_store(tmp_path / "store")), update_mode=mode,
+                               adv_weight=0.0), num_classes=NUM_CLASSES)
+        torch.manual_seed(0)
+        models = method.build_models(TinySegmenter())
+        segmenter = models["segmenter"]
+        assert not any(method.region_masks(batch)[0].flatten())
+        before = {name: p.detach().clone() for name, p in segmenter.named_parameters()}
+        method.training_step(models, {"target": batch}, step_context(method.build_optimizers(models, optim)))
+        for name, param in segmenter.named_parameters():
+            group_lr = lr * (10.0 if name.startswith("classifier") else 1.0)
+            expected = before[name] * (1 - group_lr * weight_decay)
+            assert torch.allclose(param.detach(), expected, rtol=1e-6, atol=0), (
+                f"{mode}: {name} shrank by {(param / before[name]).flatten()[0].item():.6f}, "
+                f"expected {1 - group_lr * weight_decay:.6f} (one decay per iteration)"
+            )
+
+
+def test_bn_momentum_is_refused_with_the_two_forward_mode():
+    """0.19 folds the official two BN updates into one forward; `successive` forwards twice."""
+    with pytest.raises(ValueError, match=r"method\.update_mode=successive.*method\.bn_momentum=null"):
+        CRAConfig(update_mode="successive", bn_momentum=0.19)
+    with pytest.raises(ValueError, match=r"method\.bn_momentum"):
+        load_config("cra", ["method.update_mode=successive"])
+    with pytest.raises(ValueError, match=r"method\.bn_momentum"):
+        load_config("demo_cra", ["method.update_mode=successive"])
+    assert load_config("cra", ["method.update_mode=successive", "method.bn_momentum=null"]).method.bn_momentum is None
+    assert load_config("cra_paper").method.bn_momentum is None and load_config("demo_cra_paper").method.bn_momentum is None
+    assert CRAConfig(update_mode="summed", bn_momentum=0.19).bn_momentum == 0.19
+
+
 # ---------------------------------------------------------------------------------- data & store
 
 

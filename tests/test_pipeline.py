@@ -114,3 +114,26 @@ def test_every_shipped_pipeline_preset_loads():
     for name in names:
         cfg = load_pipeline_config(name)
         assert cfg.cda_methods, name
+
+
+def test_every_cda_stage_starts_from_weights_its_model_can_load():
+    """A CDA stage wired to the source-only checkpoint must build the source model's structure
+    (backbone, classes, single/multi-level): a multi-level preset fails at load time on a
+    single-level checkpoint (no aux_classifier.*). A stage not wired to it starts from ImageNet
+    weights (model.pretrained), as the official AdaptSegNet/ADVENT code does (spec §4.1)."""
+    from crossregion.config.io import PIPELINE_PRESET_DIR, available_presets
+    from crossregion.pipeline import resolve_training_config
+
+    source_checkpoint = "SOURCE_CHECKPOINT.pth"
+    for name in available_presets(PIPELINE_PRESET_DIR):
+        cfg = load_pipeline_config(name)
+        source = resolve_training_config(cfg, cfg.source, {})["model"]
+        for method, spec in cfg.cda.items():
+            model = resolve_training_config(cfg, spec, {"source_checkpoint": source_checkpoint})["model"]
+            where = f"pipeline {name}, cda.{method} ({spec.preset})"
+            if model["init_checkpoint"] == source_checkpoint:
+                for key in ("backbone", "num_classes", "multi_level"):
+                    assert model[key] == source[key], f"{where}: model.{key}={model[key]}, source model has {source[key]}"
+            else:
+                assert model["init_checkpoint"] is None, f"{where}: starts from {model['init_checkpoint']}, not a stage output"
+                assert model["pretrained"] is not None, f"{where}: neither init_checkpoint nor pretrained weights"

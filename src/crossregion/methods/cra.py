@@ -21,6 +21,7 @@ loss (``docs/cra.md`` lists every difference).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -60,7 +61,8 @@ class CRAConfig(RegionConfig):
     disc_weight_trusted: float = 0.5
     disc_weight_untrusted: float = 0.5
     # "summed": one SGD step on the summed self-training and adversarial gradients (official);
-    # "successive": a self-training step, then a second forward and an adversarial step (paper).
+    # "successive": a self-training step, then a second forward and an adversarial step (paper),
+    # weight decay in the first step only; needs bn_momentum null (it forwards twice itself).
     update_mode: str = "summed"
     # A CDA checkpoint (ours or official) whose fine-grained discriminator D starts from; None =
     # a fresh D, as the official code (its D loading is commented out; the paper fine-tunes it).
@@ -70,6 +72,17 @@ class CRAConfig(RegionConfig):
         super().__post_init__()
         if self.update_mode not in UPDATE_MODES:
             raise ValueError(f"method.update_mode must be one of {UPDATE_MODES}, got {self.update_mode!r}")
+        if self.update_mode == "successive" and self.bn_momentum is not None:
+            # bn_momentum stands for the official step's two BatchNorm updates per iteration
+            # folded into our single forward (0.19 = 1 - 0.9^2). "successive" forwards the batch
+            # twice itself, so statistics would move twice with it (1 - 0.81^2 = 0.34 per
+            # iteration for 0.19); with null they move twice with PyTorch's 0.1, the official rate.
+            raise ValueError(
+                f"method.update_mode=successive forwards every batch twice, so BatchNorm statistics already "
+                f"move twice per iteration (momentum 0.1 each = the official 0.19); method.bn_momentum="
+                f"{self.bn_momentum} would be applied on top of that. Set method.bn_momentum=null with "
+                "update_mode=successive (as cra_paper does), or keep bn_momentum=0.19 with update_mode=summed"
+            )
         if self.soft_label_temperature <= 0:
             raise ValueError(f"method.soft_label_temperature must be positive, got {self.soft_label_temperature}")
         if not 0.0 < self.soft_label_clip <= 1.0:
@@ -87,7 +100,7 @@ class CRA(RegionMethod):
     ``FineGrainedDiscriminator`` on the segmenter's features; Adam). ``update_mode:
     successive`` adds ``segmenter_adv``, a second SGD optimiser of the same parameters for the
     adversarial step (the trainer steps every optimiser once per iteration); its momentum
-    buffer is its own.
+    buffer is its own and it has no weight decay (``segmenter`` applies it once per iteration).
     """
 
     config_class = CRAConfig
@@ -127,7 +140,12 @@ class CRA(RegionMethod):
             "discriminator": build_discriminator_adam(models["discriminator"], optim),
         }
         if self.cfg.update_mode == "successive":
-            optimizers["segmenter_adv"] = build_segmenter_optimizer(models["segmenter"], optim)
+            # Weight decay is part of the objective, applied once per iteration: by the first
+            # step. With decay here too, the backbone (which the adversarial loss reaches) would
+            # shrink twice per iteration; the head gets no adversarial gradient, so this step
+            # skips it anyway.
+            adv_optim = dataclasses.replace(optim, weight_decay=0.0)
+            optimizers["segmenter_adv"] = build_segmenter_optimizer(models["segmenter"], adv_optim)
         return optimizers
 
     def training_step(
@@ -142,7 +160,7 @@ class CRA(RegionMethod):
         # (1) self-training on the trusted region.
         outputs = models["segmenter"](target["image"])
         logits = upsample_logits(outputs["logits"], crop_size)
-        loss_seg = trusted_cross_entropy(logits, pseudo_label, trusted, cfg.seg_temperature)
+        loss_seg = trusted_cross_entropy(logits, pseudo_label, trusted, cfg.seg_temperature, cfg.trusted_ce_weighting)
         if cfg.update_mode == "successive":
             ctx.backward(loss_seg)
             ctx.step("segmenter")

@@ -64,7 +64,9 @@ class EntropyMin(RegionMethod):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         trusted, untrusted = self.region_masks(target)
         logits = upsample_logits(segmenter(target["image"])["logits"], tuple(target["pseudo_mask"].shape[-2:]))
-        loss_seg = trusted_cross_entropy(logits, target["pseudo_mask"], trusted, self.cfg.seg_temperature)
+        loss_seg = trusted_cross_entropy(
+            logits, target["pseudo_mask"], trusted, self.cfg.seg_temperature, self.cfg.trusted_ce_weighting
+        )
         loss_entropy = masked_entropy_loss(logits, untrusted)
         return loss_seg + self.cfg.entropy_weight * loss_entropy, {
             "loss/seg_trusted": loss_seg, "loss/ent_untrusted": loss_entropy,

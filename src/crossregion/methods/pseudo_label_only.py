@@ -35,5 +35,7 @@ class PseudoLabelOnly(RegionMethod):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         trusted, _ = self.region_masks(target)
         logits = upsample_logits(segmenter(target["image"])["logits"], tuple(target["pseudo_mask"].shape[-2:]))
-        loss_seg = trusted_cross_entropy(logits, target["pseudo_mask"], trusted, self.cfg.seg_temperature)
+        loss_seg = trusted_cross_entropy(
+            logits, target["pseudo_mask"], trusted, self.cfg.seg_temperature, self.cfg.trusted_ce_weighting
+        )
         return loss_seg, {"loss/seg_trusted": loss_seg}

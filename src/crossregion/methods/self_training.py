@@ -26,6 +26,9 @@ from crossregion.engine.trainer import StepContext
 from crossregion.methods.base import Method
 from crossregion.trust import rare_class_factors, region_masks, scaled_entropy, validate_threshold
 
+# Values of RegionConfig.trusted_ce_weighting.
+TRUSTED_CE_WEIGHTINGS = ("per_image", "pixel")
+
 STORE_HINT = "make one with `crossregion pseudo-label --checkpoint CKPT ... --output STORE`"
 
 
@@ -56,8 +59,23 @@ class RegionConfig(PseudoLabelConfig):
     # momentum 0.1, i.e. once with 1 - (1 - 0.1)^2 = 0.19: cra.yaml sets 0.19 to reproduce them
     # with our single forward pass (and the Table-3 baselines share it, so BN behaves alike).
     bn_momentum: float | None = None
+    # How the self-training CE averages over the batch (spec §1.5, "Per-process normalisation"):
+    # "per_image" = the mean over the batch's images of each image's mean over its trusted
+    # pixels, what the official run computes (4 GPUs x 1 crop, CE mean on each GPU, DDP averages
+    # the gradients); "pixel" = one mean over all trusted pixels of the batch, what the official
+    # code computes on a single GPU holding the whole batch. The two differ when the images have
+    # different numbers of trusted pixels: "pixel" weighs an image by its trusted pixel count.
+    # The untrusted-region terms (CRA's adversarial and D losses, entropy_min's entropy) are a
+    # masked sum over all pixels of the batch in both the official code and ours, which is the
+    # same with one crop per GPU and DDP averaging (every crop has the same size), so they have
+    # no such field.
+    trusted_ce_weighting: str = "per_image"
 
     def __post_init__(self) -> None:
+        if self.trusted_ce_weighting not in TRUSTED_CE_WEIGHTINGS:
+            raise ValueError(
+                f"method.trusted_ce_weighting must be one of {TRUSTED_CE_WEIGHTINGS}, got {self.trusted_ce_weighting!r}"
+            )
         if self.bn_momentum is not None and not 0.0 < self.bn_momentum <= 1.0:
             raise ValueError(f"method.bn_momentum must be in (0, 1] or null, got {self.bn_momentum}")
         if self.seg_temperature <= 0:
@@ -69,18 +87,32 @@ class RegionConfig(PseudoLabelConfig):
 
 
 def trusted_cross_entropy(
-    logits: torch.Tensor, pseudo_label: torch.Tensor, trusted: torch.Tensor, temperature: float = 1.0
+    logits: torch.Tensor,
+    pseudo_label: torch.Tensor,
+    trusted: torch.Tensor,
+    temperature: float = 1.0,
+    weighting: str = "pixel",
 ) -> torch.Tensor:
-    """Cross-entropy of ``logits / temperature`` against the pseudo label, mean over trusted pixels.
+    """Cross-entropy of ``logits / temperature`` against the pseudo label on trusted pixels.
 
-    The official code takes the mean over trusted pixels too, but a batch without any trusted
-    pixel gives NaN there; here it gives 0 (sum over no pixels, divided by at least 1).
+    ``weighting="pixel"``: the mean over all trusted pixels of the batch. ``"per_image"``: each
+    image's mean over its own trusted pixels, then the mean over the N images, which is what the
+    official run optimises (one crop per GPU, CE mean there, DDP averaging the gradients of the
+    4 processes; spec §1.5).
+
+    No trusted pixel: the official code takes a mean over no elements, i.e. NaN (not guarded,
+    spec §1.5); with one crop per GPU that NaN loss gives NaN gradients on that GPU, and DDP's
+    all-reduce spreads them to every process, so the whole model turns NaN. Here such an image
+    (``per_image``) or batch (``pixel``) contributes 0: a sum over no pixels divided by at least
+    1. In ``per_image`` mode the divisor stays N, i.e. that image is counted as a process whose
+    gradient is zero; the other images keep their weight 1/N.
 
     Args:
         logits: segmentation logits at the pseudo label's resolution.
         pseudo_label: train IDs, 255 = none.
         trusted: the pixels that count.
         temperature: T (official CRA: 1.8).
+        weighting: ``"pixel"`` or ``"per_image"`` (see above).
 
     Returns:
         A scalar (float32 under autocast, which runs cross-entropy in float32).
@@ -91,8 +123,16 @@ def trusted_cross_entropy(
         - trusted: (N, H, W) bool
     """
     targets = torch.where(trusted, pseudo_label, torch.full_like(pseudo_label, IGNORE_INDEX))
-    pixel_sum = F.cross_entropy(logits / temperature, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    return pixel_sum / (targets != IGNORE_INDEX).sum().clamp(min=1)
+    if weighting == "pixel":
+        pixel_sum = F.cross_entropy(logits / temperature, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        return pixel_sum / (targets != IGNORE_INDEX).sum().clamp(min=1)
+    if weighting == "per_image":
+        # Ignored pixels get loss 0 with reduction="none".
+        pixel_losses = F.cross_entropy(logits / temperature, targets, ignore_index=IGNORE_INDEX, reduction="none")
+        image_sums = pixel_losses.flatten(1).sum(dim=1)
+        image_counts = (targets != IGNORE_INDEX).flatten(1).sum(dim=1).clamp(min=1)
+        return (image_sums / image_counts).mean()
+    raise ValueError(f"weighting must be one of {TRUSTED_CE_WEIGHTINGS}, got {weighting!r}")
 
 
 class PseudoLabelMethod(Method):
