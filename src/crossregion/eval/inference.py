@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossregion.models.checkpoint_io import CHECKPOINT_FORMATS
+
 
 @torch.inference_mode()
 def predict_probs(
@@ -134,11 +136,11 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         type=Path,
         required=True,
-        help="a crossregion or official FADA/CRA checkpoint",
+        help="a crossregion, official FADA/CRA or official IAST checkpoint",
     )
     parser.add_argument(
         "--format",
-        choices=("auto", "crossregion", "official"),
+        choices=CHECKPOINT_FORMATS,
         default="auto",
         help="checkpoint format (default: detected from the file)",
     )
