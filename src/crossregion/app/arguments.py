@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from crossregion.eval.metrics import summary_line, write_metrics
+from crossregion.models.checkpoint_io import CHECKPOINT_FORMATS
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,11 +17,11 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         type=Path,
         required=True,
-        help="a crossregion or official FADA/CRA checkpoint",
+        help="a crossregion checkpoint or an official FADA/CRA, IAST or ProDA one",
     )
     parser.add_argument(
         "--format",
-        choices=("auto", "crossregion", "official"),
+        choices=CHECKPOINT_FORMATS,
         default="auto",
         help="checkpoint format (default: detected from the file)",
     )

@@ -11,7 +11,7 @@ from crossregion.models.checkpoint_io import CHECKPOINT_FORMATS, export_official
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "checkpoint", type=Path, help="a crossregion or official FADA/CRA checkpoint"
+        "checkpoint", type=Path, help="a crossregion checkpoint or an official FADA/CRA or IAST one"
     )
     parser.add_argument(
         "--output", type=Path, required=True, help="the official-format file to write"

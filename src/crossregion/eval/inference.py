@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossregion.models.checkpoint_io import CHECKPOINT_FORMATS
+
 
 @torch.inference_mode()
 def predict_probs(

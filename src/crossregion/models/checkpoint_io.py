@@ -1,9 +1,16 @@
-"""Segmenters from checkpoint files: ours and the official FADA/CRA container, both ways.
+"""Segmenters from checkpoint files: ours and the official FADA/CRA container, both ways;
+official IAST files one way (import).
 
 Official container (spec §3.5): ``{"iteration", "feature_extractor", "classifier"[, "model_D"],
 "optimizer_*"...}``, each a state dict whose keys may carry DDP's ``module.`` prefix. The backbone
 is inferred from the keys and shapes, the class count from the classifier weight, FrozenBN vs
 BatchNorm from the presence of ``num_batches_tracked``.
+
+Official IAST files (docs/iast.md) are the raw state dict of the whole DDP-wrapped segmentor:
+``module.backbone.*`` (a torchvision ResNet, ``fc.*`` included), ``module.decoder.aspp.conv2d_list.*``
+(the same ASPP as ours) and, in warm-up checkpoints, ``module.discriminators.<name>.*``. The network
+is ours with other names, so import is a renaming; the classification ``fc`` and the
+discriminators are dropped.
 
 Also the ``crossregion export-checkpoint CKPT --output OUT.pth [--ddp-prefix]`` command.
 """
@@ -31,7 +38,18 @@ logger = logging.getLogger(__name__)
 
 CROSSREGION_FORMAT = "crossregion"
 OFFICIAL_FORMAT = "official"
-CHECKPOINT_FORMATS: tuple[str, ...] = ("auto", OFFICIAL_FORMAT, CROSSREGION_FORMAT)
+IAST_FORMAT = "iast"
+CHECKPOINT_FORMATS: tuple[str, ...] = ("auto", OFFICIAL_FORMAT, CROSSREGION_FORMAT, IAST_FORMAT)
+
+# IAST key prefixes (after DDP's ``module.``) -> ours. IAST's UpsamplePredictor has no weights.
+_IAST_RENAMES: tuple[tuple[str, str], ...] = (
+    ("backbone.", "feature_extractor.backbone."),
+    ("decoder.aspp.", "classifier."),
+)
+# IAST keys with no counterpart in a Segmenter: the ImageNet classification layer its ResNet
+# keeps (unused in forward) and the warm-up stage's output-space discriminators.
+_IAST_DROPPED_PREFIXES: tuple[str, ...] = ("backbone.fc.", "discriminators.")
+_IAST_MARKER_KEY = "decoder.aspp.conv2d_list.0.weight"
 
 # (bottleneck blocks?, number of layer3 blocks) -> backbone name.
 _RESNET_BY_LAYOUT: dict[tuple[bool, int], str] = {
@@ -58,7 +76,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def detect_format(checkpoint: Any, path: str | Path) -> str:
-    """``"crossregion"`` or ``"official"``, from the top-level keys.
+    """``"crossregion"``, ``"official"`` (FADA/CRA) or ``"iast"``, from the top-level keys.
 
     Raises:
         ValueError: neither (not a segmenter checkpoint) or both (pass ``format`` explicitly).
@@ -78,12 +96,23 @@ def detect_format(checkpoint: Any, path: str | Path) -> str:
         return CROSSREGION_FORMAT
     if is_official:
         return OFFICIAL_FORMAT
+    if is_iast_state_dict(checkpoint):
+        return IAST_FORMAT
     keys = ", ".join(sorted(map(str, checkpoint))[:10])
     raise ValueError(
         f"{path} is not a segmenter checkpoint: expected a crossregion checkpoint "
-        "(format='crossregion') or an official FADA/CRA one (keys 'feature_extractor' and "
-        f"'classifier'); found keys: {keys}"
+        "(format='crossregion'), an official FADA/CRA one (keys 'feature_extractor' and "
+        "'classifier') or an official IAST state dict (keys 'module.backbone.*' and "
+        f"'module.{_IAST_MARKER_KEY}'); found keys: {keys}"
     )
+
+
+def is_iast_state_dict(checkpoint: Any) -> bool:
+    """True for a raw state dict with IAST's segmentor keys (``module.`` prefix or not)."""
+    if not is_state_dict(checkpoint):
+        return False
+    keys = strip_wrapper_prefixes(checkpoint)
+    return _IAST_MARKER_KEY in keys and any(key.startswith("backbone.") for key in keys)
 
 
 def infer_official_architecture(
@@ -167,6 +196,41 @@ def _read_official(
     return build_arguments, segmenter_state, extras
 
 
+def _read_iast(
+    checkpoint: dict[str, Any], path: str | Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """IAST's raw segmentor state dict renamed to ours, with the ``build_segmenter`` arguments.
+
+    A key that is neither renamed nor dropped stays under its own name, so the shape check of
+    ``load_segmenter`` lists it as unexpected instead of it vanishing silently.
+    """
+    segmenter_state: dict[str, torch.Tensor] = {}
+    for key, value in strip_wrapper_prefixes(checkpoint).items():
+        if key.startswith(_IAST_DROPPED_PREFIXES):
+            continue
+        for iast_prefix, our_prefix in _IAST_RENAMES:
+            if key.startswith(iast_prefix):
+                key = our_prefix + key[len(iast_prefix):]
+                break
+        segmenter_state[key] = value
+    parts = {
+        name: {
+            key[len(name) + 1 :]: value
+            for key, value in segmenter_state.items()
+            if key.startswith(name + ".")
+        }
+        for name in ("feature_extractor", "classifier")
+    }
+    build_arguments = infer_official_architecture(
+        parts["feature_extractor"], parts["classifier"], path
+    )
+    # IAST trains nn.BatchNorm2d (FREEZEBN freezes only the affine parameters), so its files
+    # always hold num_batches_tracked and load as BatchNorm2d with eps 1e-5, as IAST evaluates.
+    # IAST files keep no iteration count; the discriminator is not FADA's, so it is not returned.
+    extras = {"iteration": 0, "discriminator_state": None}
+    return build_arguments, segmenter_state, extras
+
+
 def _read_crossregion(
     checkpoint: dict[str, Any], path: str | Path
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
@@ -211,11 +275,12 @@ def load_segmenter(
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[Segmenter, dict[str, Any]]:
-    """A segmenter with the weights of a crossregion or official FADA/CRA checkpoint.
+    """A segmenter with the weights of a crossregion, official FADA/CRA or official IAST checkpoint.
 
     Args:
         path: the checkpoint file.
-        format: ``"auto"`` (detect from the top-level keys), ``"official"`` or ``"crossregion"``.
+        format: ``"auto"`` (detect from the top-level keys), ``"official"``, ``"crossregion"`` or
+            ``"iast"``.
         backbone: the backbone the caller expects, or None to accept what the file holds.
         num_classes: the class count the caller expects, or None to accept what the file holds.
         device: where the model goes.
@@ -242,7 +307,12 @@ def load_segmenter(
             f"{path} is in the {found_format} format, not {format}; "
             f"pass --format {found_format} or auto"
         )
-    reader = _read_official if found_format == OFFICIAL_FORMAT else _read_crossregion
+    readers = {
+        OFFICIAL_FORMAT: _read_official,
+        CROSSREGION_FORMAT: _read_crossregion,
+        IAST_FORMAT: _read_iast,
+    }
+    reader = readers[found_format]
     build_arguments, segmenter_state, extras = reader(checkpoint, path)
 
     requested = dict(build_arguments)
