@@ -7,7 +7,8 @@ from crossregion.models.backbones import (
     load_pretrained_backbone,
 )
 from crossregion.models.checkpoint_io import export_official, load_segmenter
-from crossregion.models.deeplabv2 import ASPPClassifier, Segmenter, build_segmenter
+from crossregion.models.deeplabv2 import HEADS, ASPPClassifier, Segmenter, build_segmenter
+from crossregion.models.proda_head import ProDAClassifier
 from crossregion.models.discriminators import FineGrainedDiscriminator, OutputSpaceDiscriminator
 from crossregion.models.weights import strip_wrapper_prefixes
 
@@ -16,6 +17,8 @@ __all__ = [
     "ASPPClassifier",
     "FineGrainedDiscriminator",
     "FrozenBatchNorm2d",
+    "HEADS",
+    "ProDAClassifier",
     "OutputSpaceDiscriminator",
     "Segmenter",
     "build_feature_extractor",
