@@ -353,6 +353,13 @@ def test_model_config_validates_head():
         ModelConfig(head="proda", multi_level=True)
 
 
+def test_build_model_passes_the_head_into_the_checkpointed_arguments():
+    from crossregion.engine.launch import build_model
+
+    segmenter, model_args = build_model(ModelConfig(backbone="resnet18", num_classes=5, head="proda"))
+    assert segmenter.head == "proda" and model_args["head"] == "proda"
+
+
 def test_crossregion_checkpoint_keeps_the_head(tmp_path):
     torch.manual_seed(0)
     segmenter = build_segmenter("resnet18", 5, head="proda").eval()
