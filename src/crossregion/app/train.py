@@ -131,11 +131,12 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
     from crossregion.models import build_segmenter, load_segmenter
 
     model_args = {"backbone": model.backbone, "num_classes": model.num_classes, "pretrained": model.pretrained,
-                  "freeze_bn": model.freeze_bn, "multi_level": model.multi_level}
+                  "freeze_bn": model.freeze_bn, "multi_level": model.multi_level, "head": model.head}
     segmenter = build_segmenter(**model_args)
     if model.init_checkpoint is not None:
         # load_segmenter names the file and the expected vs found class count on a mismatch.
-        loaded, info = load_segmenter(model.init_checkpoint, backbone=model.backbone, num_classes=model.num_classes)
+        loaded, info = load_segmenter(model.init_checkpoint, backbone=model.backbone, num_classes=model.num_classes,
+                                      head=model.head)
         missing, unexpected = segmenter.load_state_dict(loaded.state_dict(), strict=False)
         # FrozenBatchNorm has no step counter: starting trainable BN from it leaves only that missing.
         missing = [key for key in missing if not key.endswith("num_batches_tracked")]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 SEGMENTER_OPTIMIZERS = ("sgd", "adam")
+# Segmentation heads, as crossregion.models.HEADS (the config does not import the models).
+MODEL_HEADS = ("aspp", "proda")
 
 # The class counts each dataset's labels can be mapped to (spec §5). GTA5, Synscapes and
 # Cityscapes store Cityscapes label IDs, so both the 19-class and the 16-class SYNTHIA setting
@@ -103,12 +105,20 @@ class ModelConfig:
     freeze_bn: bool = False
     # Auxiliary ASPP on layer3 (AdaptSegNet/ADVENT).
     multi_level: bool = False
+    # Segmentation head: "aspp" (DeepLab-v2, FADA/CRA/AdaptSegNet/ADVENT) or "proda" (ProDA's
+    # GroupNorm ASPP + SE + bottleneck; its 256-channel prototype features become "features").
+    # ProDA's official model is backbone resnet101_deeplab with head proda (docs/proda.md).
+    head: str = "aspp"
     # A stage-1 checkpoint (ours or the official FADA/CRA format) to start from.
     init_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
             raise ValueError(f"model.num_classes must be >= 2, got {self.num_classes}")
+        if self.head not in MODEL_HEADS:
+            raise ValueError(f"model.head must be one of {MODEL_HEADS}, got {self.head!r}")
+        if self.head == "proda" and self.multi_level:
+            raise ValueError("model.head proda has no multi-level variant; set model.multi_level: false")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossregion.models.checkpoint_io import CHECKPOINT_FORMATS
 
 
 @torch.inference_mode()

@@ -7,16 +7,19 @@ from crossregion.models.backbones import (
     load_pretrained_backbone,
 )
 from crossregion.models.checkpoint_io import export_official, load_segmenter
-from crossregion.models.deeplabv2 import ASPPClassifier, Segmenter, build_segmenter
+from crossregion.models.deeplabv2 import HEADS, ASPPClassifier, Segmenter, build_segmenter
 from crossregion.models.discriminators import FineGrainedDiscriminator, OutputSpaceDiscriminator
+from crossregion.models.proda_head import ProDAClassifier
 from crossregion.models.weights import strip_wrapper_prefixes
 
 __all__ = [
     "BACKBONES",
+    "HEADS",
     "ASPPClassifier",
     "FineGrainedDiscriminator",
     "FrozenBatchNorm2d",
     "OutputSpaceDiscriminator",
+    "ProDAClassifier",
     "Segmenter",
     "build_feature_extractor",
     "build_segmenter",

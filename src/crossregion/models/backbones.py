@@ -247,6 +247,41 @@ def build_resnet101(freeze_bn: bool = False) -> nn.Module:
     return _build_bottleneck_resnet(torchvision.models.resnet101, freeze_bn)
 
 
+def _build_deeplab_resnet101(freeze_bn: bool) -> nn.Module:
+    """ResNet-101 in the original DeepLab-v2 (caffe) layout, as ProDA's official code builds it.
+
+    It differs from torchvision's dilated ResNet-101 (``resnet101``) in three places, which change
+    the numbers but not a single key or shape:
+
+    - layer2's stride sits on the first block's 1x1 ``conv1``, not on its 3x3 ``conv2``;
+    - every block of layer3 / layer4 is dilated by 2 / 4, the first one included (torchvision
+      keeps the previous dilation on the first block's ``conv2``);
+    - the stem's max pool rounds up (``ceil_mode``), so odd sizes give one more row/column.
+    """
+    resnet = torchvision.models.resnet101(
+        weights=None,
+        replace_stride_with_dilation=[False, True, True],
+        norm_layer=_norm_layer(freeze_bn),
+    )
+    resnet.maxpool.ceil_mode = True
+    first_of_layer2 = resnet.layer2[0]
+    first_of_layer2.conv1.stride = (2, 2)
+    first_of_layer2.conv2.stride = (1, 1)
+    for stage, dilation in ((resnet.layer3, 2), (resnet.layer4, 4)):
+        stage[0].conv2.dilation = stage[0].conv2.padding = (dilation, dilation)
+    return ResNetFeatureExtractor(resnet)
+
+
+@BACKBONES.register("resnet101_deeplab")
+def build_resnet101_deeplab(freeze_bn: bool = False) -> nn.Module:
+    """Dilated ResNet-101 in the DeepLab-v2 caffe layout (2048 feature channels): ProDA's backbone.
+
+    Same keys as ``resnet101`` (torchvision ImageNet files load into it, as ProDA's code does), but
+    stride and dilation placed as DeepLab-v2 places them; see ``_build_deeplab_resnet101``.
+    """
+    return _build_deeplab_resnet101(freeze_bn)
+
+
 @BACKBONES.register("vgg16")
 def build_vgg16(freeze_bn: bool = False) -> nn.Module:
     """Dilated VGG-16 with fc6/fc7 convs (1024 feature channels). It has no BatchNorm, so

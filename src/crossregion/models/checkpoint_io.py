@@ -1,5 +1,5 @@
-"""Segmenters from checkpoint files: ours and the official FADA/CRA container, both ways;
-official IAST files one way (import).
+"""Segmenters from checkpoint files: ours and the official FADA/CRA container, both ways; official
+IAST and ProDA checkpoints one way (reading).
 
 Official container (spec §3.5): ``{"iteration", "feature_extractor", "classifier"[, "model_D"],
 "optimizer_*"...}``, each a state dict whose keys may carry DDP's ``module.`` prefix. The backbone
@@ -11,6 +11,12 @@ Official IAST files (docs/iast.md) are the raw state dict of the whole DDP-wrapp
 (the same ASPP as ours) and, in warm-up checkpoints, ``module.discriminators.<name>.*``. The network
 is ours with other names, so import is a renaming; the classification ``fc`` and the
 discriminators are dropped.
+
+ProDA's ``.pkl`` (its ``train.py``): ``{"ResNet101": {"model_state", "objective_vectors"},
+"iter", "best_iou"[, "FCDiscriminator"]}``. ``model_state`` is the unwrapped model's state dict
+(no ``module.`` prefix): torchvision ResNet key names at the top level (``conv1.weight``,
+``layer3.22.bn3.running_var``) and the head under ``layer5.``; ``objective_vectors`` are the class
+prototypes (K, 256). It loads as ``resnet101_deeplab`` with ``head="proda"``.
 
 Also the ``crossregion export-checkpoint CKPT --output OUT.pth [--ddp-prefix]`` command.
 """
@@ -39,7 +45,6 @@ logger = logging.getLogger(__name__)
 CROSSREGION_FORMAT = "crossregion"
 OFFICIAL_FORMAT = "official"
 IAST_FORMAT = "iast"
-CHECKPOINT_FORMATS: tuple[str, ...] = ("auto", OFFICIAL_FORMAT, CROSSREGION_FORMAT, IAST_FORMAT)
 
 # IAST key prefixes (after DDP's ``module.``) -> ours. IAST's UpsamplePredictor has no weights.
 _IAST_RENAMES: tuple[tuple[str, str], ...] = (
@@ -50,6 +55,18 @@ _IAST_RENAMES: tuple[tuple[str, str], ...] = (
 # keeps (unused in forward) and the warm-up stage's output-space discriminators.
 _IAST_DROPPED_PREFIXES: tuple[str, ...] = ("backbone.fc.", "discriminators.")
 _IAST_MARKER_KEY = "decoder.aspp.conv2d_list.0.weight"
+PRODA_FORMAT = "proda"
+CHECKPOINT_FORMATS: tuple[str, ...] = ("auto", OFFICIAL_FORMAT, CROSSREGION_FORMAT, IAST_FORMAT, PRODA_FORMAT)
+
+# ProDA's checkpoint: the segmenter's entry is named after its class, ResNet101.
+_PRODA_MODEL_ENTRY = "ResNet101"
+_PRODA_HEAD_PREFIX = "layer5."
+_PRODA_CLASSIFIER_WEIGHT = "layer5.head.1.weight"
+# The extra BatchNorm ProDA puts before the head of its SimCLR-initialised students (--bn_clr,
+# stages 2 and 3); crossregion has no such layer yet.
+_PRODA_BN_CLR_PREFIX = "bn_pretrain."
+_PRODA_LAYER3_BLOCK = re.compile(r"^layer3\.(\d+)\.")
+_PRODA_RESNET101_LAYER3_BLOCKS = 23
 
 # (bottleneck blocks?, number of layer3 blocks) -> backbone name.
 _RESNET_BY_LAYOUT: dict[tuple[bool, int], str] = {
@@ -76,10 +93,10 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def detect_format(checkpoint: Any, path: str | Path) -> str:
-    """``"crossregion"``, ``"official"`` (FADA/CRA) or ``"iast"``, from the top-level keys.
+    """``"crossregion"``, ``"official"`` (FADA/CRA), ``"iast"`` or ``"proda"``, from the top-level keys.
 
     Raises:
-        ValueError: neither (not a segmenter checkpoint) or both (pass ``format`` explicitly).
+        ValueError: none (not a segmenter checkpoint) or several (pass ``format`` explicitly).
     """
     if not isinstance(checkpoint, dict):
         # ValueError, not TypeError: a wrong file is a user error, reported in one line by the CLI.
@@ -88,22 +105,34 @@ def detect_format(checkpoint: Any, path: str | Path) -> str:
         )
     is_ours = checkpoint.get("format") == CROSSREGION_FORMAT
     is_official = "feature_extractor" in checkpoint and "classifier" in checkpoint
-    if is_ours and is_official:
-        raise ValueError(
-            f"{path} looks like both checkpoint formats; pass --format official or crossregion"
+    proda_entry = checkpoint.get(_PRODA_MODEL_ENTRY)
+    is_proda = isinstance(proda_entry, dict) and "model_state" in proda_entry
+    found = [
+        name
+        for name, matches in (
+            (CROSSREGION_FORMAT, is_ours),
+            (OFFICIAL_FORMAT, is_official),
+            (PRODA_FORMAT, is_proda),
         )
-    if is_ours:
-        return CROSSREGION_FORMAT
-    if is_official:
-        return OFFICIAL_FORMAT
-    if is_iast_state_dict(checkpoint):
-        return IAST_FORMAT
+        if matches
+    ]
+    if not found and is_iast_state_dict(checkpoint):
+        # A raw state dict has no container keys: tried only when no container matched.
+        found = [IAST_FORMAT]
+    if len(found) > 1:
+        raise ValueError(
+            f"{path} looks like several checkpoint formats ({', '.join(found)}); "
+            f"pass --format {' or '.join(found)}"
+        )
+    if found:
+        return found[0]
     keys = ", ".join(sorted(map(str, checkpoint))[:10])
     raise ValueError(
         f"{path} is not a segmenter checkpoint: expected a crossregion checkpoint "
         "(format='crossregion'), an official FADA/CRA one (keys 'feature_extractor' and "
-        "'classifier') or an official IAST state dict (keys 'module.backbone.*' and "
-        f"'module.{_IAST_MARKER_KEY}'); found keys: {keys}"
+        "'classifier'), an official IAST state dict (keys 'module.backbone.*' and "
+        f"'module.{_IAST_MARKER_KEY}') or an official ProDA one (key 'ResNet101' holding 'model_state'); "
+        f"found keys: {keys}"
     )
 
 
@@ -160,6 +189,7 @@ def infer_official_architecture(
         "num_classes": num_classes,
         "freeze_bn": freeze_bn,
         "multi_level": False,
+        "head": "aspp",
     }
 
 
@@ -192,6 +222,65 @@ def _read_official(
     extras = {
         "iteration": int(checkpoint.get("iteration", 0)),
         "discriminator_state": strip_wrapper_prefixes(model_d) if is_state_dict(model_d) else None,
+        "prototypes": None,
+    }
+    return build_arguments, segmenter_state, extras
+
+
+def _proda_to_segmenter_key(key: str) -> str:
+    """An official ProDA key under our names: the head ``layer5.*`` is our ``classifier.*``, every
+    other key (stem, layer1..layer4) is a backbone key."""
+    if key.startswith(_PRODA_HEAD_PREFIX):
+        return "classifier." + key[len(_PRODA_HEAD_PREFIX) :]
+    return "feature_extractor.backbone." + key
+
+
+def _read_proda(
+    checkpoint: dict[str, Any], path: str | Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    entry = checkpoint[_PRODA_MODEL_ENTRY]
+    if not is_state_dict(entry["model_state"]):
+        raise ValueError(f"{path}: '{_PRODA_MODEL_ENTRY}' -> 'model_state' is not a state dict")
+    # ProDA saves the unwrapped model; a DataParallel-wrapped save would add ``module.``.
+    state = strip_wrapper_prefixes(entry["model_state"])
+    if any(key.startswith(_PRODA_BN_CLR_PREFIX) for key in state):
+        raise ValueError(
+            f"{path} is a ProDA checkpoint with the extra 'bn_pretrain' BatchNorm of its "
+            "SimCLR-initialised stage-2/3 students (--bn_clr); crossregion cannot load that "
+            "layer yet (stage-1 and warm-up checkpoints load)"
+        )
+    if _PRODA_CLASSIFIER_WEIGHT not in state:
+        keys = ", ".join(list(state)[:5])
+        raise ValueError(
+            f"{path}: the ProDA model_state has no {_PRODA_CLASSIFIER_WEIGHT}, so its head is not "
+            f"ProDA's (Classifier_Module2); first keys: {keys}"
+        )
+    layer3_blocks = {
+        int(match.group(1)) for key in state if (match := _PRODA_LAYER3_BLOCK.match(key))
+    }
+    if len(layer3_blocks) != _PRODA_RESNET101_LAYER3_BLOCKS:
+        raise ValueError(
+            f"{path}: the ProDA model_state has {len(layer3_blocks)} layer3 blocks; ProDA's "
+            f"backbone is ResNet-101 ({_PRODA_RESNET101_LAYER3_BLOCKS} blocks)"
+        )
+    segmenter_state = {_proda_to_segmenter_key(key): value for key, value in state.items()}
+    # Files from PyTorch < 0.4.1 have no BatchNorm step counter; it does not affect the outputs.
+    for key in [key for key in segmenter_state if key.endswith(".running_mean")]:
+        counter = key[: -len("running_mean")] + "num_batches_tracked"
+        segmenter_state.setdefault(counter, torch.tensor(0, dtype=torch.long))
+    build_arguments = {
+        "backbone": "resnet101_deeplab",
+        "num_classes": state[_PRODA_CLASSIFIER_WEIGHT].shape[0],
+        # ProDA trains (Sync)BatchNorm with eps 1e-5; FrozenBatchNorm's eps 0 would not match.
+        "freeze_bn": False,
+        "multi_level": False,
+        "head": "proda",
+    }
+    prototypes = entry.get("objective_vectors")
+    extras = {
+        "iteration": int(checkpoint.get("iter", 0)),
+        "discriminator_state": None,
+        "prototypes": prototypes.detach().cpu() if isinstance(prototypes, torch.Tensor) else None,
     }
     return build_arguments, segmenter_state, extras
 
@@ -252,11 +341,14 @@ def _read_crossregion(
         "num_classes": int(model_arguments["num_classes"]),
         "freeze_bn": bool(model_arguments.get("freeze_bn", False)),
         "multi_level": bool(model_arguments.get("multi_level", False)),
+        # Checkpoints written before the ProDA head existed hold no head: DeepLab-v2's ASPP.
+        "head": str(model_arguments.get("head", "aspp")),
     }
     others = {name: state for name, state in models.items() if name != "segmenter"}
     extras = {
         "iteration": int(checkpoint.get("iteration", 0)),
         "discriminator_state": _fine_grained_discriminator_state(others),
+        "prototypes": None,
     }
     return build_arguments, strip_wrapper_prefixes(models["segmenter"]), extras
 
@@ -274,22 +366,25 @@ def load_segmenter(
     backbone: str | None = None,
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
+    head: str | None = None,
 ) -> tuple[Segmenter, dict[str, Any]]:
-    """A segmenter with the weights of a crossregion, official FADA/CRA or official IAST checkpoint.
+    """A segmenter with the weights of a crossregion, official FADA/CRA, IAST or ProDA checkpoint.
 
     Args:
         path: the checkpoint file.
         format: ``"auto"`` (detect from the top-level keys), ``"official"``, ``"crossregion"`` or
-            ``"iast"``.
+            ``"iast"`` or ``"proda"``.
         backbone: the backbone the caller expects, or None to accept what the file holds.
         num_classes: the class count the caller expects, or None to accept what the file holds.
         device: where the model goes.
+        head: the head the caller expects (``"aspp"``, ``"proda"``), or None to accept the file's.
 
     Returns:
         (segmenter in eval mode, info) with info keys ``path``, ``format``, ``backbone``,
-        ``num_classes``, ``freeze_bn``, ``multi_level``, ``iteration`` and ``discriminator_state``
-        (the FADA discriminator's prefix-free state dict: official ``model_D``, or ours when the
-        checkpoint holds exactly one; else None).
+        ``num_classes``, ``freeze_bn``, ``multi_level``, ``head``, ``iteration``,
+        ``discriminator_state`` (the FADA discriminator's prefix-free state dict: official
+        ``model_D``, or ours when the checkpoint holds exactly one; else None) and ``prototypes``
+        (ProDA's class prototypes, (K, 256), from a ProDA file; else None).
 
     Raises:
         FileNotFoundError: no such file.
@@ -307,12 +402,12 @@ def load_segmenter(
             f"{path} is in the {found_format} format, not {format}; "
             f"pass --format {found_format} or auto"
         )
-    readers = {
+    reader = {
         OFFICIAL_FORMAT: _read_official,
         CROSSREGION_FORMAT: _read_crossregion,
         IAST_FORMAT: _read_iast,
-    }
-    reader = readers[found_format]
+        PRODA_FORMAT: _read_proda,
+    }[found_format]
     build_arguments, segmenter_state, extras = reader(checkpoint, path)
 
     requested = dict(build_arguments)
@@ -320,9 +415,23 @@ def load_segmenter(
         requested["backbone"] = backbone
     if num_classes is not None:
         requested["num_classes"] = num_classes
+    if head is not None:
+        requested["head"] = head
+
+    def described(arguments: dict[str, Any]) -> str:
+        head_part = "" if arguments["head"] == "aspp" else f" and the {arguments['head']} head"
+        return f"{arguments['backbone']} with {arguments['num_classes']} classes{head_part}"
+
+    if requested != build_arguments and requested["backbone"] == build_arguments["backbone"] and (
+        requested["num_classes"] == build_arguments["num_classes"]
+    ):
+        # Only the head differs: both heads may hold the same class count, so say it plainly.
+        raise ValueError(
+            f"{path} holds a {described(build_arguments)}, expected a {described(requested)}"
+        )
     mismatch = describe_state_dict_mismatch(_expected_state(requested), segmenter_state)
     if mismatch:
-        found = f"{build_arguments['backbone']} with {build_arguments['num_classes']} classes"
+        found = described(build_arguments)
         if requested == build_arguments:
             # The file declares the model asked for, yet its weights do not fit that model as
             # this version builds it: written by another version, or edited.
@@ -330,7 +439,7 @@ def load_segmenter(
                 f"{path} declares a {found}, but its weights do not fit a {found} as this version of "
                 f"crossregion builds it ({mismatch}); it was written by another version or is damaged"
             )
-        expected = f"{requested['backbone']} with {requested['num_classes']} classes"
+        expected = described(requested)
         raise ValueError(f"{path} holds a {found}, expected a {expected}: {mismatch}")
 
     # Built on the meta device and filled by assignment: no time spent on a random init that the
@@ -365,6 +474,11 @@ def export_official(
         ddp_prefix: prefix keys with ``module.``.
     """
     segmenter = _unwrap(segmenter)
+    if getattr(segmenter, "head", "aspp") != "aspp":
+        raise ValueError(
+            f"cannot write {path}: the official FADA/CRA format holds a DeepLab-v2 ASPP head, "
+            f"not the {segmenter.head} head"
+        )
     if getattr(segmenter, "aux_classifier", None) is not None:
         logger.warning(
             "the official format has no auxiliary classifier; %s keeps the main one only", path

@@ -1,4 +1,7 @@
-"""DeepLabv2 as the official FADA/CRA code builds it: a dilated backbone and the ASPP classifier."""
+"""DeepLabv2 as the official FADA/CRA code builds it: a dilated backbone and the ASPP classifier.
+
+``head="proda"`` swaps the ASPP for ProDA's head (``crossregion.models.proda_head``).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,12 @@ import torch
 from torch import nn
 
 from crossregion.models.backbones import build_feature_extractor, load_pretrained_backbone
+from crossregion.models.proda_head import ProDAClassifier
 
 ASPP_DILATIONS: tuple[int, ...] = (6, 12, 18, 24)
 ASPP_INIT_STD = 0.01
+# Segmentation heads: DeepLab-v2's summed ASPP, or ProDA's GroupNorm ASPP + SE + bottleneck.
+HEADS: tuple[str, ...] = ("aspp", "proda")
 
 
 class ASPPClassifier(nn.Module):
@@ -53,6 +59,9 @@ class Segmenter(nn.Module):
     Submodule names match the official FADA/CRA checkpoints (``feature_extractor.backbone.*``,
     ``classifier.conv2d_list.*``). ``forward`` returns stride-8 logits; callers upsample.
 
+    With a ``ProDAClassifier`` the returned ``features`` are the head's prototype features (after
+    its bottleneck and dropout), not the backbone output, and ``feature_channels`` is their width.
+
     Args:
         feature_extractor: a module with ``backbone`` and ``feature_channels``.
         classifier: head on the final features.
@@ -62,14 +71,25 @@ class Segmenter(nn.Module):
     def __init__(
         self,
         feature_extractor: nn.Module,
-        classifier: ASPPClassifier,
+        classifier: ASPPClassifier | ProDAClassifier,
         aux_classifier: ASPPClassifier | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(classifier, ProDAClassifier) and aux_classifier is not None:
+            raise ValueError("the ProDA head has no multi-level variant")
         self.feature_extractor = feature_extractor
         self.classifier = classifier
         self.aux_classifier = aux_classifier
-        self.feature_channels: int = feature_extractor.feature_channels
+        self.feature_channels: int = (
+            classifier.feature_channels
+            if isinstance(classifier, ProDAClassifier)
+            else feature_extractor.feature_channels
+        )
+
+    @property
+    def head(self) -> str:
+        """``"proda"`` or ``"aspp"``: the ``build_segmenter`` argument that rebuilds this head."""
+        return "proda" if isinstance(self.classifier, ProDAClassifier) else "aspp"
 
     @property
     def multi_level(self) -> bool:
@@ -79,13 +99,17 @@ class Segmenter(nn.Module):
         """Runs the segmenter.
 
         Returns:
-            ``features`` (backbone output), ``logits``, and ``aux_logits`` when multi-level.
+            ``features`` (backbone output; the prototype features with the ProDA head),
+            ``logits``, and ``aux_logits`` when multi-level.
 
         Shape:
             - images: (N, 3, H, W), normalised
-            - features: (N, C_f, H/8, W/8) (rounded up)
+            - features: (N, C_f, H/8, W/8) (rounded up); C_f = ``feature_channels``
             - logits, aux_logits: (N, K, H/8, W/8)
         """
+        if isinstance(self.classifier, ProDAClassifier):
+            features, logits = self.classifier.forward_features(self.feature_extractor(images))
+            return {"features": features, "logits": logits}
         if self.aux_classifier is None:
             features = self.feature_extractor(images)
             return {"features": features, "logits": self.classifier(features)}
@@ -117,6 +141,7 @@ def build_segmenter(
     pretrained: str | Path | None = None,
     freeze_bn: bool = False,
     multi_level: bool = False,
+    head: str = "aspp",
 ) -> Segmenter:
     """DeepLabv2 with the named backbone.
 
@@ -127,15 +152,21 @@ def build_segmenter(
             for random initialisation. Nothing downloads.
         freeze_bn: use FrozenBatchNorm2d (no epsilon, statistics from ``pretrained``).
         multi_level: add the auxiliary ASPP on layer3 (ResNets only) and return ``aux_logits``.
+        head: ``"aspp"`` (DeepLab-v2) or ``"proda"`` (ProDA's head; ``features`` are then its
+            prototype features). ProDA's official model is ``resnet101_deeplab`` + ``"proda"``.
 
     Raises:
         KeyError: unknown backbone.
-        ValueError: bad ``num_classes``, multi-level VGG, or a ``pretrained`` file that does not
-            fit.
+        ValueError: bad ``num_classes`` or ``head``, multi-level VGG or ProDA head, or a
+            ``pretrained`` file that does not fit.
         FileNotFoundError: ``pretrained`` does not exist.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    if head == "proda" and multi_level:
+        raise ValueError("the ProDA head has no multi-level variant; set multi_level to false")
     feature_extractor = build_feature_extractor(backbone, freeze_bn=freeze_bn)
     if multi_level and not hasattr(feature_extractor, "forward_with_intermediate"):
         raise ValueError(
@@ -143,7 +174,11 @@ def build_segmenter(
         )
     if pretrained is not None:
         load_pretrained_backbone(feature_extractor, pretrained)
-    classifier = ASPPClassifier(feature_extractor.feature_channels, num_classes)
+    classifier: ASPPClassifier | ProDAClassifier = (
+        ProDAClassifier(feature_extractor.feature_channels, num_classes)
+        if head == "proda"
+        else ASPPClassifier(feature_extractor.feature_channels, num_classes)
+    )
     aux_classifier = (
         ASPPClassifier(feature_extractor.intermediate_channels, num_classes)
         if multi_level
