@@ -121,8 +121,9 @@ def test_every_cda_stage_starts_from_weights_its_model_can_load():
     (backbone, classes, single/multi-level): a multi-level preset fails at load time on a
     single-level checkpoint (no aux_classifier.*). A stage not wired to it starts from ImageNet
     weights (model.pretrained), as the official AdaptSegNet/ADVENT code does (spec §4.1)."""
+    from crossregion.app.pipeline.stages import resolve_training_config
+
     from crossregion.config.io import PIPELINE_PRESET_DIR, available_presets
-    from crossregion.pipeline import resolve_training_config
 
     source_checkpoint = "SOURCE_CHECKPOINT.pth"
     for name in available_presets(PIPELINE_PRESET_DIR):

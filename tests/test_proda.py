@@ -354,7 +354,7 @@ def test_model_config_validates_head():
 
 
 def test_build_model_passes_the_head_into_the_checkpointed_arguments():
-    from crossregion.engine.launch import build_model
+    from crossregion.app.train import build_model
 
     segmenter, model_args = build_model(ModelConfig(backbone="resnet18", num_classes=5, head="proda"))
     assert segmenter.head == "proda" and model_args["head"] == "proda"

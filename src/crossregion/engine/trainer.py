@@ -134,6 +134,7 @@ class InfiniteLoader:
         self, dataset: Dataset, *, batch_size: int, num_workers: int, seed: int, name: str,
         sampler: ResumableSampler | ResumableClassBalancedSampler | None = None,
     ) -> None:
+        self.dataset = dataset
         self.sampler = sampler if sampler is not None else ResumableSampler(dataset, seed=seed)
         self.batch_size = batch_size
         self.batches_per_epoch = len(self.sampler) // batch_size
@@ -220,6 +221,8 @@ class TrainableMethod(Protocol):
     def training_step(
         self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
     ) -> dict[str, torch.Tensor]: ...
+
+    def on_train_start(self, models: Mapping[str, nn.Module], datasets: Mapping[str, Dataset]) -> None: ...
 
     def after_step(self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]]) -> None: ...
 
@@ -312,6 +315,11 @@ class Trainer:
         bar = ProgressBar(start=self.iteration, total=last_iter, enabled=is_main())
         if self.evaluate is not None and engine.eval_period > 0:
             logger.info("evaluating on data.target_val every %d iterations: %s", engine.eval_period, EVAL_NOTE)
+        # Data-derived state first (restored state is already in place after a resume); it must
+        # not move the training RNG, so a resumed run continues exactly.
+        rng = ckpt.capture_rng()
+        self.method.on_train_start(self.models, {name: loader.dataset for name, loader in self.loaders.items()})
+        ckpt.restore_rng(rng)
         for model in self.models.values():
             model.train()
         window = _LossWindow(self.device)

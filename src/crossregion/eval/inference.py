@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 @torch.inference_mode()
 def predict_probs(
     segmenter: nn.Module,

@@ -6,7 +6,8 @@ source, ``target`` = unlabelled target train) and calls ``training_step(models, 
 The step decides the order of forward passes, ``ctx.backward(loss)`` and ``ctx.step(name)``
 (adversarial methods need that control) and returns detached loss tensors under stable keys
 such as ``loss/seg_src``. A step never copies a tensor to the host: the trainer syncs at its log
-period. Around the step, ``after_step`` runs once per iteration after every optimiser stepped
+period. Before the first step ``on_train_start`` may compute state from the data; around the
+step, ``after_step`` runs once per iteration after every optimiser stepped
 (EMA teachers, prototype and threshold updates), and ``state_dict`` / ``load_state_dict`` carry
 a method's own per-run state through checkpoints and ``--resume``.
 
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from crossregion.config.schema import ExperimentConfig, MethodConfig, OptimConfig
 from crossregion.dist import unwrap
@@ -108,6 +110,14 @@ class Method:
             Detached scalar loss tensors keyed ``loss/<what>_<domain>``.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement training_step")
+
+    def on_train_start(self, models: Mapping[str, nn.Module], datasets: Mapping[str, Dataset]) -> None:
+        """Runs once before the first iteration of this process, fresh or resumed; default: nothing.
+
+        The place for state computed from the data before training (ProDA's initial class
+        prototypes). A resumed run has already restored ``load_state_dict``'s state by then:
+        compute only what is missing. ``datasets`` are the training datasets by batch name.
+        """
 
     def after_step(self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]]) -> None:
         """Runs once per iteration after ``training_step`` stepped every optimiser; default: nothing.
