@@ -55,7 +55,8 @@ def benchmark_pipeline(data_dir: Path, quick: bool) -> PipelineConfig:
         return cfg
     return dataclasses.replace(
         cfg, source=quick_stage(cfg.source), oracle=cfg.oracle and quick_stage(cfg.oracle), cra=quick_stage(cfg.cra),
-        cda={name: quick_stage(spec) for name, spec in cfg.cda.items()},
+        cda={name: tuple(map(quick_stage, spec)) if isinstance(spec, tuple) else quick_stage(spec)
+             for name, spec in cfg.cda.items()},
         baselines={name: quick_stage(spec) for name, spec in cfg.baselines.items()}, panel_images=1,
     )
 

@@ -23,7 +23,7 @@ from common import add_benchmark_arguments, cell, mean_std, prepared_benchmark, 
 
 from crossregion.app.pipeline.cache import Stages
 from crossregion.app.pipeline.config import StageSpec
-from crossregion.app.pipeline.stages import pseudo_label_stage, training_stage
+from crossregion.app.pipeline.stages import cda_stage, pseudo_label_stage, training_stage
 
 METHOD = "fada"
 # variant -> overrides of the CRA stage.
@@ -40,8 +40,7 @@ def run_seed(output: Path, cfg, seed: int) -> dict[str, float]:
     cfg = with_seed(cfg, seed)
     stages = Stages(output / f"seed{seed}")
     source = training_stage(stages, cfg, "00_source", cfg.source, {}, [])
-    cda = training_stage(stages, cfg, f"01_cda_{METHOD}", cfg.cda[METHOD],
-                         {"source_checkpoint": source.outputs["checkpoint"]}, [source])
+    cda = cda_stage(stages, cfg, METHOD, source)
     pseudo = pseudo_label_stage(stages, cfg, f"02_pseudo_{METHOD}", cda)
     wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
     results = {"cda": cda.outputs["miou"]}

@@ -51,7 +51,9 @@ class PipelineConfig:
 
     target: TargetSpec
     source: StageSpec
-    cda: dict[str, StageSpec]
+    # A CDA stage, or a chain of them (IAST: warm-up then self-training rounds), each starting from
+    # the previous one's checkpoint ($previous_checkpoint); the last one is the CDA model.
+    cda: dict[str, StageSpec | tuple[StageSpec, ...]]
     cda_methods: tuple[str, ...]
     cra: StageSpec
     # dataset name -> root: replaces ``data.*.root`` of every training stage whose dataset has that name.
@@ -65,6 +67,9 @@ class PipelineConfig:
     # Table 3 compares them after FADA only).
     baseline_methods: tuple[str, ...] | None = None
     self_distill: StageSpec | None = None
+    # Extra overrides of the CRA and baseline stages after one CDA method, e.g. the model options
+    # that CDA model was built with (ProDA's head).
+    cra_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
     pseudo_label: PseudoLabelSpec = field(default_factory=PseudoLabelSpec)
     device: str = "auto"
     # Target-val images in the Fig.-3-style panel.
@@ -80,6 +85,9 @@ class PipelineConfig:
         unknown = [name for name in self.baseline_methods or () if name not in self.cda_methods]
         if unknown:
             raise ValueError(f"baseline_methods {unknown} are not in cda_methods {list(self.cda_methods)}")
+        unknown = [name for name in self.cra_overrides if name not in self.cda]
+        if unknown:
+            raise ValueError(f"cra_overrides {unknown} name no configured cda stage {sorted(self.cda)}")
         unknown = [name for name in self.baselines if name not in BASELINE_TITLES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; known: {sorted(BASELINE_TITLES)}")
@@ -106,6 +114,14 @@ def _stage_spec(data: Any, key: str) -> StageSpec:
     return StageSpec(preset=str(data["preset"]), overrides=tuple(str(o) for o in data.get("overrides") or ()))
 
 
+def _cda_spec(data: Any, key: str) -> StageSpec | tuple[StageSpec, ...]:
+    if isinstance(data, list):
+        if not data:
+            raise ValueError(f"{key} is an empty chain; give at least one stage")
+        return tuple(_stage_spec(item, f"{key}[{index}]") for index, item in enumerate(data))
+    return _stage_spec(data, key)
+
+
 def _check_keys(data: dict, cls: type, key: str) -> None:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [name for name in data if name not in names]
@@ -129,7 +145,7 @@ def _pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
     return PipelineConfig(
         target=TargetSpec(**target),
         source=_stage_spec(data["source"], "source"),
-        cda={name: _stage_spec(spec, f"cda.{name}") for name, spec in data["cda"].items()},
+        cda={name: _cda_spec(spec, f"cda.{name}") for name, spec in data["cda"].items()},
         cda_methods=tuple(str(name) for name in data["cda_methods"]),
         cra=_stage_spec(data["cra"], "cra"),
         dataset_roots={str(k): str(v) for k, v in (data.get("dataset_roots") or {}).items()},
@@ -138,6 +154,8 @@ def _pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
         baselines={name: _stage_spec(spec, f"baselines.{name}") for name, spec in (data.get("baselines") or {}).items()},
         baseline_methods=None if data.get("baseline_methods") is None
         else tuple(str(name) for name in data["baseline_methods"]),
+        cra_overrides={str(name): tuple(str(o) for o in overrides)
+                       for name, overrides in (data.get("cra_overrides") or {}).items()},
         self_distill=None if data.get("self_distill") is None else _stage_spec(data["self_distill"], "self_distill"),
         pseudo_label=PseudoLabelSpec(**{k: float(v) for k, v in pseudo.items()}),
         device=str(data.get("device", "auto")),

@@ -13,7 +13,13 @@ import yaml
 from crossregion.app.pipeline.analysis import error_share_untrusted, write_fig3_panel
 from crossregion.app.pipeline.cache import StageRecord, Stages, write_json
 from crossregion.app.pipeline.config import PipelineConfig, load_pipeline_config
-from crossregion.app.pipeline.stages import bn_target_stage, pseudo_label_stage, training_stage
+from crossregion.app.pipeline.stages import (
+    bn_target_stage,
+    cda_stage,
+    pseudo_label_stage,
+    training_stage,
+    with_overrides,
+)
 from crossregion.app.pipeline.tables import results_markdown
 from crossregion.files import check_output_folder, write_text_atomically
 
@@ -40,12 +46,12 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path) -> dict[str, Any]:
 
 
 def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageRecord, output: Path) -> dict[str, Any]:
-    cda = training_stage(stages, cfg, f"01_cda_{method}", cfg.cda[method],
-                          {"source_checkpoint": source.outputs["checkpoint"]}, [source])
+    cda = cda_stage(stages, cfg, method, source)
     bn_target = bn_target_stage(stages, cfg, f"01_bn_target_{method}", cda)
     pseudo = pseudo_label_stage(stages, cfg, f"02_pseudo_{method}", cda)
     wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
-    cra = training_stage(stages, cfg, f"03_cra_{method}", cfg.cra, wiring, [cda, pseudo])
+    cra = training_stage(stages, cfg, f"03_cra_{method}", with_overrides(cfg.cra, cfg.cra_overrides.get(method)),
+                         wiring, [cda, pseudo])
     row: dict[str, Any] = {
         "cda": cda.outputs["miou"],
         "bn_target": bn_target.outputs["miou"],
@@ -62,7 +68,8 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
     row["error_share_untrusted_cra"] = analysis.outputs["error_share_untrusted"]
     with_baselines = cfg.baseline_methods is None or method in cfg.baseline_methods
     for baseline, spec in (cfg.baselines if with_baselines else {}).items():
-        record = training_stage(stages, cfg, f"03_{baseline}_{method}", spec, wiring, [cda, pseudo])
+        record = training_stage(stages, cfg, f"03_{baseline}_{method}",
+                                with_overrides(spec, cfg.cra_overrides.get(method)), wiring, [cda, pseudo])
         row[baseline] = record.outputs["miou"]
     if cfg.self_distill is not None:
         cra_pseudo = pseudo_label_stage(stages, cfg, f"04_pseudo_cra_{method}", cra)

@@ -114,3 +114,23 @@ def _evaluate_segmenter(cfg: PipelineConfig, segmenter: nn.Module, num_classes: 
                                  progress=False)
     write_metrics(metrics, out_dir)
     return {"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"]}
+
+
+def cda_stage(stages: Stages, cfg: PipelineConfig, method: str, source: StageRecord) -> StageRecord:
+    """The CDA model of ``method``: one stage ``01_cda_<m>``, or a chain ``01_cda_<m>_1``, ``_2``...
+    where each starts from the previous checkpoint (``$previous_checkpoint``; the source model's
+    for the first). Returns the last stage."""
+    spec = cfg.cda[method]
+    chain = spec if isinstance(spec, tuple) else (spec,)
+    previous = source
+    for index, step in enumerate(chain, start=1):
+        name = f"01_cda_{method}" if len(chain) == 1 else f"01_cda_{method}_{index}"
+        placeholders = {"source_checkpoint": source.outputs["checkpoint"],
+                        "previous_checkpoint": previous.outputs["checkpoint"]}
+        previous = training_stage(stages, cfg, name, step, placeholders, [source, previous])
+    return previous
+
+
+def with_overrides(spec: StageSpec, overrides: tuple[str, ...] | None) -> StageSpec:
+    """``spec`` with ``overrides`` applied after its own (unchanged without any)."""
+    return spec if not overrides else dataclasses.replace(spec, overrides=(*spec.overrides, *overrides))
