@@ -15,6 +15,7 @@ Writes ``OUTPUT/cra_ablations.md`` and prints it; the last line is the headline.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -26,13 +27,14 @@ from crossregion.app.pipeline.config import StageSpec
 from crossregion.app.pipeline.stages import cda_stage, pseudo_label_stage, training_stage
 
 METHOD = "fada"
-# variant -> overrides of the CRA stage.
+# variant -> (overrides of the CRA stage, changes of the trust rule). CRA takes its rule from the
+# store, so a variant of the rule gets a store made with it (same model, same pixels).
 VARIANTS = {
-    "CRA (paper's constants)": (),
-    "adversarial weight 0": ("method.adv_weight=0",),
-    "λ halved (0.005)": ("method.entropy_threshold=0.005",),
-    "λ doubled (0.02)": ("method.entropy_threshold=0.02",),
-    "no rare-class scaling": ("method.rare_factor=1.0",),
+    "CRA (paper's constants)": ((), {}),
+    "adversarial weight 0": (("method.adv_weight=0",), {}),
+    "λ halved (0.005)": ((), {"threshold": 0.005}),
+    "λ doubled (0.02)": ((), {"threshold": 0.02}),
+    "no rare-class scaling": ((), {"rare_factor": 1.0}),
 }
 
 
@@ -41,13 +43,15 @@ def run_seed(output: Path, cfg, seed: int) -> dict[str, float]:
     stages = Stages(output / f"seed{seed}")
     source = training_stage(stages, cfg, "00_source", cfg.source, {}, [])
     cda = cda_stage(stages, cfg, METHOD, source)
-    pseudo = pseudo_label_stage(stages, cfg, f"02_pseudo_{METHOD}", cda)
-    wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
     results = {"cda": cda.outputs["miou"]}
-    for index, (variant, overrides) in enumerate(VARIANTS.items()):
+    for index, (variant, (overrides, rule)) in enumerate(VARIANTS.items()):
+        variant_cfg = dataclasses.replace(cfg, pseudo_label=dataclasses.replace(cfg.pseudo_label, **rule))
+        store_name = f"02_pseudo_{METHOD}" if not rule else f"02_pseudo_{METHOD}_ablation{index}"
+        pseudo = pseudo_label_stage(stages, variant_cfg, store_name, cda)
+        wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
         spec = StageSpec(cfg.cra.preset, (*cfg.cra.overrides, *overrides))
-        name = f"03_cra_{METHOD}" if not overrides else f"03_ablation{index}_{METHOD}"
-        results[variant] = training_stage(stages, cfg, name, spec, wiring, [cda, pseudo]).outputs["miou"]
+        name = f"03_cra_{METHOD}" if not (overrides or rule) else f"03_ablation{index}_{METHOD}"
+        results[variant] = training_stage(stages, variant_cfg, name, spec, wiring, [cda, pseudo]).outputs["miou"]
     return results
 
 

@@ -4,7 +4,7 @@ Both steps run on the same segmenter weights, discriminator, batch and device:
 
 - ours: ``crossregion.methods.cra.CRA.training_step`` (one forward pass, boolean masks on the
   device, one summed G update, then the D update), driven by the trainer's ``StepContext``;
-- official: the step of zhijiew/CRA ``train_cra.py`` followed literally (spec §1.5): the same
+- official: the step of zhijiew/CRA ``train_cra.py`` followed literally (docs/spec.md §1.5): the same
   batch forwarded twice, masks built each step as float64 NumPy arrays on the host from the
   entropy and pseudo labels, masked float64 losses, one SGD step on the summed gradients, then
   D on both detached feature maps.
@@ -125,7 +125,7 @@ def make_batch(num_classes: int, batch: int, height: int, width: int, device: to
 
 
 def official_step(segmenter, discriminator, opt_g, opt_d, batch, factors: np.ndarray, cfg) -> None:
-    """zhijiew/CRA train_cra.py, one iteration, literally (spec §1.5)."""
+    """zhijiew/CRA train_cra.py, one iteration, literally (docs/spec.md §1.5)."""
     temperature, clip = cfg.seg_temperature, cfg.soft_label_clip
     image = batch["image"]
     height, width = image.shape[-2:]

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from pseudo_label_fixtures import NUM_CLASSES, TinySegmenter, rare_store, step_context, target_batch
+from pseudo_label_fixtures import NUM_CLASSES, TinySegmenter, rare_store,
+    write_store, step_context, target_batch
 
 from crossregion.config.io import load_config
 from crossregion.config.schema import OptimConfig
@@ -37,7 +38,8 @@ def test_pseudo_label_only_uses_the_same_masks_as_cra_and_trains_on_trusted_pixe
 
     # Changing the pseudo label of untrusted pixels changes nothing: they carry no loss. (Without
     # rare-class scaling, since a new label could change a pixel's threshold.)
-    baseline = PseudoLabelOnly(PseudoLabelOnlyConfig(pseudo_label_store=store, rare_factor=1.0), num_classes=NUM_CLASSES)
+    plain_store = str(write_store(tmp_path / "plain", ["big"], size=(64, 64), rare_factor=1.0))
+    baseline = PseudoLabelOnly(PseudoLabelOnlyConfig(pseudo_label_store=plain_store), num_classes=NUM_CLASSES)
     _, untrusted = baseline.region_masks(batch)
     relabelled_mask = torch.where(untrusted, (batch["pseudo_mask"] + 1) % NUM_CLASSES, batch["pseudo_mask"])
     relabelled = dict(batch, pseudo_mask=relabelled_mask)
@@ -154,7 +156,7 @@ def test_self_distill_trains_on_every_pseudo_labelled_pixel(tmp_path):
 def test_presets_load():
     for name in ("pseudo_label_only", "entropy_min", "demo_pseudo_label_only", "demo_entropy_min"):
         cfg = load_config(name)
-        assert cfg.method.entropy_threshold == 0.01 and cfg.method.bn_momentum == 0.19, name
+        assert cfg.method.entropy_threshold is None and cfg.method.bn_momentum == 0.19, name
     # One trusted-CE weighting for CRA and its Table-3 baselines: the official per-image one.
     for name in ("cra", "cra_paper", "pseudo_label_only", "entropy_min",
                  "demo_cra", "demo_cra_paper", "demo_pseudo_label_only", "demo_entropy_min"):

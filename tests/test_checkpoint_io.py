@@ -1,7 +1,7 @@
 """Official FADA/CRA checkpoints and ours: import gives identical logits, export is lossless,
 bad files give errors that name the file.
 
-The official containers are written here by hand from the key patterns of spec §3.5, not with
+The official containers are written here by hand from the key patterns of docs/spec.md §3.5, not with
 ``export_official``, so import is checked against the format rather than against our exporter.
 ResNet-101 is instantiated once for the whole module.
 """
@@ -43,7 +43,7 @@ def randomise_statistics(segmenter: nn.Module) -> None:
 def official_container(
     segmenter, discriminator=None, *, ddp_prefix=False, batch_norm_counters=False
 ):
-    """An official train_cda-style checkpoint dict (spec §3.5) from the module state dicts."""
+    """An official train_cda-style checkpoint dict (docs/spec.md §3.5) from the module state dicts."""
     prefix = "module." if ddp_prefix else ""
     feature_state = dict(segmenter.feature_extractor.state_dict())
     if batch_norm_counters:  # CRA / self-distillation checkpoints (FREEZE_BN False)

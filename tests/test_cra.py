@@ -61,9 +61,9 @@ def test_masks_agree_with_a_direct_computation(tmp_path):
 
 
 def test_rare_class_factor_changes_exactly_the_rare_class_pixels(tmp_path):
-    store = rare_store(tmp_path / "store")
-    scaled_method, _, _ = build_cra(store)
-    plain_method, _, _ = build_cra(store, rare_factor=1.0)
+    scaled_method, _, _ = build_cra(rare_store(tmp_path / "store"))
+    plain_store = write_store(tmp_path / "plain", ["big"], size=(64, 64), rare_factor=1.0)
+    plain_method, _, _ = build_cra(plain_store)
     assert scaled_method.class_factors.tolist() == [1.0, 1.0, 1.0, 0.5]
     batch = target_batch(num_images=4, size=(8, 8), seed=5)
     trusted_scaled, untrusted_scaled = scaled_method.region_masks(batch)
@@ -147,7 +147,8 @@ def test_presets_load_with_the_official_and_paper_constants():
     official = load_config("cra")
     paper = load_config("cra_paper")
     assert (official.method.update_mode, official.method.seg_temperature, official.method.bn_momentum) == ("summed", 1.8, 0.19)
-    assert (official.method.entropy_threshold, official.method.rare_factor, official.method.adv_weight) == (0.01, 0.5, 0.001)
+    # The trust rule comes from the store (null here); the store's default is the official rule.
+    assert (official.method.entropy_threshold, official.method.rare_factor, official.method.adv_weight) == (None, None, 0.001)
     assert (official.optim.weight_decay, official.optim.stop_iter, official.optim.max_iters) == (5e-4, 40000, 62500)
     assert (paper.method.update_mode, paper.method.seg_temperature, paper.method.bn_momentum) == ("successive", 1.0, None)
     assert paper.method.soft_label_temperature == 1.8 and paper.optim.weight_decay == 1e-4
@@ -220,7 +221,7 @@ def test_bad_stores_fail_before_training_with_clear_errors(tmp_path):
         CRA(CRAConfig(pseudo_label_store=str(tmp_path / "nowhere")), num_classes=NUM_CLASSES)
     with pytest.raises(ValueError, match="4-class model, but the model has 5 classes"):
         CRA(CRAConfig(pseudo_label_store=str(store)), num_classes=5)
-    with pytest.raises(ValueError, match=r"outside \(0, 1/K\]"):
+    with pytest.raises(ValueError, match=r"method.entropy_threshold=0.3 differs from the pseudo-label store's threshold=0.01"):
         CRA(CRAConfig(pseudo_label_store=str(store), entropy_threshold=0.3), num_classes=NUM_CLASSES)
 
     method = CRA(CRAConfig(pseudo_label_store=str(store)), num_classes=NUM_CLASSES)
@@ -239,3 +240,16 @@ def test_bad_stores_fail_before_training_with_clear_errors(tmp_path):
     write_cityscapes(tmp_path / "cs", splits=("train",))
     with pytest.raises(ValueError, match="lacks 3 of 4 images"):
         build_train_datasets(experiment(), method)
+
+
+def test_the_trust_rule_comes_from_the_store(tmp_path):
+    """One λ: the store records the rule it was made with; a method takes it or refuses another."""
+    store = write_store(tmp_path / "store", ["aachen/aachen_000000_000000"], threshold=0.02, rare_factor=1.0)
+    method = CRA(CRAConfig(pseudo_label_store=str(store)), num_classes=NUM_CLASSES)
+    assert method.entropy_threshold == 0.02 and method.class_factors.tolist() == [1.0] * NUM_CLASSES
+    assert CRA(CRAConfig(pseudo_label_store=str(store), entropy_threshold=0.02), num_classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match="method.rare_factor=0.5 differs .* rare_factor=1.0"):
+        CRA(CRAConfig(pseudo_label_store=str(store), rare_factor=0.5), num_classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"outside \(0, 1/K\]"):
+        CRA(CRAConfig(pseudo_label_store=str(write_store(tmp_path / "wide", ["a/a_0_0"], threshold=0.3))),
+            num_classes=NUM_CLASSES)

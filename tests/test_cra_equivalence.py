@@ -1,6 +1,6 @@
-"""One step of our single-forward CRA equals the official step run literally (spec §1.5).
+"""One step of our single-forward CRA equals the official step run literally (docs/spec.md §1.5).
 
-The reference below follows train_cra.py's iteration as the spec describes it: float64 NumPy
+The reference below follows train_cra.py's iteration as docs/spec.md describes it: float64 NumPy
 masks, the same batch forwarded twice (BatchNorm momentum 0.1 each time), the self-training CE
 at T on trusted pixels, soft labels clipped at 0.9, the generator's adversarial loss on the
 second forward, one SGD step on the summed gradients, D's gradients from that loss thrown

@@ -26,7 +26,7 @@ from crossregion.methods.source_only import SourceOnly
 
 def test_poly_factor_matches_the_official_stop_value():
     assert poly_factor(0, 62_500, 0.9) == 1.0
-    assert poly_factor(40_000, 62_500, 0.9) == pytest.approx(0.39872, abs=1e-5)  # spec §1.6
+    assert poly_factor(40_000, 62_500, 0.9) == pytest.approx(0.39872, abs=1e-5)  # docs/spec.md §1.6
 
 
 @pytest.mark.parametrize("name, optimizer_class", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)])

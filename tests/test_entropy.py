@@ -1,4 +1,4 @@
-"""Normalised entropy and the default threshold (spec §1.3)."""
+"""Normalised entropy and the default threshold (docs/spec.md §1.3)."""
 
 import math
 

@@ -12,7 +12,7 @@ from crossregion.data.labels import (
     label_set_for,
 )
 
-# cra-spec §5.4, 16-class table: (index, class, SYNTHIA id, Cityscapes label ID, 19-class train ID).
+# docs/spec.md §5.4, 16-class table: (index, class, SYNTHIA id, Cityscapes label ID, 19-class train ID).
 SPEC_SYNTHIA_16 = [
     (0, "road", 3, 7, 0), (1, "sidewalk", 4, 8, 1), (2, "building", 2, 11, 2), (3, "wall", 21, 12, 3),
     (4, "fence", 5, 13, 4), (5, "pole", 7, 17, 5), (6, "traffic light", 15, 19, 6),

@@ -120,7 +120,7 @@ def test_every_cda_stage_starts_from_weights_its_model_can_load():
     """A CDA stage wired to the source-only checkpoint must build the source model's structure
     (backbone, classes, single/multi-level): a multi-level preset fails at load time on a
     single-level checkpoint (no aux_classifier.*). A stage not wired to it starts from ImageNet
-    weights (model.pretrained), as the official AdaptSegNet/ADVENT code does (spec §4.1)."""
+    weights (model.pretrained), as the official AdaptSegNet/ADVENT code does (docs/spec.md §4.1)."""
     from crossregion.app.pipeline.stages import resolve_training_config
 
     from crossregion.config.io import PIPELINE_PRESET_DIR, available_presets

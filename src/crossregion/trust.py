@@ -143,7 +143,7 @@ def scaled_entropy(
 def region_masks(
     scaled_entropy: torch.Tensor, threshold: float, ignore_value: float = ENTROPY_IGNORE_VALUE
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split pixels into the trusted and untrusted regions (spec §1.5).
+    """Split pixels into the trusted and untrusted regions (docs/spec.md §1.5).
 
     Trusted iff ẽ ≤ λ and ẽ is not ``ignore_value`` (ties are trusted, as in the official code;
     the paper writes e < λ); untrusted iff ẽ > λ. Padded pixels are in neither region.

@@ -1,6 +1,6 @@
 """``crossregion pseudo-label``: pseudo labels and normalised entropy of a CDA model on target train.
 
-Stage 2 of the pipeline (cra-spec §1.2): the model runs on each image (resized to
+Stage 2 of the pipeline (docs/spec.md §1.2): the model runs on each image (resized to
 ``--input-size``), its logits are upsampled bilinearly (align_corners=True) to the original
 image size and softmaxed there; the argmax is the pseudo label and e = H / (K ln K) the
 entropy. Both go into a pseudo-label store (``crossregion.data.pseudo_labels``); rerunning the

@@ -168,7 +168,7 @@ def build_train_datasets(cfg: ExperimentConfig, method: Method) -> dict[str, Dat
 
 
 def build_train_dataset(spec: DatasetSpec, num_classes: int) -> Dataset:
-    """A training dataset with ``spec``'s transforms, in the official CRA order (spec §1.7)."""
+    """A training dataset with ``spec``'s transforms, in the official CRA order (docs/spec.md §1.7)."""
     from crossregion.data.datasets import build_dataset
 
     return build_dataset(spec.name, spec.root, spec.split, num_classes=num_classes,
@@ -233,7 +233,7 @@ def run_training(
 def build_class_balanced_sampler(
     cfg: ExperimentConfig, kind: str, dataset: Dataset, run_dir: Path,
 ) -> ResumableClassBalancedSampler:
-    """The class-balanced sampler of ``data.<kind>`` (spec §2.5).
+    """The class-balanced sampler of ``data.<kind>`` (docs/spec.md §2.5).
 
     One epoch is ``optim.max_iters`` global batches, as the official draw list (N = MAX_ITER x
     BATCH_SIZE) covers the whole poly horizon. Which classes each image holds is read from its

@@ -16,7 +16,7 @@ SEGMENTER_OPTIMIZERS = ("sgd", "adam")
 # Segmentation heads, as crossregion.models.HEADS (the config does not import the models).
 MODEL_HEADS = ("aspp", "proda")
 
-# The class counts each dataset's labels can be mapped to (spec §5). GTA5, Synscapes and
+# The class counts each dataset's labels can be mapped to (docs/spec.md §5). GTA5, Synscapes and
 # Cityscapes store Cityscapes label IDs, so both the 19-class and the 16-class SYNTHIA setting
 # apply; SYNTHIA has its own IDs with 16- and 19-class maps. The folder dataset takes a
 # user-given ID map, so any count is accepted there.
@@ -50,7 +50,7 @@ class DatasetSpec:
     crop: tuple[int, int] | None = None
     # Horizontal flip with probability 0.5.
     flip: bool = False
-    # FADA's class-balanced sampling (spec §2.5) instead of shuffled passes; labelled source only.
+    # FADA's class-balanced sampling (docs/spec.md §2.5) instead of shuffled passes; labelled source only.
     # Class presence is read from the labels once and cached in the run folder.
     class_balanced: bool = False
 
@@ -101,7 +101,7 @@ class ModelConfig:
     num_classes: int = 19
     # ImageNet weights of the backbone (a local torchvision state dict file); None = from scratch.
     pretrained: str | None = None
-    # FrozenBatchNorm, as FADA's source-only and CDA stages (spec §2.3, §2.4).
+    # FrozenBatchNorm, as FADA's source-only and CDA stages (docs/spec.md §2.3, §2.4).
     freeze_bn: bool = False
     # Auxiliary ASPP on layer3 (AdaptSegNet/ADVENT).
     multi_level: bool = False
@@ -123,7 +123,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimisers and the poly schedule (spec §1.6, §2.4, §4.1)."""
+    """Optimisers and the poly schedule (docs/spec.md §1.6, §2.4, §4.1)."""
 
     # Segmenter optimiser: "sgd" (the paper's, with momentum) or "adam" (torch's default betas,
     # momentum unused). Adam trains the small from-scratch demo models to a useful accuracy in
@@ -141,7 +141,7 @@ class OptimConfig:
     max_iters: int = 62_500
     # Training stops here; None = max_iters. Official CRA/FADA: 40k of a 62.5k horizon.
     stop_iter: int | None = None
-    # Discriminators: Adam (spec §1.6, §4.1).
+    # Discriminators: Adam (docs/spec.md §1.6, §4.1).
     disc_lr: float = 1e-4
     disc_betas: tuple[float, float] = (0.9, 0.99)
 

@@ -1,4 +1,4 @@
-"""FADA's class-balanced source sampling (cra-spec §2.5), as a torch ``Sampler``.
+"""FADA's class-balanced source sampling (docs/spec.md §2.5), as a torch ``Sampler``.
 
 Draws are made in sub-epochs of ``sub_epoch_size``. Within one, a class ``c`` is drawn with
 weight ``1 / ln(1.01 + freq_c)``, where ``freq`` is the normalised count of classes present in

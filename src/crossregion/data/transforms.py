@@ -211,7 +211,7 @@ def eval_transform(*, size: tuple[int, int] | None = None, resize_mask: bool = F
     """Evaluation input: optional resize of the image to (height, width), then normalisation.
 
     By default the ``mask`` keeps its full resolution (the protocol scores predictions
-    upsampled to the label, cra-spec §5.2); ``resize_mask`` resizes it too (nearest).
+    upsampled to the label, docs/spec.md §5.2); ``resize_mask`` resizes it too (nearest).
     """
     transforms: list[Callable[[Sample], Sample]] = []
     if size is not None:

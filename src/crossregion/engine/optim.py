@@ -1,4 +1,4 @@
-"""Optimisers and the poly learning-rate schedule (spec §1.6, §2.4, §4.1).
+"""Optimisers and the poly learning-rate schedule (docs/spec.md §1.6, §2.4, §4.1).
 
 Every optimiser follows lr_t = base_lr * (1 - t / max_iters) ** power, with t the number of
 finished iterations. The schedule scales each parameter group's own base lr, so the head's

@@ -70,7 +70,7 @@ class ResumableSampler(Sampler[int]):
 
 
 class ResumableClassBalancedSampler(Sampler[int]):
-    """Class-balanced draws (``ClassBalancedSampler``, cra-spec §2.5): this rank's share, from ``start``.
+    """Class-balanced draws (``ClassBalancedSampler``, docs/spec.md §2.5): this rank's share, from ``start``.
 
     One epoch is one draw list. Every rank draws the same list from a generator seeded alike
     and takes every ``world_size``-th index, as ``DistributedSampler`` splits its permutation,

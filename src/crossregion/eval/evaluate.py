@@ -1,4 +1,4 @@
-"""``crossregion evaluate``: score a checkpoint on a labelled split (FADA/CRA protocol, spec §6.1).
+"""``crossregion evaluate``: score a checkpoint on a labelled split (FADA/CRA protocol, docs/spec.md §6.1).
 
 Each image is resized (bicubic) to the test input size and normalised; the averaged class
 probabilities are computed at the full label resolution, and their argmax fills one confusion

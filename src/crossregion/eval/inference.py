@@ -1,6 +1,6 @@
 """Test-time inference: class probabilities with flip, multi-scale and sliding-window averaging.
 
-Follows FADA/CRA ``test.py`` (spec §6.1): logits are upsampled bilinearly with
+Follows FADA/CRA ``test.py`` (docs/spec.md §6.1): logits are upsampled bilinearly with
 ``align_corners=True`` to the output (label) size, softmaxed there, and the softmax maps of all
 scales and flips are averaged. Scales are relative to the test input handed in; a scaled input
 is resized bilinearly with ``align_corners=True`` as the official ``multi_scale_inference`` does.

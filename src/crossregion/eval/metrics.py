@@ -1,6 +1,6 @@
 """Confusion-matrix metrics: per-class IoU, mIoU, pixel and mean accuracy; ``metrics.json``/``.md``.
 
-Conventions (spec §6):
+Conventions (docs/spec.md §6):
 - Scored at label resolution; ground-truth pixels equal to ``IGNORE_INDEX`` never count.
 - A prediction outside ``0..K-1`` (a void label ID, or 255 in a saved prediction) on a scored
   pixel is a false negative of the ground-truth class and a false positive of nothing, as in

@@ -4,7 +4,7 @@ Predictions are single-channel PNGs at the label size, one per image, named like
 benchmark expects: the file name starts with the image stem (``<stem>.png``,
 ``<stem>_labelIds.png``, ...), flat or in sub-folders (e.g. one per city). They hold train IDs
 (``0..K-1``, 255 = no prediction) or Cityscapes label IDs (``0..33``, what the test server and
-cityscapesScripts take). Scores follow cityscapesScripts (spec §6.2): a void prediction on a
+cityscapesScripts take). Scores follow cityscapesScripts (docs/spec.md §6.2): a void prediction on a
 scored pixel is a false negative; classes with a zero denominator are left out of the mean.
 """
 

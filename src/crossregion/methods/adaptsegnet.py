@@ -1,4 +1,4 @@
-"""AdaptSegNet: output-space adversarial adaptation (spec §4.1, §4.2).
+"""AdaptSegNet: output-space adversarial adaptation (docs/spec.md §4.1, §4.2).
 
 *Learning to Adapt Structured Output Space for Semantic Segmentation*, Tsai et al., CVPR 2018,
 arXiv:1802.10349. ``OutputSpaceAdaptation`` holds the step shared with ADVENT's AdvEnt
@@ -20,7 +20,7 @@ from crossregion.methods.base import Method, frozen, register_method
 from crossregion.methods.losses import segmentation_cross_entropy, upsample_logits
 from crossregion.models import OutputSpaceDiscriminator
 
-# BCE labels of the output-space discriminators (spec §4.1): the generator wants target maps
+# BCE labels of the output-space discriminators (docs/spec.md §4.1): the generator wants target maps
 # scored as source.
 SOURCE_LABEL = 0.0
 TARGET_LABEL = 1.0
@@ -42,7 +42,7 @@ def domain_bce(disc_logits: torch.Tensor, label: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class AdaptSegNetConfig(MethodConfig):
-    """AdaptSegNet weights (spec §4.2; official multi-level defaults).
+    """AdaptSegNet weights (docs/spec.md §4.2; official multi-level defaults).
 
     The single-level variant is ``model.multi_level: false``: then only the main head and its
     discriminator train, with ``adv_main_weight`` (0.001, the paper's single-level value).
@@ -70,7 +70,7 @@ class AdaptSegNetConfig(MethodConfig):
 class OutputSpaceAdaptation(Method):
     """Adversarial training with one output-space discriminator per segmenter head.
 
-    Per iteration (spec §4.1): (1) CE on the source batch (main + ``seg_aux_weight`` × aux),
+    Per iteration (docs/spec.md §4.1): (1) CE on the source batch (main + ``seg_aux_weight`` × aux),
     backward; (2) target forward, each head's map (``discriminator_input``) goes through its
     frozen discriminator, which the segmenter tries to make say "source", backward, SGD step;
     (3) each discriminator learns source vs target on the detached maps of both batches, Adam
@@ -104,7 +104,7 @@ class OutputSpaceAdaptation(Method):
     def _maps(
         self, outputs: Mapping[str, torch.Tensor], size: tuple[int, int], levels: list[str]
     ) -> dict[str, torch.Tensor]:
-        """Each level's discriminator input at the image size (spec §4.1 upsamples before D)."""
+        """Each level's discriminator input at the image size (docs/spec.md §4.1 upsamples before D)."""
         return {
             level: self.discriminator_input(
                 F.softmax(upsample_logits(outputs[LOGIT_KEYS[level]], size), dim=1)
@@ -176,7 +176,7 @@ def _suffix(level: str) -> str:
 
 @register_method
 class AdaptSegNet(OutputSpaceAdaptation):
-    """AdaptSegNet: the discriminators see each head's softmax probabilities (spec §4.2)."""
+    """AdaptSegNet: the discriminators see each head's softmax probabilities (docs/spec.md §4.2)."""
 
     config_class = AdaptSegNetConfig
 

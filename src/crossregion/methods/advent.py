@@ -1,4 +1,4 @@
-"""ADVENT: AdvEnt (adversarial entropy maps) and MinEnt (entropy minimisation) (spec §4.3).
+"""ADVENT: AdvEnt (adversarial entropy maps) and MinEnt (entropy minimisation) (docs/spec.md §4.3).
 
 *ADVENT: Adversarial Entropy Minimization for Domain Adaptation in Semantic Segmentation*,
 Vu et al., CVPR 2019, arXiv:1811.12833. One method with ``variant: advent | minent``; AdvEnt
@@ -59,7 +59,7 @@ def entropy_loss(probs: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class AdventConfig(MethodConfig):
-    """ADVENT weights (spec §4.3). Single-level training is ``model.multi_level: false``."""
+    """ADVENT weights (docs/spec.md §4.3). Single-level training is ``model.multi_level: false``."""
 
     name: str = "advent"
     # "advent": discriminators on weighted self-information maps; "minent": entropy loss, no D.

@@ -6,7 +6,7 @@ Starts from any stage-1 (CDA) checkpoint and a pseudo-label store of target trai
 Target pixels are split by their rare-class-scaled entropy into a trusted region (self-trained
 on its pseudo labels) and an untrusted region, whose features a fine-grained discriminator
 aligns, class by class, with those of the trusted region. One iteration, official-code
-semantics (spec §1.5; ``update_mode: summed``):
+semantics (docs/spec.md §1.5; ``update_mode: summed``):
 
 1. one forward pass of the target batch; trusted/untrusted masks from ẽ = e · r[ŷ];
 2. self-training CE on trusted pixels of the logits / T;
@@ -48,7 +48,7 @@ UPDATE_MODES = ("summed", "successive")
 
 @dataclass(frozen=True)
 class CRAConfig(RegionConfig):
-    """CRA's constants (spec §1.4–§1.6); defaults are the official code's."""
+    """CRA's constants (docs/spec.md §1.4–§1.6); defaults are the official code's."""
 
     name: str = "cra"
     # T of the soft labels a = clip(softmax(z / T)) (official 1.8).

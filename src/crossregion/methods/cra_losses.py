@@ -60,7 +60,7 @@ def soft_label_cross_entropy(
     mask: torch.Tensor | None = None,
     normalize: str = "all",
 ) -> torch.Tensor:
-    """Cross-entropy against soft targets: per pixel ``-Σ_j t_j log_softmax(d)_j`` (spec §2.2).
+    """Cross-entropy against soft targets: per pixel ``-Σ_j t_j log_softmax(d)_j`` (docs/spec.md §2.2).
 
     Args:
         disc_logits: discriminator logits at the targets' resolution.

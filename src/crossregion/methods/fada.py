@@ -1,4 +1,4 @@
-"""FADA: fine-grained (class-aware) feature-level adversarial adaptation (spec §2.1–§2.3).
+"""FADA: fine-grained (class-aware) feature-level adversarial adaptation (docs/spec.md §2.1–§2.3).
 
 *Classes Matter: A Fine-grained Adversarial Approach to Cross-domain Semantic Segmentation*,
 Wang et al., ECCV 2020, arXiv:2007.09222. The CDA stage of the official CRA pipeline
@@ -59,7 +59,7 @@ class FadaConfig(MethodConfig):
 
 @register_method
 class Fada(Method):
-    """FADA's CDA step, one source and one target batch per iteration (spec §2.3).
+    """FADA's CDA step, one source and one target batch per iteration (docs/spec.md §2.3).
 
     Phases: (1) source CE on logits / T, backward; (2) target forward, the frozen fine-grained
     discriminator scores the target features, and the segmenter is pushed towards "source with

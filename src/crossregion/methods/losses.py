@@ -26,7 +26,7 @@ def segmentation_cross_entropy(
     """Cross-entropy of logits upsampled to the label size, mean over non-ignored pixels.
 
     ``temperature`` divides the upsampled logits first: FADA's CDA stage uses T = 1.8 on the
-    source CE too (spec §2.3); source-only training uses 1 (spec §2.4). A batch without any
+    source CE too (docs/spec.md §2.3); source-only training uses 1 (docs/spec.md §2.4). A batch without any
     labelled pixel gives NaN, which the trainer reports.
 
     Shape:

@@ -1,4 +1,4 @@
-"""Self-distillation (spec §1.9): retrain a fresh model on the CRA model's hard pseudo labels.
+"""Self-distillation (docs/spec.md §1.9): retrain a fresh model on the CRA model's hard pseudo labels.
 
 The optional last stage of the pipeline. Its store comes from `crossregion pseudo-label` run
 with the CRA checkpoint; every pixel's argmax is a label (no entropy mask, no temperature, no

@@ -5,7 +5,7 @@ the trusted/untrusted region masks and the self-training loss.
   (``method.pseudo_label_store``), which it validates before training (class count, dataset,
   split, images). Its default step is one phase: a method's ``target_losses`` on the target
   batch, one SGD step of the segmenter. Self-distillation is one.
-- ``RegionMethod``: adds the split into trusted and untrusted pixels (spec §1.4–§1.5):
+- ``RegionMethod``: adds the split into trusted and untrusted pixels (docs/spec.md §1.4–§1.5):
   ẽ = e · r[ŷ] with rare-class factors r from the store's class counts, trusted iff ẽ ≤ λ,
   untrusted iff ẽ > λ, padded pixels in neither region. CRA, pseudo-label-only and entropy
   minimisation are ones.
@@ -29,6 +29,9 @@ from crossregion.trust import rare_class_factors, region_masks, scaled_entropy, 
 # Values of RegionConfig.trusted_ce_weighting.
 TRUSTED_CE_WEIGHTINGS = ("per_image", "pixel")
 
+# Trust-rule fields of the region methods -> the key the store's manifest records them under.
+STORE_RULE_KEYS = {"entropy_threshold": "threshold", "rare_share": "rare_share", "rare_factor": "rare_factor"}
+
 STORE_HINT = "make one with `crossregion pseudo-label --checkpoint CKPT ... --output STORE`"
 
 
@@ -46,12 +49,15 @@ class RegionConfig(PseudoLabelConfig):
     """Fields of the methods that split target pixels into trusted and untrusted regions."""
 
     name: str
+    # The trust rule. Each is taken from the pseudo-label store, which records the rule it was
+    # made with (`crossregion pseudo-label --threshold/--rare-share/--rare-factor`, the pipeline's
+    # pseudo_label section); null = the store's, a value = a check that refuses another store.
     # λ: trusted iff scaled entropy <= λ (official 0.01; the paper's rule log2/(K logK) = 0.0124).
-    entropy_threshold: float = 0.01
+    entropy_threshold: float | None = None
     # A class is rare if its share of the store's pseudo-label pixels is below this (official 1%).
-    rare_share: float = 0.01
-    # Entropy factor of rare-class pixels (cra.yaml 0.5, the paper's "1/2"; 1 turns scaling off).
-    rare_factor: float = 0.5
+    rare_share: float | None = None
+    # Entropy factor of rare-class pixels (official 0.5, the paper's "1/2"; 1 turns scaling off).
+    rare_factor: float | None = None
     # T dividing the logits of the self-training CE: the official code uses 1.8, the paper none (1).
     seg_temperature: float = 1.8
     # BatchNorm momentum of the segmenter; None keeps PyTorch's 0.1. The official CRA step
@@ -59,7 +65,7 @@ class RegionConfig(PseudoLabelConfig):
     # momentum 0.1, i.e. once with 1 - (1 - 0.1)^2 = 0.19: cra.yaml sets 0.19 to reproduce them
     # with our single forward pass (and the Table-3 baselines share it, so BN behaves alike).
     bn_momentum: float | None = None
-    # How the self-training CE averages over the batch (spec §1.5, "Per-process normalisation"):
+    # How the self-training CE averages over the batch (docs/spec.md §1.5, "Per-process normalisation"):
     # "per_image" = the mean over the batch's images of each image's mean over its trusted
     # pixels, what the official run computes (4 GPUs x 1 crop, CE mean on each GPU, DDP averages
     # the gradients); "pixel" = one mean over all trusted pixels of the batch, what the official
@@ -80,9 +86,9 @@ class RegionConfig(PseudoLabelConfig):
             raise ValueError(f"method.bn_momentum must be in (0, 1] or null, got {self.bn_momentum}")
         if self.seg_temperature <= 0:
             raise ValueError(f"method.seg_temperature must be positive, got {self.seg_temperature}")
-        if not 0.0 <= self.rare_share < 1.0:
+        if self.rare_share is not None and not 0.0 <= self.rare_share < 1.0:
             raise ValueError(f"method.rare_share must be in [0, 1), got {self.rare_share}")
-        if not 0.0 < self.rare_factor <= 1.0:
+        if self.rare_factor is not None and not 0.0 < self.rare_factor <= 1.0:
             raise ValueError(f"method.rare_factor must be in (0, 1], got {self.rare_factor}")
 
 
@@ -98,10 +104,10 @@ def trusted_cross_entropy(
     ``weighting="pixel"``: the mean over all trusted pixels of the batch. ``"per_image"``: each
     image's mean over its own trusted pixels, then the mean over the N images, which is what the
     official run optimises (one crop per GPU, CE mean there, DDP averaging the gradients of the
-    4 processes; spec §1.5).
+    4 processes; docs/spec.md §1.5).
 
     No trusted pixel: the official code takes a mean over no elements, i.e. NaN (not guarded,
-    spec §1.5); with one crop per GPU that NaN loss gives NaN gradients on that GPU, and DDP's
+    docs/spec.md §1.5); with one crop per GPU that NaN loss gives NaN gradients on that GPU, and DDP's
     all-reduce spreads them to every process, so the whole model turns NaN. Here such an image
     (``per_image``) or batch (``pixel``) contributes 0: a sum over no pixels divided by at least
     1. In ``per_image`` mode the divisor stays N, i.e. that image is counted as a process whose
@@ -191,11 +197,24 @@ class RegionMethod(PseudoLabelMethod):
 
     def __init__(self, cfg: RegionConfig, *, num_classes: int) -> None:
         super().__init__(cfg, num_classes=num_classes)
-        validate_threshold(cfg.entropy_threshold, num_classes)
-        # Counts of the CDA model's argmax over all target-train pixels (spec §1.4).
-        self.class_factors = rare_class_factors(
-            self.store.class_pixel_counts, share=cfg.rare_share, factor=cfg.rare_factor
+        self.entropy_threshold, rare_share, rare_factor = (
+            self._store_rule(key, getattr(cfg, key)) for key in ("entropy_threshold", "rare_share", "rare_factor")
         )
+        validate_threshold(self.entropy_threshold, num_classes)
+        # Counts of the CDA model's argmax over all target-train pixels (docs/spec.md §1.4).
+        self.class_factors = rare_class_factors(self.store.class_pixel_counts, share=rare_share, factor=rare_factor)
+
+    def _store_rule(self, key: str, configured: float | None) -> float:
+        """The store's value of a trust-rule field; a configured value must equal it."""
+        store_key = STORE_RULE_KEYS[key]
+        recorded = float(self.store.manifest[store_key])
+        if configured is not None and configured != recorded:
+            raise ValueError(
+                f"method.{key}={configured} differs from the pseudo-label store's {store_key}={recorded} "
+                f"({self.store.path}): the store's statistics and the training split would disagree. Set "
+                f"method.{key}=null to use the store's, or make a store with --{store_key.replace('_', '-')} {configured}"
+            )
+        return recorded
 
     def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
         if self.cfg.bn_momentum is not None:
@@ -216,4 +235,4 @@ class RegionMethod(PseudoLabelMethod):
             # K floats, moved once: later steps find them on the device.
             self.class_factors = self.class_factors.to(entropy.device)
         scaled = scaled_entropy(entropy, target["pseudo_mask"], self.class_factors)
-        return region_masks(scaled, self.cfg.entropy_threshold)
+        return region_masks(scaled, self.entropy_threshold)

@@ -1,4 +1,4 @@
-"""Source-only training: supervised cross-entropy on labelled source images (spec §2.4).
+"""Source-only training: supervised cross-entropy on labelled source images (docs/spec.md §2.4).
 
 The stage-0 model of the pipeline. With ``data.source`` set to the labelled target train split
 (``cityscapes``, ``split: train``, ``labelled: true``) the same method trains the target oracle.
@@ -24,7 +24,7 @@ class SourceOnlyConfig(MethodConfig):
 
     name: str = "source_only"
     # Weight of the auxiliary (layer3) head's CE when model.multi_level is on: 0.1 as
-    # AdaptSegNet/ADVENT (spec §4.2); unused for single-level models.
+    # AdaptSegNet/ADVENT (docs/spec.md §4.2); unused for single-level models.
     aux_loss_weight: float = 0.1
 
     def __post_init__(self) -> None:

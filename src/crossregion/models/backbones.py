@@ -19,7 +19,7 @@ from crossregion.models.weights import describe_state_dict_mismatch, is_state_di
 from crossregion.registry import BACKBONES
 
 # Sequential indices of the VGG-16 convs (3x3, with their input/output channels) once pool4 and
-# pool5 are removed (spec §3.3); the last three (conv5) are dilated by 2.
+# pool5 are removed (docs/spec.md §3.3); the last three (conv5) are dilated by 2.
 _VGG16_CONVS: tuple[tuple[int, int, int], ...] = (
     (0, 3, 64),
     (2, 64, 64),
@@ -120,7 +120,7 @@ class ResNetFeatureExtractor(nn.Module):
 class VGGFeatureExtractor(nn.Module):
     """VGG-16 conv stack without pool4/pool5, conv5 dilated by 2, then fc6/fc7 as dilated convs.
 
-    fc6 and fc7 (3x3, dilation 4, 1024 channels) are randomly initialised, as in FADA (spec §3.3).
+    fc6 and fc7 (3x3, dilation 4, 1024 channels) are randomly initialised, as in FADA (docs/spec.md §3.3).
     There is no BatchNorm in this network.
 
     Shape:
@@ -243,7 +243,7 @@ def build_resnet50(freeze_bn: bool = False) -> nn.Module:
 
 @BACKBONES.register("resnet101")
 def build_resnet101(freeze_bn: bool = False) -> nn.Module:
-    """Dilated ResNet-101 (2048 feature channels), the paper's backbone (spec §3.1)."""
+    """Dilated ResNet-101 (2048 feature channels), the paper's backbone (docs/spec.md §3.1)."""
     return _build_bottleneck_resnet(torchvision.models.resnet101, freeze_bn)
 
 

@@ -1,7 +1,7 @@
 """Segmenters from checkpoint files: ours and the official FADA/CRA container, both ways; official
 IAST and ProDA checkpoints one way (reading).
 
-Official container (spec §3.5): ``{"iteration", "feature_extractor", "classifier"[, "model_D"],
+Official container (docs/spec.md §3.5): ``{"iteration", "feature_extractor", "classifier"[, "model_D"],
 "optimizer_*"...}``, each a state dict whose keys may carry DDP's ``module.`` prefix. The backbone
 is inferred from the keys and shapes, the class count from the classifier weight, FrozenBN vs
 BatchNorm from the presence of ``num_batches_tracked``.

@@ -23,7 +23,7 @@ class ASPPClassifier(nn.Module):
     """DeepLabv2 ASPP: parallel 3x3 convs with growing dilation whose outputs are summed.
 
     No BatchNorm, ReLU, dropout or image pooling; weights N(0, 0.01), default bias init
-    (spec §3.2).
+    (docs/spec.md §3.2).
 
     Args:
         in_channels: feature channels C_f.

@@ -14,7 +14,7 @@ LEAKY_RELU_SLOPE = 0.2
 
 
 class FineGrainedDiscriminator(nn.Module):
-    """FADA's fine-grained domain discriminator (spec §2.1): 2K outputs per pixel.
+    """FADA's fine-grained domain discriminator (docs/spec.md §2.1): 2K outputs per pixel.
 
     Channels ``[0, K)`` score "source" (CRA: trusted region) per class, channels ``[K, 2K)``
     "target" (CRA: untrusted region). No normalisation layers; default PyTorch initialisation.
@@ -47,7 +47,7 @@ class FineGrainedDiscriminator(nn.Module):
 
 
 class OutputSpaceDiscriminator(nn.Module):
-    """AdaptSegNet/ADVENT fully convolutional discriminator (spec §4.1).
+    """AdaptSegNet/ADVENT fully convolutional discriminator (docs/spec.md §4.1).
 
     Five 4x4 convs with stride 2 (K -> ndf -> 2ndf -> 4ndf -> 8ndf -> 1), LeakyReLU(0.2) after the
     first four. Takes softmax probabilities (AdaptSegNet) or weighted self-information maps
