@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from pseudo_label_fixtures import NUM_CLASSES, TinySegmenter, rare_store,
-    write_store, step_context, target_batch
+from pseudo_label_fixtures import NUM_CLASSES, TinySegmenter, rare_store, step_context, target_batch, write_store
 
 from crossregion.config.io import load_config
 from crossregion.config.schema import OptimConfig
