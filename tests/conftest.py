@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import crossregion.methods  # noqa: F401  (fills the config registries)
+import crossregion.app  # noqa: F401  (fills the config registries, as the command line does)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import faults  # noqa: E402
