@@ -1,7 +1,7 @@
 """Session fixtures of the fault-injection suite, and the table of its outcomes.
 
 ``pytest --fault-table PATH`` also writes the table (docs/reliability.md quotes it). Importing
-``crossregion.methods`` registers every method, dataset and backbone name, as the command
+``crossregion.app`` registers every method, dataset and backbone name, as the command
 line does, so tests may load configs directly.
 """
 

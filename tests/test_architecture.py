@@ -1,6 +1,6 @@
 """The package reads top to bottom: no import cycle, no import that runs back up the layers.
 
-Layers, bottom first (docs/architecture.md): the package root, files, registry, dist and trust;
+Layers, bottom first (docs/architecture.md): the package root, errors, files, registry, dist and trust;
 config; data and models; engine, eval and synth; methods; app; the command line. A module may
 import from its own package or from a lower layer, never from a higher one or a sibling package
 of its own layer. argparse belongs to the application layer and the command line.
@@ -15,7 +15,7 @@ import crossregion
 
 PACKAGE_DIR = Path(crossregion.__file__).parent
 LAYERS = (
-    ("crossregion", "files", "registry", "dist", "trust"),
+    ("crossregion", "errors", "files", "registry", "dist", "trust"),
     ("config",),
     ("data", "models"),
     ("engine", "eval", "synth"),

@@ -36,10 +36,23 @@ def test_base_inheritance_merges_sections(tmp_path):
     assert synthia.model.num_classes == 16 and synthia.data.source.resize == (760, 1280)
 
 
-def test_two_levels_of_base_are_rejected(tmp_path):
-    (tmp_path / "grandchild.yaml").write_text("base: synthia_source_only\n")
-    with pytest.raises(ValueError, match="only one level"):
-        load_config(str(tmp_path / "grandchild.yaml"))
+def test_bases_chain_and_compose(tmp_path):
+    # A chain: grandchild -> synthia_source_only -> gta5_source_only, the nearest value wins.
+    (tmp_path / "grandchild.yaml").write_text("base: synthia_source_only\noptim: {lr: 1.0e-3}\n")
+    cfg = load_config(str(tmp_path / "grandchild.yaml"))
+    assert cfg.optim.lr == 1e-3 and cfg.model.num_classes == 16 and cfg.optim.stop_iter == 20000
+    # A list: fragments merged in order, then the file's own values.
+    (tmp_path / "vgg.yaml").write_text("model: {backbone: vgg16}\n")
+    (tmp_path / "both.yaml").write_text("base: [synthia_source_only, vgg.yaml]\noptim: {lr: 2.0e-3}\n")
+    cfg = load_config(str(tmp_path / "both.yaml"))
+    assert (cfg.model.backbone, cfg.model.num_classes, cfg.optim.lr) == ("vgg16", 16, 2e-3)
+
+
+def test_a_base_cycle_is_an_error_naming_the_chain(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="comes back to"):
+        load_config(str(tmp_path / "a.yaml"))
 
 
 def test_override_round_trip():

@@ -138,3 +138,41 @@ def test_every_cda_stage_starts_from_weights_its_model_can_load():
             else:
                 assert model["init_checkpoint"] is None, f"{where}: starts from {model['init_checkpoint']}, not a stage output"
                 assert model["pretrained"] is not None, f"{where}: neither init_checkpoint nor pretrained weights"
+
+
+def test_a_substituted_path_is_one_value_even_with_a_hash():
+    from crossregion.app.pipeline.config import StageSpec, load_pipeline_config
+    from crossregion.app.pipeline.stages import resolve_training_config
+
+    cfg = load_pipeline_config("demo")
+    path = "runs/demo #1/01_cda_fada/final.pth"
+    spec = StageSpec("demo_cra", ("model.init_checkpoint=$cda_checkpoint",))
+    resolved = resolve_training_config(cfg, spec, {"cda_checkpoint": path})
+    assert resolved["model"]["init_checkpoint"] == path
+
+
+def test_adapted_models_run_at_their_own_input_size():
+    from crossregion.app.pipeline.config import adapted, load_pipeline_config
+
+    official = load_pipeline_config("gta5_fada_r101")
+    assert official.target.input_size == (512, 1024)  # the CDA model: 1024x512
+    assert adapted(official).target.input_size is None  # CRA and self-distillation: full resolution
+    demo = load_pipeline_config("demo")
+    assert adapted(demo) is demo
+    assert adapted(load_pipeline_config("demo", ["adapted_input_size=[40,80]"])).target.input_size == (40, 80)
+
+
+def test_the_documented_pseudo_label_command_is_the_official_stage_2():
+    """The README's pseudo-label command feeds the CDA model 1024x512 input, as the official code does."""
+    import argparse
+    import re
+    import shlex
+
+    from crossregion.app import pseudo_label
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    command = re.search(r"crossregion pseudo-label (.*?)\n(?!\s)", readme.replace("\\\n", " "), re.S).group(1)
+    parser = argparse.ArgumentParser()
+    pseudo_label.add_arguments(parser)
+    args = parser.parse_args(shlex.split(command))
+    assert args.dataset == "cityscapes" and tuple(args.input_size) == (1024, 512)

@@ -14,6 +14,8 @@ import re
 import shlex
 import sys
 
+from crossregion.errors import CrossregionError
+
 # (command, module, one-line help). "data" commands are nested: ``crossregion data synth``.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("demo", "crossregion.app.demo", "run the whole pipeline on the embedded synthetic benchmark"),
@@ -77,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        # User errors (bad paths, configs, checkpoints, failed writes) end with the message, not a
-        # traceback. OSError covers FileNotFoundError and the project's WriteFailedError.
+    except (OSError, ValueError, KeyError, CrossregionError) as error:
+        # User errors (bad paths, configs, checkpoints, failed writes, a NaN loss) end with the
+        # message, not a traceback. OSError covers FileNotFoundError and the project's
+        # WriteFailedError. Anything else (torch's RuntimeError among them) keeps its traceback:
+        # it is a bug or a failure a developer needs to see whole.
         if args.verbose:
             raise
         print(f"crossregion: error: {error_message(error)}", file=sys.stderr)

@@ -1,8 +1,8 @@
-"""YAML presets -> ``ExperimentConfig``: one level of ``base:``, dotted overrides, strict typing.
+"""YAML presets -> ``ExperimentConfig``: chains of ``base:``, dotted overrides, strict typing.
 
 A preset is a name (``gta5_source_only``, a file in the package's ``configs/`` folder) or a path to
-a YAML file. Its ``base:`` names another preset whose values it overrides key by key; the base may
-not have a base itself. Overrides ``optim.lr=2.5e-4`` are parsed with YAML scalar rules. An
+a YAML file. Its ``base:`` names another preset whose values it overrides key by key, and so on up
+the chain. Overrides ``optim.lr=2.5e-4`` are parsed with YAML scalar rules. An
 unknown key or a value of the wrong type raises, naming the key and the closest valid key.
 """
 
@@ -74,22 +74,31 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_raw(name_or_path: str, preset_dir: Path = PRESET_DIR) -> dict[str, Any]:
-    """The preset as a plain dict with its ``base:`` merged in (one level only)."""
-    path = find_preset(name_or_path, preset_dir)
+    """The preset as a plain dict with its chain of ``base:`` presets merged in, the nearest last.
+
+    A base may have a base of its own, so a new method's preset can build on a shared one
+    (``demo_iast`` -> ``demo_adaptsegnet`` -> ``demo_source_only``), and ``base:`` may list several
+    presets (fragments such as a dataset or a backbone), merged in order. A chain that comes back
+    to a preset it already holds is an error naming the chain.
+    """
+    return _load_chain(find_preset(name_or_path, preset_dir), preset_dir, ())
+
+
+def _load_chain(path: Path, preset_dir: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in (*seen, resolved))
+        raise ValueError(f"{seen[0]}: its base: chain comes back to {path}: {chain}; remove one base:")
     data = _read_yaml(path)
-    base_name = data.pop("base", None)
-    if base_name is None:
-        return data
-    # A file name is relative to the preset that names it; anything else is a preset name.
-    is_file = str(base_name).endswith((".yaml", ".yml"))
-    base_path = find_preset(str(path.parent / base_name) if is_file else str(base_name), preset_dir)
-    base = _read_yaml(base_path)
-    if "base" in base:
-        raise ValueError(
-            f"{path}: its base {base_path} has a base itself ({base['base']!r}); only one level of "
-            "base: is allowed — copy the values into one of the two files"
-        )
-    return _merge(base, data)
+    bases = data.pop("base", None)
+    # ``base: a`` or ``base: [a, b]``: several bases are merged in order, each over the previous.
+    merged: dict[str, Any] = {}
+    for base_name in [] if bases is None else bases if isinstance(bases, list) else [bases]:
+        # A file name is relative to the preset that names it; anything else is a preset name.
+        is_file = str(base_name).endswith((".yaml", ".yml"))
+        base_path = find_preset(str(path.parent / base_name) if is_file else str(base_name), preset_dir)
+        merged = _merge(merged, _load_chain(base_path, preset_dir, (*seen, resolved)))
+    return _merge(merged, data)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

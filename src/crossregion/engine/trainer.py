@@ -29,13 +29,14 @@ from crossregion.engine import checkpoint as ckpt
 from crossregion.engine.amp import autocast, build_grad_scaler
 from crossregion.engine.logging import MetricWriter, ProgressBar
 from crossregion.engine.optim import build_poly_scheduler
+from crossregion.errors import CrossregionError
 
 logger = logging.getLogger(__name__)
 
 EVAL_NOTE = "target_val is reported only; no checkpoint or hyperparameter is selected by it"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(CrossregionError):
     """A loss became NaN or infinite; the message names the iteration and the loss."""
 
 

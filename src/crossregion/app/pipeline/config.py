@@ -67,6 +67,11 @@ class PipelineConfig:
     # Table 3 compares them after FADA only).
     baseline_methods: tuple[str, ...] | None = None
     self_distill: StageSpec | None = None
+    # Inference size of the adapted models (CRA, the baselines, self-distillation): their
+    # evaluation and the self-distillation pseudo labels. "same" = target.input_size; "full" = the
+    # images as stored (official: CRA is tested and pseudo-labels for self-distillation at full
+    # 2048x1024, the CDA model at 1024x512); or [height, width].
+    adapted_input_size: tuple[int, int] | str = "same"
     # Extra overrides of the CRA and baseline stages after one CDA method, e.g. the model options
     # that CDA model was built with (ProDA's head).
     cra_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -122,6 +127,22 @@ def _cda_spec(data: Any, key: str) -> StageSpec | tuple[StageSpec, ...]:
     return _stage_spec(data, key)
 
 
+def _adapted_input_size(value: Any) -> tuple[int, int] | str:
+    if value in ("same", "full"):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"adapted_input_size must be same, full or [height, width], got {value!r}")
+
+
+def adapted(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` whose target inference size is the adapted models' (``adapted_input_size``)."""
+    if cfg.adapted_input_size == "same":
+        return cfg
+    size = None if cfg.adapted_input_size == "full" else cfg.adapted_input_size
+    return dataclasses.replace(cfg, target=dataclasses.replace(cfg.target, input_size=size))
+
+
 def _check_keys(data: dict, cls: type, key: str) -> None:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [name for name in data if name not in names]
@@ -156,6 +177,7 @@ def _pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
         else tuple(str(name) for name in data["baseline_methods"]),
         cra_overrides={str(name): tuple(str(o) for o in overrides)
                        for name, overrides in (data.get("cra_overrides") or {}).items()},
+        adapted_input_size=_adapted_input_size(data.get("adapted_input_size", "same")),
         self_distill=None if data.get("self_distill") is None else _stage_spec(data["self_distill"], "self_distill"),
         pseudo_label=PseudoLabelSpec(**{k: float(v) for k, v in pseudo.items()}),
         device=str(data.get("device", "auto")),

@@ -12,7 +12,7 @@ import yaml
 
 from crossregion.app.pipeline.analysis import error_share_untrusted, write_fig3_panel
 from crossregion.app.pipeline.cache import StageRecord, Stages, write_json
-from crossregion.app.pipeline.config import PipelineConfig, load_pipeline_config
+from crossregion.app.pipeline.config import PipelineConfig, adapted, load_pipeline_config
 from crossregion.app.pipeline.stages import (
     bn_target_stage,
     cda_stage,
@@ -50,8 +50,8 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
     bn_target = bn_target_stage(stages, cfg, f"01_bn_target_{method}", cda)
     pseudo = pseudo_label_stage(stages, cfg, f"02_pseudo_{method}", cda)
     wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
-    cra = training_stage(stages, cfg, f"03_cra_{method}", with_overrides(cfg.cra, cfg.cra_overrides.get(method)),
-                         wiring, [cda, pseudo])
+    cra = training_stage(stages, adapted(cfg), f"03_cra_{method}",
+                         with_overrides(cfg.cra, cfg.cra_overrides.get(method)), wiring, [cda, pseudo])
     row: dict[str, Any] = {
         "cda": cda.outputs["miou"],
         "bn_target": bn_target.outputs["miou"],
@@ -68,13 +68,13 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
     row["error_share_untrusted_cra"] = analysis.outputs["error_share_untrusted"]
     with_baselines = cfg.baseline_methods is None or method in cfg.baseline_methods
     for baseline, spec in (cfg.baselines if with_baselines else {}).items():
-        record = training_stage(stages, cfg, f"03_{baseline}_{method}",
+        record = training_stage(stages, adapted(cfg), f"03_{baseline}_{method}",
                                 with_overrides(spec, cfg.cra_overrides.get(method)), wiring, [cda, pseudo])
         row[baseline] = record.outputs["miou"]
     if cfg.self_distill is not None:
-        cra_pseudo = pseudo_label_stage(stages, cfg, f"04_pseudo_cra_{method}", cra)
+        cra_pseudo = pseudo_label_stage(stages, adapted(cfg), f"04_pseudo_cra_{method}", cra)
         distilled = training_stage(
-            stages, cfg, f"05_self_distill_{method}", cfg.self_distill,
+            stages, adapted(cfg), f"05_self_distill_{method}", cfg.self_distill,
             {"cra_checkpoint": cra.outputs["checkpoint"], "pseudo_labels": cra_pseudo.outputs["store"]},
             [cra, cra_pseudo],
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import string
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ def resolve_training_config(cfg: PipelineConfig, spec: StageSpec, placeholders: 
     overrides = []
     for text in (*cfg.common_overrides, *spec.overrides):
         try:
-            overrides.append(string.Template(text).substitute(placeholders))
+            # Each value as a quoted YAML scalar: a path holding "#" or ": " stays one string.
+            overrides.append(string.Template(text).substitute({k: json.dumps(v) for k, v in placeholders.items()}))
         except KeyError as error:
             raise ValueError(
                 f"override {text!r} of preset {spec.preset} uses placeholder ${error.args[0]}, which this "

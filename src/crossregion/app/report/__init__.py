@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from crossregion.app.report.runs import Run, differing_keys, load_run
+from crossregion.errors import CrossregionError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ SECTIONS = {
 }
 
 
-class MissingReportDependency(RuntimeError):
+class MissingReportDependency(CrossregionError):
     """matplotlib or jinja2, which only the report needs, is not installed."""
 
 
