@@ -1,6 +1,7 @@
 """Seconds per iteration and peak memory of each method's training step (issue 4 bench point).
 
-For every method with a demo preset (source_only, adaptsegnet, advent, minent, fada, and cra,
+For every method with a demo preset (source_only, adaptsegnet, advent, minent, fada, iast_warmup,
+iast, and cra,
 pseudo_label_only, entropy_min when present) this builds the preset's model, optimisers and
 trainer, and times ``Trainer._run_step`` (zero_grad, the method's step, scaler and schedules:
 what one training iteration costs apart from data loading) on fixed random batches of the
@@ -35,6 +36,8 @@ METHOD_PRESETS = (
     ("advent", "demo_advent"),
     ("minent", "demo_minent"),
     ("fada", "demo_fada"),
+    ("iast_warmup", "demo_iast_warmup"),
+    ("iast", "demo_iast"),
     ("cra", "demo_cra"),
     ("pseudo_label_only", "demo_pseudo_label_only"),
     ("entropy_min", "demo_entropy_min"),

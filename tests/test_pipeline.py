@@ -129,13 +129,20 @@ def test_every_cda_stage_starts_from_weights_its_model_can_load():
     for name in available_presets(PIPELINE_PRESET_DIR):
         cfg = load_pipeline_config(name)
         source = resolve_training_config(cfg, cfg.source, {})["model"]
-        for method, spec in cfg.cda.items():
-            model = resolve_training_config(cfg, spec, {"source_checkpoint": source_checkpoint})["model"]
-            where = f"pipeline {name}, cda.{method} ({spec.preset})"
-            if model["init_checkpoint"] == source_checkpoint:
-                for key in ("backbone", "num_classes", "multi_level"):
-                    assert model[key] == source[key], f"{where}: model.{key}={model[key]}, source model has {source[key]}"
-            else:
+        for method, chain in cfg.cda.items():
+            # A chain (IAST): each stage must load the previous stage's weights (the source model's first).
+            previous_model, previous_checkpoint = source, source_checkpoint
+            for index, spec in enumerate(chain if isinstance(chain, tuple) else (chain,), start=1):
+                placeholders = {"source_checkpoint": source_checkpoint, "previous_checkpoint": previous_checkpoint}
+                model = resolve_training_config(cfg, spec, placeholders)["model"]
+                where = f"pipeline {name}, cda.{method} stage {index} ({spec.preset})"
+                started_from = {source_checkpoint: source, previous_checkpoint: previous_model}.get(model["init_checkpoint"])
+                previous_model, previous_checkpoint = model, f"STAGE_{index}.pth"
+                if started_from is not None:
+                    for key in ("backbone", "num_classes", "multi_level"):
+                        assert model[key] == started_from[key], (
+                            f"{where}: model.{key}={model[key]}, its starting model has {started_from[key]}")
+                    continue
                 assert model["init_checkpoint"] is None, f"{where}: starts from {model['init_checkpoint']}, not a stage output"
                 assert model["pretrained"] is not None, f"{where}: neither init_checkpoint nor pretrained weights"
 

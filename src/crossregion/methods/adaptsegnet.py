@@ -92,6 +92,16 @@ class OutputSpaceAdaptation(Method):
         """Weight of the adversarial target loss per level (``main``, ``aux``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement adversarial_weights")
 
+    def domain_loss(self, disc_outputs: torch.Tensor, label: float) -> torch.Tensor:
+        """The GAN loss of discriminator outputs against a domain label: BCE-with-logits here
+        (AdaptSegNet, ADVENT); IAST's warm-up uses least squares (``methods/iast.py``).
+
+        Shape:
+            - disc_outputs: (N, 1, h, w)
+            - output: scalar, float32
+        """
+        return domain_bce(disc_outputs, label)
+
     def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
         """The segmenter plus ``discriminator_main`` (and ``discriminator_aux`` when multi-level)."""
         levels = ("main", "aux") if segmenter.multi_level else ("main",)
@@ -150,7 +160,7 @@ class OutputSpaceAdaptation(Method):
         loss_adversarial = 0.0
         for level in levels:
             with frozen(models[f"discriminator_{level}"]) as discriminator:
-                loss = domain_bce(discriminator(maps_tgt[level]), SOURCE_LABEL)
+                loss = self.domain_loss(discriminator(maps_tgt[level]), SOURCE_LABEL)
             losses[f"loss/adv_tgt{_suffix(level)}"] = loss
             loss_adversarial = loss_adversarial + weights[level] * loss
         ctx.backward(loss_adversarial)
@@ -160,8 +170,8 @@ class OutputSpaceAdaptation(Method):
         for level in levels:
             name = f"discriminator_{level}"
             discriminator = models[name]
-            loss_src = domain_bce(discriminator(maps_src[level]), SOURCE_LABEL)
-            loss_tgt = domain_bce(discriminator(maps_tgt[level].detach()), TARGET_LABEL)
+            loss_src = self.domain_loss(discriminator(maps_src[level]), SOURCE_LABEL)
+            loss_tgt = self.domain_loss(discriminator(maps_tgt[level].detach()), TARGET_LABEL)
             ctx.backward(self.cfg.disc_domain_weight * (loss_src + loss_tgt))
             ctx.step(name)
             losses[f"loss/disc_src{_suffix(level)}"] = loss_src
