@@ -6,6 +6,7 @@ from crossregion.methods import (  # noqa: F401  (register themselves)  # noqa: 
     cra,
     entropy_min,
     fada,
+    proda,
     pseudo_label_only,
     self_distill,
     source_only,  # noqa: F401  (registers "source_only")
