@@ -38,6 +38,8 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
                         default=(SYNTH_ARGUMENTS["height"], SYNTH_ARGUMENTS["width"]),
                         help="image size of the generated benchmark (the demo's by default)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny benchmark, 2 iterations per stage")
+    parser.add_argument("--methods", nargs="+", metavar="CDA",
+                        help="CDA methods to run (default: the pipeline preset's cda_methods), e.g. fada iast proda")
 
 
 def synth_arguments(args: argparse.Namespace) -> dict[str, int]:
@@ -69,7 +71,10 @@ def prepared_benchmark(args: argparse.Namespace) -> tuple[PipelineConfig, dict[s
     data_dir = args.output / "data"
     synth = synth_arguments(args)
     ensure_benchmark(data_dir, synth)
-    return benchmark_pipeline(data_dir, args.quick), synth
+    cfg = benchmark_pipeline(data_dir, args.quick)
+    if getattr(args, "methods", None):
+        cfg = dataclasses.replace(cfg, cda_methods=tuple(args.methods))
+    return cfg, synth
 
 
 def with_seed(cfg: PipelineConfig, seed: int) -> PipelineConfig:

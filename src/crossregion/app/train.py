@@ -126,6 +126,10 @@ def seed_everything(cfg: ExperimentConfig) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+# The segmenter's backbone parameters (what ``model.init_backbone_only`` loads).
+BACKBONE_PREFIX = "feature_extractor."
+
+
 def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
     """The segmenter and its ``build_segmenter`` arguments; loads ``model.init_checkpoint`` if set."""
     from crossregion.models import build_segmenter, load_segmenter
@@ -135,9 +139,18 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
     segmenter = build_segmenter(**model_args)
     if model.init_checkpoint is not None:
         # load_segmenter names the file and the expected vs found class count on a mismatch.
-        loaded, info = load_segmenter(model.init_checkpoint, backbone=model.backbone, num_classes=model.num_classes,
-                                      head=model.head)
-        missing, unexpected = segmenter.load_state_dict(loaded.state_dict(), strict=False)
+        if model.init_backbone_only:
+            # The file's own head (any) is read and dropped; only the backbone must fit.
+            loaded, info = load_segmenter(model.init_checkpoint, backbone=model.backbone,
+                                          num_classes=model.num_classes)
+            backbone_state = {key: value for key, value in loaded.state_dict().items()
+                              if key.startswith(BACKBONE_PREFIX)}
+            missing, unexpected = segmenter.load_state_dict(backbone_state, strict=False)
+            missing = [key for key in missing if key.startswith(BACKBONE_PREFIX)]
+        else:
+            loaded, info = load_segmenter(model.init_checkpoint, backbone=model.backbone,
+                                          num_classes=model.num_classes, head=model.head)
+            missing, unexpected = segmenter.load_state_dict(loaded.state_dict(), strict=False)
         # FrozenBatchNorm has no step counter: starting trainable BN from it leaves only that missing.
         missing = [key for key in missing if not key.endswith("num_batches_tracked")]
         if missing or unexpected:
@@ -145,7 +158,8 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
                 f"model.init_checkpoint {model.init_checkpoint} does not fit model {model_args}: "
                 f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]} (multi_level differs?)"
             )
-        logger.info("initialised from %s (%s format)", model.init_checkpoint, info["format"])
+        logger.info("initialised %s from %s (%s format)", "the backbone" if model.init_backbone_only else "",
+                    model.init_checkpoint, info["format"])
     return segmenter, {**model_args, "pretrained": None}
 
 

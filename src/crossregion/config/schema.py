@@ -111,8 +111,14 @@ class ModelConfig:
     head: str = "aspp"
     # A stage-1 checkpoint (ours or the official FADA/CRA format) to start from.
     init_checkpoint: str | None = None
+    # Load only the backbone (``feature_extractor.*``) of init_checkpoint and keep the freshly
+    # initialised head(s): starts a model with another head (ProDA's) from a checkpoint with
+    # DeepLab-v2's ASPP (the demo ProDA warm-up from demo_source_only). Off: every key must fit.
+    init_backbone_only: bool = False
 
     def __post_init__(self) -> None:
+        if self.init_backbone_only and self.init_checkpoint is None:
+            raise ValueError("model.init_backbone_only: true needs model.init_checkpoint")
         if self.num_classes < 2:
             raise ValueError(f"model.num_classes must be >= 2, got {self.num_classes}")
         if self.head not in MODEL_HEADS:

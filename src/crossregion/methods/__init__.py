@@ -1,15 +1,16 @@
 """Training methods, one file each, registered by name in ``METHODS``."""
 
-from crossregion.methods import (  # noqa: F401  (register themselves)  # noqa: F401  (register themselves)
+from crossregion.methods import (  # noqa: F401  (importing a method registers it)
     adaptsegnet,
     advent,
     cra,
     entropy_min,
     fada,
     iast,
+    proda,
     pseudo_label_only,
     self_distill,
-    source_only,  # noqa: F401  (registers "source_only")
+    source_only,
 )
 from crossregion.methods.base import BATCH_KINDS, METHODS, Method, frozen
 

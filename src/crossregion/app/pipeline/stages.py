@@ -129,7 +129,8 @@ def cda_stage(stages: Stages, cfg: PipelineConfig, method: str, source: StageRec
         name = f"01_cda_{method}" if len(chain) == 1 else f"01_cda_{method}_{index}"
         placeholders = {"source_checkpoint": source.outputs["checkpoint"],
                         "previous_checkpoint": previous.outputs["checkpoint"]}
-        previous = training_stage(stages, cfg, name, step, placeholders, [source, previous])
+        upstream = [source] if previous is source else [source, previous]
+        previous = training_stage(stages, cfg, name, step, placeholders, upstream)
     return previous
 
 
