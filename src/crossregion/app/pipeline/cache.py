@@ -19,6 +19,8 @@ from crossregion.files import write_text_atomically
 logger = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
+# A stage whose config changed is moved here (one generation) before it reruns.
+PREVIOUS_SUFFIX = ".previous"
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -56,8 +58,14 @@ class Stages:
             record = StageRecord(name, folder, stage_hash, True, state["outputs"])
         else:
             if state is not None and state["hash"] != stage_hash:
-                logger.info("stage %s: config changed, rerunning it from scratch", name)
-                shutil.rmtree(folder)
+                # Kept, not deleted: a hash can change for a reason the user did not mean (a
+                # relative path read from another folder), and a stage may have cost hours.
+                previous = folder.with_name(folder.name + PREVIOUS_SUFFIX)
+                logger.warning("stage %s: config changed, rerunning it from scratch; the old run is kept in %s",
+                               name, previous)
+                if previous.exists():
+                    shutil.rmtree(previous)
+                folder.rename(previous)
             elif state is not None:
                 logger.info("stage %s: resuming an interrupted run", name)
             folder.mkdir(parents=True, exist_ok=True)
