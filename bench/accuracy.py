@@ -49,21 +49,36 @@ from common import (
 from crossregion.app.pipeline.config import BASELINE_TITLES, PipelineConfig
 from crossregion.app.pipeline.run import run_pipeline
 
-ROW_KEYS = ("cda", "bn_target", "cra", *BASELINE_TITLES, "trusted_fraction", "trusted_precision", "untrusted_share",
-            "pseudo_label_accuracy", "error_share_untrusted_cda", "error_share_untrusted_cra")
+ROW_KEYS = (
+    "cda",
+    "bn_target",
+    "cra",
+    *BASELINE_TITLES,
+    "trusted_fraction",
+    "trusted_precision",
+    "untrusted_share",
+    "pseudo_label_accuracy",
+    "error_share_untrusted_cda",
+    "error_share_untrusted_cra",
+)
 
 
 def run_seed(output: Path, cfg: PipelineConfig, seed: int) -> dict:
     results = run_pipeline(with_seed(cfg, seed), output / f"seed{seed}")
     results["wall_seconds"] = sum(
         float(json.loads((Path(stage["folder"]) / "stage.json").read_text()).get("wall_seconds", 0.0))
-        for stage in results["stages"].values())
+        for stage in results["stages"].values()
+    )
     return results
 
 
 def summarize(runs: list[dict]) -> dict:
-    summary = {"seeds": len(runs), "source_only": mean_std([r["source_only"] for r in runs]),
-               "oracle": mean_std([r["oracle"] for r in runs]), "methods": {}}
+    summary = {
+        "seeds": len(runs),
+        "source_only": mean_std([r["source_only"] for r in runs]),
+        "oracle": mean_std([r["oracle"] for r in runs]),
+        "methods": {},
+    }
     for method in runs[0]["methods"]:
         rows = [r["methods"][method] for r in runs]
         stats = {key: mean_std([row.get(key) for row in rows]) for key in ROW_KEYS}
@@ -92,26 +107,45 @@ def markdown(summary: dict, runs: list[dict], synth: dict, calibration: float) -
         "|---|---|---|---|---|",
     ]
     for name, s in methods.items():
-        lines.append(f"| {name} | {cell(s['cda'])} | {cell(s['bn_target'])} | {cell(s['cra'])} | {cell(s['delta'], sign=True)} |")
-    lines += ["", "#### Table 3 analog", "", "| CDA | CDA mIoU | pseudo-label only | entropy min. | CRA |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {cell(s['cda'])} | {cell(s['bn_target'])} | {cell(s['cra'])} | {cell(s['delta'], sign=True)} |"
+        )
+    lines += [
+        "",
+        "#### Table 3 analog",
+        "",
+        "| CDA | CDA mIoU | pseudo-label only | entropy min. | CRA |",
+        "|---|---|---|---|---|",
+    ]
     for name, s in methods.items():
         if s["pseudo_label_only"] is None:
             continue
-        lines.append(f"| {name} | {cell(s['cda'])} | {cell(s['pseudo_label_only'])} | {cell(s['entropy_min'])} | "
-                     f"{cell(s['cra'])} |")
-    lines += ["", "#### The paper's premises (target train, λ = 0.01, rare-class factor 0.5)", "",
-              "| CDA | trusted fraction % | trusted precision % | pseudo-label accuracy % | errors in untrusted, CDA % "
-              "| errors in untrusted, after CRA % |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {cell(s['cda'])} | {cell(s['pseudo_label_only'])} | {cell(s['entropy_min'])} | "
+            f"{cell(s['cra'])} |"
+        )
+    lines += [
+        "",
+        "#### The paper's premises (target train, λ = 0.01, rare-class factor 0.5)",
+        "",
+        "| CDA | trusted fraction % | trusted precision % | pseudo-label accuracy % | errors in untrusted, CDA % "
+        "| errors in untrusted, after CRA % |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in methods.items():
-        lines.append(f"| {name} | {cell(s['trusted_fraction'], 100)} | {cell(s['trusted_precision'], 100)} | "
-                     f"{cell(s['pseudo_label_accuracy'], 100)} | {cell(s['error_share_untrusted_cda'], 100)} | "
-                     f"{cell(s['error_share_untrusted_cra'], 100)} |")
+        lines.append(
+            f"| {name} | {cell(s['trusted_fraction'], 100)} | {cell(s['trusted_precision'], 100)} | "
+            f"{cell(s['pseudo_label_accuracy'], 100)} | {cell(s['error_share_untrusted_cda'], 100)} | "
+            f"{cell(s['error_share_untrusted_cra'], 100)} |"
+        )
     lines += ["", "Per seed (seed: CDA → +CRA; pseudo-label only, entropy min. after FADA):", ""]
     for seed, run in zip(summary["seed_list"], runs):
         parts = [f"{m} {row['cda']:.2f} → {row['cra']:.2f}" for m, row in run["methods"].items()]
-        parts += [f"after {m}: PL-only {row['pseudo_label_only']:.2f}, EM {row['entropy_min']:.2f}"
-                  for m, row in run["methods"].items() if "pseudo_label_only" in row]
+        parts += [
+            f"after {m}: PL-only {row['pseudo_label_only']:.2f}, EM {row['entropy_min']:.2f}"
+            for m, row in run["methods"].items()
+            if "pseudo_label_only" in row
+        ]
         lines.append(f"- seed {seed}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
@@ -130,8 +164,12 @@ def main() -> int:
     summary = {**summarize(runs), "seed_list": args.seeds}
     text = markdown(summary, runs, synth, calibration)
     (args.output / "accuracy.md").write_text(text)
-    (args.output / "accuracy.json").write_text(json.dumps(
-        {"summary": summary, "runs": runs, "synth": synth, "calibration_step_seconds": calibration}, indent=2) + "\n")
+    (args.output / "accuracy.json").write_text(
+        json.dumps(
+            {"summary": summary, "runs": runs, "synth": synth, "calibration_step_seconds": calibration}, indent=2
+        )
+        + "\n"
+    )
     print(text)
     print(f"wall time {time.perf_counter() - start:.0f} s")
     deltas = {name: s["delta"] for name, s in summary["methods"].items()}

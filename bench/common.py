@@ -32,14 +32,27 @@ REFERENCE_STEP_SECONDS = 0.60
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, required=True, help="run folder (cached stages per seed)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (engine.seed)")
-    parser.add_argument("--benchmark-seed", type=int, default=SYNTH_ARGUMENTS["seed"],
-                        help="seed of the generated benchmark (the demo's by default)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
-                        default=(SYNTH_ARGUMENTS["height"], SYNTH_ARGUMENTS["width"]),
-                        help="image size of the generated benchmark (the demo's by default)")
+    parser.add_argument(
+        "--benchmark-seed",
+        type=int,
+        default=SYNTH_ARGUMENTS["seed"],
+        help="seed of the generated benchmark (the demo's by default)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("HEIGHT", "WIDTH"),
+        default=(SYNTH_ARGUMENTS["height"], SYNTH_ARGUMENTS["width"]),
+        help="image size of the generated benchmark (the demo's by default)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny benchmark, 2 iterations per stage")
-    parser.add_argument("--methods", nargs="+", metavar="CDA",
-                        help="CDA methods to run (default: the pipeline preset's cda_methods), e.g. fada iast proda")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="CDA",
+        help="CDA methods to run (default: the pipeline preset's cda_methods), e.g. fada iast proda",
+    )
 
 
 def synth_arguments(args: argparse.Namespace) -> dict[str, int]:
@@ -56,10 +69,16 @@ def benchmark_pipeline(data_dir: Path, quick: bool) -> PipelineConfig:
     if not quick:
         return cfg
     return dataclasses.replace(
-        cfg, source=quick_stage(cfg.source), oracle=cfg.oracle and quick_stage(cfg.oracle), cra=quick_stage(cfg.cra),
-        cda={name: tuple(map(quick_stage, spec)) if isinstance(spec, tuple) else quick_stage(spec)
-             for name, spec in cfg.cda.items()},
-        baselines={name: quick_stage(spec) for name, spec in cfg.baselines.items()}, panel_images=1,
+        cfg,
+        source=quick_stage(cfg.source),
+        oracle=cfg.oracle and quick_stage(cfg.oracle),
+        cra=quick_stage(cfg.cra),
+        cda={
+            name: tuple(map(quick_stage, spec)) if isinstance(spec, tuple) else quick_stage(spec)
+            for name, spec in cfg.cda.items()
+        },
+        baselines={name: quick_stage(spec) for name, spec in cfg.baselines.items()},
+        panel_images=1,
     )
 
 

@@ -62,15 +62,21 @@ def main() -> int:
     cfg, _ = prepared_benchmark(args)
     runs = [run_seed(args.output, cfg, seed) for seed in args.seeds]
     reference = "CRA (paper's constants)"
-    lines = [f"CRA variants after {METHOD}, mIoU (%) on target val, mean ± std over seeds {args.seeds}; Δ is "
-             "paired per seed against CRA with the paper's constants.", "",
-             "| variant | mIoU | Δ vs CRA | Δ vs the CDA model | per seed |", "|---|---|---|---|---|"]
+    lines = [
+        f"CRA variants after {METHOD}, mIoU (%) on target val, mean ± std over seeds {args.seeds}; Δ is "
+        "paired per seed against CRA with the paper's constants.",
+        "",
+        "| variant | mIoU | Δ vs CRA | Δ vs the CDA model | per seed |",
+        "|---|---|---|---|---|",
+    ]
     for variant in VARIANTS:
         values = [run[variant] for run in runs]
         versus_cra = mean_std([run[variant] - run[reference] for run in runs])
         versus_cda = mean_std([run[variant] - run["cda"] for run in runs])
-        lines.append(f"| {variant} | {cell(mean_std(values))} | {cell(versus_cra, sign=True)} | "
-                     f"{cell(versus_cda, sign=True)} | {', '.join(f'{v:.2f}' for v in values)} |")
+        lines.append(
+            f"| {variant} | {cell(mean_std(values))} | {cell(versus_cra, sign=True)} | "
+            f"{cell(versus_cda, sign=True)} | {', '.join(f'{v:.2f}' for v in values)} |"
+        )
     text = "\n".join(lines) + "\n"
     (args.output / "cra_ablations.md").write_text(text)
     (args.output / "cra_ablations.json").write_text(json.dumps(runs, indent=2) + "\n")

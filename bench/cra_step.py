@@ -63,7 +63,7 @@ class PeakMemory:
         with open("/proc/self/statm") as file:
             return int(file.read().split()[1]) * 4096
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -99,12 +99,24 @@ class PeakMemory:
 def make_store(folder: Path, num_classes: int, height: int, width: int) -> Path:
     """A one-image pseudo-label store: CRA reads its class counts (rare classes) when built."""
     rng = np.random.default_rng(0)
-    writer = PseudoLabelWriter(folder, {
-        "num_classes": num_classes, "class_names": [f"c{k}" for k in range(num_classes)],
-        "palette": [[k, k, k] for k in range(num_classes)], "dataset": "cityscapes", "split": "train",
-        "root": str(folder), "names": ["bench"], "checkpoint": None, "input_size": None, "flip": False,
-        "threshold": 0.01, "rare_share": 0.01, "rare_factor": 0.5,
-    })
+    writer = PseudoLabelWriter(
+        folder,
+        {
+            "num_classes": num_classes,
+            "class_names": [f"c{k}" for k in range(num_classes)],
+            "palette": [[k, k, k] for k in range(num_classes)],
+            "dataset": "cityscapes",
+            "split": "train",
+            "root": str(folder),
+            "names": ["bench"],
+            "checkpoint": None,
+            "input_size": None,
+            "flip": False,
+            "threshold": 0.01,
+            "rare_share": 0.01,
+            "rare_factor": 0.5,
+        },
+    )
     labels = rng.integers(0, num_classes, size=(height, width), dtype=np.uint8)
     entropy = (rng.random((height, width)) ** 3 / num_classes).astype(np.float32)
     writer.write("bench", labels, entropy)
@@ -163,8 +175,10 @@ def official_step(segmenter, discriminator, opt_g, opt_d, batch, factors: np.nda
     opt_d.zero_grad()
     src_d = F.log_softmax(up(discriminator(out_1["features"].detach())), dim=1)
     tgt_d = F.log_softmax(up(discriminator(out_2["features"].detach())), dim=1)
-    loss_d = (cfg.disc_weight_trusted * (src_mask_t * -(src_soft * src_d[:, :num_classes]).sum(1)).sum() / pixels
-              + cfg.disc_weight_untrusted * (tgt_mask_t * -(tgt_soft * tgt_d[:, num_classes:]).sum(1)).sum() / pixels)
+    loss_d = (
+        cfg.disc_weight_trusted * (src_mask_t * -(src_soft * src_d[:, :num_classes]).sum(1)).sum() / pixels
+        + cfg.disc_weight_untrusted * (tgt_mask_t * -(tgt_soft * tgt_d[:, num_classes:]).sum(1)).sum() / pixels
+    )
     loss_d.backward()
     opt_d.step()
 
@@ -179,8 +193,15 @@ def run_case(backbone: str, batch_size: int, height: int, width: int, args: argp
     num_classes = 19
     with tempfile.TemporaryDirectory() as folder:
         store = make_store(Path(folder) / "store", num_classes, height, width)
-        cfg = load_config("cra", [f"method.pseudo_label_store={store}", f"model.backbone={backbone}",
-                                  f"engine.amp={args.amp}", "model.pretrained=null"])
+        cfg = load_config(
+            "cra",
+            [
+                f"method.pseudo_label_store={store}",
+                f"model.backbone={backbone}",
+                f"engine.amp={args.amp}",
+                "model.pretrained=null",
+            ],
+        )
         method = METHODS.get("cra")(cfg.method, num_classes=num_classes)
     torch.manual_seed(0)
     segmenter = build_segmenter(backbone, num_classes)
@@ -203,8 +224,15 @@ def run_case(backbone: str, batch_size: int, height: int, width: int, args: argp
 
     def official() -> None:
         with autocast(device, args.amp):
-            official_step(models["segmenter"], models["discriminator"], optimizers["segmenter"],
-                          optimizers["discriminator"], batch, factors, cfg.method)
+            official_step(
+                models["segmenter"],
+                models["discriminator"],
+                optimizers["segmenter"],
+                optimizers["discriminator"],
+                batch,
+                factors,
+                cfg.method,
+            )
 
     steps = {"ours": ours, "official": official}
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -223,8 +251,14 @@ def run_case(backbone: str, batch_size: int, height: int, width: int, args: argp
             step()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
-    result = {"backbone": backbone, "batch": batch_size, "crop_hw": [height, width], "device": str(device),
-              "amp": args.amp, "channels_last": args.channels_last}
+    result = {
+        "backbone": backbone,
+        "batch": batch_size,
+        "crop_hw": [height, width],
+        "device": str(device),
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+    }
     for name in steps:
         seconds = statistics.median(times[name])
         result[name] = {"s_per_step": seconds, "img_per_s": batch_size / seconds, "peak_mib": memory[name] / 2**20}
@@ -253,8 +287,10 @@ def main() -> int:
         cases = ((args.backbone, args.batch, *args.crop),)
     else:
         cases = QUICK_CASES if args.quick else DEFAULT_CASES
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, amp {args.amp}, "
-          f"channels_last {args.channels_last}")
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, amp {args.amp}, "
+        f"channels_last {args.channels_last}"
+    )
     print("| model | batch | crop | ours img/s | official img/s | speedup | ours peak MiB | official peak MiB |")
     print("|---|---|---|---|---|---|---|---|")
     results = []
@@ -266,9 +302,12 @@ def main() -> int:
             return 1
         results.append(result)
         ours, official = result["ours"], result["official"]
-        print(f"| {result['backbone']} | {result['batch']} | {case[2]}x{case[3]} | {ours['img_per_s']:.2f} | "
-              f"{official['img_per_s']:.2f} | {result['speedup']:.2f}x | {ours['peak_mib']:.0f} | "
-              f"{official['peak_mib']:.0f} |", flush=True)
+        print(
+            f"| {result['backbone']} | {result['batch']} | {case[2]}x{case[3]} | {ours['img_per_s']:.2f} | "
+            f"{official['img_per_s']:.2f} | {result['speedup']:.2f}x | {ours['peak_mib']:.0f} | "
+            f"{official['peak_mib']:.0f} |",
+            flush=True,
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print("cra_step speedup " + ", ".join(f"{r['backbone']} {r['speedup']:.2f}x" for r in results))

@@ -79,9 +79,11 @@ def main() -> int:
             continue
         row = {"method": row_name, **json.loads(result.stdout.strip().splitlines()[-1])}
         rows.append(row)
-        print(f"{row_name:18s} {row['seconds_per_iter']:.3f} s/iter (min {row['min_seconds']:.3f}, max "
-              f"{row['max_seconds']:.3f})  peak RSS {row['peak_rss_mib']:.0f} MiB "
-              f"(+{row['peak_rss_mib'] - row['rss_before_steps_mib']:.0f} MiB over the built model)")
+        print(
+            f"{row_name:18s} {row['seconds_per_iter']:.3f} s/iter (min {row['min_seconds']:.3f}, max "
+            f"{row['max_seconds']:.3f})  peak RSS {row['peak_rss_mib']:.0f} MiB "
+            f"(+{row['peak_rss_mib'] - row['rss_before_steps_mib']:.0f} MiB over the built model)"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if not rows:
@@ -89,18 +91,30 @@ def main() -> int:
         return 1
     setting = rows[0]["setting"]
     baseline = next((row["seconds_per_iter"] for row in rows if row["method"] == "source_only"), None)
-    parts = [f"{row['method']} {row['seconds_per_iter']:.2f}"
-             + (f" ({row['seconds_per_iter'] / baseline:.1f}x)" if baseline and row["method"] != "source_only" else "")
-             for row in rows]
+    parts = [
+        f"{row['method']} {row['seconds_per_iter']:.2f}"
+        + (f" ({row['seconds_per_iter'] / baseline:.1f}x)" if baseline and row["method"] != "source_only" else "")
+        for row in rows
+    ]
     largest = max(rows, key=lambda row: row["peak_rss_mib"])
-    print(f"headline: s/iter on {setting}: {', '.join(parts)}; "
-          f"largest peak RSS {largest['peak_rss_mib']:.0f} MiB ({largest['method']})")
+    print(
+        f"headline: s/iter on {setting}: {', '.join(parts)}; "
+        f"largest peak RSS {largest['peak_rss_mib']:.0f} MiB ({largest['method']})"
+    )
     return 0
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:
-    forwarded = ["--warmup", str(args.warmup), "--iters", str(args.iters), "--threads", str(args.threads),
-                 "--amp", args.amp]
+    forwarded = [
+        "--warmup",
+        str(args.warmup),
+        "--iters",
+        str(args.iters),
+        "--threads",
+        str(args.threads),
+        "--amp",
+        args.amp,
+    ]
     return forwarded + (["--quick"] if args.quick else []) + (["--channels-last"] if args.channels_last else [])
 
 
@@ -115,8 +129,12 @@ def measure(preset: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as scratch:
-        overrides = ["engine.device=cpu", f"engine.amp={args.amp}", f"engine.channels_last={args.channels_last}",
-                     "model.init_checkpoint=null"]
+        overrides = [
+            "engine.device=cpu",
+            f"engine.amp={args.amp}",
+            f"engine.channels_last={args.channels_last}",
+            "model.init_checkpoint=null",
+        ]
         if args.quick:
             overrides.append(f"data.batch_size={QUICK_BATCH}")
         cfg = load_config(preset, overrides)
@@ -134,9 +152,16 @@ def measure(preset: str, args: argparse.Namespace) -> dict:
                 model.to(memory_format=torch.channels_last)
         optimizers = method.build_optimizers(models, cfg.optim)
         batches = {kind: _random_batch(cfg, kind, args.quick) for kind in method.required_batches}
-        trainer = Trainer(cfg=cfg, method=method, models=models, optimizers=optimizers,
-                          loaders={kind: itertools.repeat(batch) for kind, batch in batches.items()},
-                          device=torch.device("cpu"), run_dir=scratch, model_args=model_args)
+        trainer = Trainer(
+            cfg=cfg,
+            method=method,
+            models=models,
+            optimizers=optimizers,
+            loaders={kind: itertools.repeat(batch) for kind, batch in batches.items()},
+            device=torch.device("cpu"),
+            run_dir=scratch,
+            model_args=model_args,
+        )
         for model in models.values():
             model.train()
         rss_before = _max_rss_mib()
@@ -152,8 +177,10 @@ def measure(preset: str, args: argparse.Namespace) -> dict:
         batch_size = batches[method.required_batches[0]]["image"].shape[0]
         return {
             "preset": preset,
-            "setting": (f"{cfg.model.backbone} batch {batch_size} per loader, {height}x{width}, amp {args.amp}"
-                        f"{', channels_last' if args.channels_last else ''}, {args.threads} threads"),
+            "setting": (
+                f"{cfg.model.backbone} batch {batch_size} per loader, {height}x{width}, amp {args.amp}"
+                f"{', channels_last' if args.channels_last else ''}, {args.threads} threads"
+            ),
             "seconds_per_iter": statistics.median(seconds),
             "min_seconds": min(seconds),
             "max_seconds": max(seconds),
@@ -175,7 +202,9 @@ def _random_batch(cfg, kind: str, quick: bool) -> dict:
 
     spec = getattr(cfg.data, kind)
     # Presets without crop or resize train on whole images of the benchmark's size.
-    height, width = QUICK_CROP if quick else (spec.crop or spec.resize or (SYNTH_ARGUMENTS["height"], SYNTH_ARGUMENTS["width"]))
+    height, width = (
+        QUICK_CROP if quick else (spec.crop or spec.resize or (SYNTH_ARGUMENTS["height"], SYNTH_ARGUMENTS["width"]))
+    )
     num_classes, batch_size = cfg.model.num_classes, cfg.data.batch_size
     batch = {"image": torch.randn(batch_size, 3, height, width)}
     if spec.labelled:
@@ -209,12 +238,24 @@ def _write_random_store(path: Path, cfg) -> Path:
     num_classes = cfg.model.num_classes
     label_set = label_set_for(num_classes)
     target = cfg.data.target
-    writer = PseudoLabelWriter(path, {
-        "num_classes": num_classes, "class_names": list(label_set.class_names),
-        "palette": [list(colour) for colour in label_set.palette], "dataset": target.name,
-        "split": target.split, "root": target.root, "names": ["bench"], "checkpoint": None,
-        "input_size": None, "flip": False, "threshold": 0.01, "rare_share": 0.01, "rare_factor": 0.5,
-    })
+    writer = PseudoLabelWriter(
+        path,
+        {
+            "num_classes": num_classes,
+            "class_names": list(label_set.class_names),
+            "palette": [list(colour) for colour in label_set.palette],
+            "dataset": target.name,
+            "split": target.split,
+            "root": target.root,
+            "names": ["bench"],
+            "checkpoint": None,
+            "input_size": None,
+            "flip": False,
+            "threshold": 0.01,
+            "rare_share": 0.01,
+            "rare_factor": 0.5,
+        },
+    )
     generator = np.random.default_rng(0)
     pseudo_label = np.tile(np.arange(num_classes, dtype=np.uint8), (8, 8))
     entropy = (generator.random(pseudo_label.shape) / num_classes).astype(np.float32)

@@ -69,12 +69,24 @@ def run_scenario(scenario, num_images: int) -> dict:
     maps = [realistic_maps(seed, stride, num_regions, noise, unsure_share) for seed in range(num_images)]
     names = [f"city/image_{index:03d}" for index in range(num_images)]
     with tempfile.TemporaryDirectory() as folder:
-        writer = PseudoLabelWriter(folder, {
-            "num_classes": NUM_CLASSES, "class_names": list(CITYSCAPES_19.class_names),
-            "palette": [list(c) for c in CITYSCAPES_19.palette], "dataset": "bench", "split": "train",
-            "root": "-", "names": names, "checkpoint": None, "input_size": None, "flip": False,
-            "threshold": 0.01, "rare_share": 0.01, "rare_factor": 0.5,
-        })
+        writer = PseudoLabelWriter(
+            folder,
+            {
+                "num_classes": NUM_CLASSES,
+                "class_names": list(CITYSCAPES_19.class_names),
+                "palette": [list(c) for c in CITYSCAPES_19.palette],
+                "dataset": "bench",
+                "split": "train",
+                "root": "-",
+                "names": names,
+                "checkpoint": None,
+                "input_size": None,
+                "flip": False,
+                "threshold": 0.01,
+                "rare_share": 0.01,
+                "rare_factor": 0.5,
+            },
+        )
         start = time.perf_counter()
         for name, (pseudo_label, entropy) in zip(names, maps):
             writer.write(name, pseudo_label, entropy)
@@ -85,10 +97,12 @@ def run_scenario(scenario, num_images: int) -> dict:
         decoded = [store.load(name)[1] for name in names]
         read_seconds = (time.perf_counter() - start) / num_images
         files_per_image = (("labels", ".png"), ("entropy", ".png"), ("image_stats", ".json"))
-        ours = np.mean([
-            sum((store.path / kind / f"{name}{suffix}").stat().st_size for kind, suffix in files_per_image)
-            for name in names
-        ])
+        ours = np.mean(
+            [
+                sum((store.path / kind / f"{name}{suffix}").stat().st_size for kind, suffix in files_per_image)
+                for name in names
+            ]
+        )
     official = np.mean([official_bytes(label, entropy) for label, entropy in maps])
     worst = 1.0
     for (_, entropy), approximate in zip(maps, decoded):
@@ -97,8 +111,14 @@ def run_scenario(scenario, num_images: int) -> dict:
                 effective = threshold / factor
                 worst = min(worst, float(((entropy <= effective) == (approximate <= effective)).mean()))
     untrusted = float(np.mean([(entropy > 0.01).mean() for _, entropy in maps]))
-    return {"ours": ours, "official": official, "write": write_seconds, "read": read_seconds,
-            "worst_agreement": worst, "untrusted": untrusted}
+    return {
+        "ours": ours,
+        "official": official,
+        "write": write_seconds,
+        "read": read_seconds,
+        "worst_agreement": worst,
+        "untrusted": untrusted,
+    }
 
 
 def main() -> None:
@@ -106,20 +126,27 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3, help="images per scenario (default 3)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"{'scenario':40s} {'e>0.01':>7s} {'ours B':>9s} {'official B':>11s} {'ratio':>6s} "
-          f"{'npy ratio':>9s} {'write s':>8s} {'read s':>7s} {'worst agree':>11s}")
+    print(
+        f"{'scenario':40s} {'e>0.01':>7s} {'ours B':>9s} {'official B':>11s} {'ratio':>6s} "
+        f"{'npy ratio':>9s} {'write s':>8s} {'read s':>7s} {'worst agree':>11s}"
+    )
     results = []
     for scenario in SCENARIOS:
         result = run_scenario(scenario, args.images)
         results.append(result)
-        print(f"{scenario[0]:40s} {result['untrusted']:7.1%} {result['ours']:9.0f} {result['official']:11.0f} "
-              f"{result['official'] / result['ours']:6.1f} {8_388_736 / result['ours']:9.1f} "
-              f"{result['write']:8.2f} {result['read']:7.2f} {result['worst_agreement']:11.5%}")
+        print(
+            f"{scenario[0]:40s} {result['untrusted']:7.1%} {result['ours']:9.0f} {result['official']:11.0f} "
+            f"{result['official'] / result['ours']:6.1f} {8_388_736 / result['ours']:9.1f} "
+            f"{result['write']:8.2f} {result['read']:7.2f} {result['worst_agreement']:11.5%}"
+        )
     brief = results[0]
-    print(f"HEADLINE: {brief['ours'] / 1e3:.0f} kB per 1024x2048 image (label + entropy + stats) vs "
-          f"{brief['official'] / 1e6:.2f} MB official npy+png ({brief['official'] / brief['ours']:.1f}x smaller, "
-          f"{8_388_736 / brief['ours']:.1f}x vs the .npy alone); worst mask agreement {brief['worst_agreement']:.4%} "
-          f"over λ in [0.005, 0.05] x factor {{1, 0.5}}; write {brief['write']:.2f} s, read {brief['read']:.2f} s per image")
+    print(
+        f"HEADLINE: {brief['ours'] / 1e3:.0f} kB per 1024x2048 image (label + entropy + stats) vs "
+        f"{brief['official'] / 1e6:.2f} MB official npy+png ({brief['official'] / brief['ours']:.1f}x smaller, "
+        f"{8_388_736 / brief['ours']:.1f}x vs the .npy alone); worst mask agreement {brief['worst_agreement']:.4%} "
+        f"over λ in [0.005, 0.05] x factor {{1, 0.5}}; "
+        f"write {brief['write']:.2f} s, read {brief['read']:.2f} s per image"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ CRA rests on two premises (trusted pixels nearly all correct, untrusted pixels f
 the errors); a benchmark says something about CRA only where its stage-0/1 models sit where
 the paper's do. This trains, per training seed, on the demo's benchmark with the benchmark
 pipeline's stage presets (configs/pipelines/synth_benchmark.yaml), in fp32: source-only, the
-oracle (the source stage's preset on labelled target train: a reference only), source-only with target BatchNorm statistics (no training),
+oracle (the source stage's preset on labelled target train: a reference only), source-only with
+target BatchNorm statistics (no training),
 each CDA method from that seed's source model, three controls of FADA (adversarial weight 0:
 what its colour-jittered source fine-tuning alone gives; no source colour jitter: what the
 adversarial alignment alone gives; the official temperature 1.8 instead of the benchmark's 1),
@@ -64,24 +65,40 @@ FADA_CONTROLS = {
     "fada_no_jitter": ("data.source.color_jitter=[0, 0, 0, 0]",),
     "fada_official_temperature": ("method.temperature=1.8",),
 }
-PREMISE_KEYS = ("trusted_fraction", "trusted_precision", "untrusted_share", "pseudo_label_accuracy",
-                "error_share_untrusted")
+PREMISE_KEYS = (
+    "trusted_fraction",
+    "trusted_precision",
+    "untrusted_share",
+    "pseudo_label_accuracy",
+    "error_share_untrusted",
+)
 SECTION_TITLE = "## The regime of the embedded benchmark (`bench/regime.py`)"
 
 
 def command_line(cfg: PipelineConfig, spec: StageSpec, folder: Path, placeholders: dict[str, str]) -> str:
     """The ``crossregion train`` call that trains what the stage trains (roots given as overrides)."""
     resolved = resolve_training_config(cfg, spec, placeholders)
-    roots = [f"data.{key}.root={resolved['data'][key]['root']}" for key in ("source", "target", "target_val")
-             if resolved["data"].get(key) is not None]
-    overrides = [text.replace("$source_checkpoint", placeholders.get("source_checkpoint", "$source_checkpoint"))
-                 for text in (*cfg.common_overrides, *spec.overrides)]
+    roots = [
+        f"data.{key}.root={resolved['data'][key]['root']}"
+        for key in ("source", "target", "target_val")
+        if resolved["data"].get(key) is not None
+    ]
+    overrides = [
+        text.replace("$source_checkpoint", placeholders.get("source_checkpoint", "$source_checkpoint"))
+        for text in (*cfg.common_overrides, *spec.overrides)
+    ]
     quoted = " ".join(f"'{o}'" if " " in o else o for o in (*roots, *overrides))
     return f"crossregion train --config {spec.preset} --output {folder} {quoted}"
 
 
-def train(stages: Stages, cfg: PipelineConfig, name: str, spec: StageSpec, placeholders: dict[str, str],
-          upstream: list[StageRecord]) -> StageRecord:
+def train(
+    stages: Stages,
+    cfg: PipelineConfig,
+    name: str,
+    spec: StageSpec,
+    placeholders: dict[str, str],
+    upstream: list[StageRecord],
+) -> StageRecord:
     """Train (or reuse) one model as the pipeline does; its outputs gain the equivalent command line."""
     record = training_stage(stages, cfg, name, spec, placeholders, upstream)
     record.outputs["command"] = command_line(cfg, spec, record.folder, placeholders)
@@ -107,8 +124,12 @@ def run_seed(output: Path, cfg: PipelineConfig, seed: int) -> dict:
         rows[control] = train(stages, cfg, f"01_control_{control}", spec, wiring, [source]).outputs
     pseudo = pseudo_label_stage(stages, cfg, "02_pseudo_fada", stages.records["01_cda_fada"])
     rows["fada_premises"] = {key: pseudo.outputs[key] for key in PREMISE_KEYS}
-    control = pseudo_label_stage(stages, cfg, "02_pseudo_control_fada_official_temperature",
-                                 stages.records["01_control_fada_official_temperature"])
+    control = pseudo_label_stage(
+        stages,
+        cfg,
+        "02_pseudo_control_fada_official_temperature",
+        stages.records["01_control_fada_official_temperature"],
+    )
     rows["fada_official_temperature_premises"] = {key: control.outputs[key] for key in PREMISE_KEYS}
     rows["wall_seconds"] = sum(_wall_seconds(record.folder) for record in stages.records.values())
     return rows
@@ -132,6 +153,7 @@ MIOU_ROWS = {
 
 def check_regime(runs: list[dict]) -> list[tuple[str, bool, str]]:
     """(criterion, met on every seed, per-seed values) for each criterion of the regime."""
+
     def per_seed(values, fmt="{:.2f}"):
         return ", ".join(fmt.format(value) for value in values)
 
@@ -158,10 +180,12 @@ def markdown(runs: list[dict], seeds: list[int], synth: dict, wall_seconds: floa
         SECTION_TITLE,
         "",
         f"{datetime.date.today().isoformat()}; CPU: {cpu_description()}; torch {torch.__version__}. "
-        f"Benchmark {synth}; models: the synth_benchmark pipeline's stage presets, fp32; training seeds {seeds} (`engine.seed`). "
+        f"Benchmark {synth}; models: the synth_benchmark pipeline's stage presets, fp32; "
+        f"training seeds {seeds} (`engine.seed`). "
         f"Wall time {wall_seconds / 60:.1f} min of stages run now (cached stages count 0); the calibration step "
         f"took {calibration:.3f} s here against {REFERENCE_STEP_SECONDS:.2f} s on the 2-core AVX2 machine, so "
-        f"the stages of this table take ≈ {sum(run['wall_seconds'] for run in runs) * REFERENCE_STEP_SECONDS / calibration / 60:.0f} "
+        f"the stages of this table take ≈ "
+        f"{sum(run['wall_seconds'] for run in runs) * REFERENCE_STEP_SECONDS / calibration / 60:.0f} "
         "min there.",
         "",
         "| model | target-val mIoU (mean ± std) | − source-only | per seed |",
@@ -172,13 +196,19 @@ def markdown(runs: list[dict], seeds: list[int], synth: dict, wall_seconds: floa
         gap = "–" if stats is None or source is None else f"{stats[0] - source[0]:+.2f}"
         values = ", ".join("–" if run[key]["miou"] is None else f"{run[key]['miou']:.2f}" for run in runs)
         lines.append(f"| {title} | {cell(stats)} | {gap} | {values} |")
-    lines += ["", "FADA's pseudo labels on target train (λ = 0.01, rare-class factor 0.5):", "",
-              "| model | trusted fraction % | trusted precision % | pseudo-label accuracy % | errors in untrusted % |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "FADA's pseudo labels on target train (λ = 0.01, rare-class factor 0.5):",
+        "",
+        "| model | trusted fraction % | trusted precision % | pseudo-label accuracy % | errors in untrusted % |",
+        "|---|---|---|---|---|",
+    ]
     for key, title in (("fada_premises", "FADA"), ("fada_official_temperature_premises", "control: FADA at T 1.8")):
         stats = {name: mean_std([run[key][name] for run in runs]) for name in PREMISE_KEYS}
-        lines.append(f"| {title} | {cell(stats['trusted_fraction'], 100)} | {cell(stats['trusted_precision'], 100)} | "
-                     f"{cell(stats['pseudo_label_accuracy'], 100)} | {cell(stats['error_share_untrusted'], 100)} |")
+        lines.append(
+            f"| {title} | {cell(stats['trusted_fraction'], 100)} | {cell(stats['trusted_precision'], 100)} | "
+            f"{cell(stats['pseudo_label_accuracy'], 100)} | {cell(stats['error_share_untrusted'], 100)} |"
+        )
     lines += ["", "| criterion (every seed) | met | per seed |", "|---|---|---|"]
     lines += [f"| {name} | {'yes' if met else '**no**'} | {values} |" for name, met, values in check_regime(runs)]
     lines += ["", f"Command lines (seed {seeds[0]}; other seeds change `engine.seed` and the folder):", "", "```"]
@@ -195,7 +225,7 @@ def update_doc(doc: Path, section: str) -> None:
         doc.write_text(text.rstrip("\n") + "\n\n" + section)
         return
     end = text.find("\n## ", start + len(SECTION_TITLE))
-    rest = "" if end < 0 else text[end + 1:]
+    rest = "" if end < 0 else text[end + 1 :]
     doc.write_text(text[:start] + section + ("\n" + rest if rest else ""))
 
 
@@ -209,12 +239,18 @@ def main() -> int:
     cfg, synth = prepared_benchmark(args)
     missing = [method for method in CDA_METHODS if method not in cfg.cda]
     if missing or cfg.oracle is None:
-        raise ValueError(f"the benchmark pipeline needs an oracle and the cda stages {CDA_METHODS} (missing: {missing})")
+        raise ValueError(
+            f"the benchmark pipeline needs an oracle and the cda stages {CDA_METHODS} (missing: {missing})"
+        )
     runs = [run_seed(args.output, cfg, seed) for seed in args.seeds]
     text = markdown(runs, args.seeds, synth, time.perf_counter() - start, calibration)
     (args.output / "regime.md").write_text(text)
-    (args.output / "regime.json").write_text(json.dumps({"runs": runs, "synth": synth, "seeds": args.seeds,
-                                                         "calibration_step_seconds": calibration}, indent=2) + "\n")
+    (args.output / "regime.json").write_text(
+        json.dumps(
+            {"runs": runs, "synth": synth, "seeds": args.seeds, "calibration_step_seconds": calibration}, indent=2
+        )
+        + "\n"
+    )
     if args.doc is not None:
         update_doc(args.doc, text)
     print(text)

@@ -1,6 +1,6 @@
 """Writes ``docs/images/synth_samples.png``: a source and a target image with their labels.
 
-    python bench/synth_samples.py [--out docs/images/synth_samples.png]
+python bench/synth_samples.py [--out docs/images/synth_samples.png]
 """
 
 from __future__ import annotations

@@ -35,15 +35,24 @@ def main() -> int:
     target_val = args.images - source - target_train
     with tempfile.TemporaryDirectory() as out_dir:
         start_wall, start_cpu = time.perf_counter(), time.process_time()
-        generate_benchmark(out_dir, source_images=source, target_train_images=target_train,
-                           target_val_images=target_val, height=args.height, width=args.width, seed=args.seed)
+        generate_benchmark(
+            out_dir,
+            source_images=source,
+            target_train_images=target_train,
+            target_val_images=target_val,
+            height=args.height,
+            width=args.width,
+            seed=args.seed,
+        )
         wall = time.perf_counter() - start_wall
         cpu = time.process_time() - start_cpu
     if wall <= 0 or cpu <= 0:
         print("synth_speed: clock did not advance; cannot measure", file=sys.stderr)
         return 1
-    print(f"{args.images} images ({source} source, {target_train}+{target_val} target) "
-          f"at {args.height}x{args.width}: {wall:.2f} s wall ({args.images / wall:.1f} img/s), {cpu:.2f} s CPU")
+    print(
+        f"{args.images} images ({source} source, {target_train}+{target_val} target) "
+        f"at {args.height}x{args.width}: {wall:.2f} s wall ({args.images / wall:.1f} img/s), {cpu:.2f} s CPU"
+    )
     print(f"synth_speed {args.images / cpu:.1f} img/s")
     return 0
 

@@ -27,8 +27,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # The classes of docs/reliability.md, in table order.
 CLASSES = (
-    "bad config", "bad dataset", "bad checkpoint", "bad store", "bad predictions", "existing outputs",
-    "kill -9 and rerun", "write failure (RLIMIT_FSIZE)", "Ctrl-C (SIGINT)",
+    "bad config",
+    "bad dataset",
+    "bad checkpoint",
+    "bad store",
+    "bad predictions",
+    "existing outputs",
+    "kill -9 and rerun",
+    "write failure (RLIMIT_FSIZE)",
+    "Ctrl-C (SIGINT)",
 )
 
 
@@ -87,19 +94,22 @@ def cli_environment() -> dict[str, str]:
 
 def run_subprocess(argv: list[str], *, file_size_limit: int | None = None, timeout: float = 300) -> tuple[int, str]:
     """``crossregion ARGV`` in a child process, optionally under ``RLIMIT_FSIZE``."""
+
     def limit() -> None:
         if file_size_limit is not None:
             import resource
 
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    done = subprocess.run(cli_command(argv), env=cli_environment(), capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=limit)
+    done = subprocess.run(
+        cli_command(argv), env=cli_environment(), capture_output=True, text=True, timeout=timeout, preexec_fn=limit
+    )
     return done.returncode, done.stdout + done.stderr
 
 
-def interrupt_when(argv: list[str], ready, *, sig: int, delay: float, output: Path, timeout: float = 300,
-                   attempts: int = 5) -> tuple[int, str]:
+def interrupt_when(
+    argv: list[str], ready, *, sig: int, delay: float, output: Path, timeout: float = 300, attempts: int = 5
+) -> tuple[int, str]:
     """Start ``crossregion ARGV``, wait until ``ready()`` holds, stop it there, and send ``sig``
     (after ``delay`` seconds, while it stands still).
 
@@ -108,8 +118,9 @@ def interrupt_when(argv: list[str], ready, *, sig: int, delay: float, output: Pa
     ``attempts`` times. Returns (exit status, output text) of the last attempt.
     """
     for _ in range(attempts):
-        process = subprocess.Popen(cli_command(argv), env=cli_environment(), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            cli_command(argv), env=cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         deadline = time.monotonic() + timeout
         while not ready() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -125,13 +136,24 @@ def interrupt_when(argv: list[str], ready, *, sig: int, delay: float, output: Pa
         if interrupted:
             return process.returncode, text
         shutil.rmtree(output, ignore_errors=True)
-    pytest.skip(f"the command finished before the signal could land, {attempts} times: this machine is too fast "
-                "for the case's input to be interrupted mid-run")
+    pytest.skip(
+        f"the command finished before the signal could land, {attempts} times: this machine is too fast "
+        "for the case's input to be interrupted mid-run"
+    )
 
 
-def judge(fault_class: str, case: str, *, status: int, output: str, named: list[str] = (),
-          inputs_before: dict[str, str] | None = None, inputs_after: dict[str, str] | None = None,
-          expect_error: bool = True, same_result: bool = True) -> None:
+def judge(
+    fault_class: str,
+    case: str,
+    *,
+    status: int,
+    output: str,
+    named: list[str] = (),
+    inputs_before: dict[str, str] | None = None,
+    inputs_after: dict[str, str] | None = None,
+    expect_error: bool = True,
+    same_result: bool = True,
+) -> None:
     """Record and assert one case.
 
     Args:
@@ -159,13 +181,17 @@ def judge(fault_class: str, case: str, *, status: int, output: str, named: list[
 
 def outcome_table(outcomes: list[Outcome]) -> str:
     """The markdown table of docs/reliability.md."""
-    lines = ["| class | cases tried | clear error or right result | tracebacks | wrong results | data lost |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| class | cases tried | clear error or right result | tracebacks | wrong results | data lost |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     rows = [[o for o in outcomes if o.fault_class == name] for name in CLASSES]
     for name, row in [*zip(CLASSES, rows), ("**all**", outcomes)]:
         if row:
-            lines.append(f"| {name} | {len(row)} | {sum(o.good for o in row)} | {sum(o.traceback for o in row)} | "
-                         f"{sum(o.wrong_result for o in row)} | {sum(o.data_lost for o in row)} |")
+            lines.append(
+                f"| {name} | {len(row)} | {sum(o.good for o in row)} | {sum(o.traceback for o in row)} | "
+                f"{sum(o.wrong_result for o in row)} | {sum(o.data_lost for o in row)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -178,8 +204,16 @@ SIGINT = signal.SIGINT
 def tiny_training(benchmark: Path, iterations: int = 2, batch: str = "source") -> list[str]:
     root = benchmark / ("gta5" if batch == "source" else "cityscapes")
     return [
-        "model.backbone=resnet18", "data.batch_size=2", f"optim.max_iters={iterations}",
-        f"optim.stop_iter={iterations}", "engine.eval_period=0", "engine.device=cpu", "engine.log_period=1",
-        "data.num_workers=0", f"data.{batch}.resize=[32, 64]", "data.target_val.resize=[32, 64]",
-        f"data.{batch}.root={root}", f"data.target_val.root={benchmark / 'cityscapes'}",
+        "model.backbone=resnet18",
+        "data.batch_size=2",
+        f"optim.max_iters={iterations}",
+        f"optim.stop_iter={iterations}",
+        "engine.eval_period=0",
+        "engine.device=cpu",
+        "engine.log_period=1",
+        "data.num_workers=0",
+        f"data.{batch}.resize=[32, 64]",
+        "data.target_val.resize=[32, 64]",
+        f"data.{batch}.root={root}",
+        f"data.target_val.root={benchmark / 'cityscapes'}",
     ]

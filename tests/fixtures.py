@@ -57,8 +57,9 @@ def write_synthia_label(path: Path, class_ids: np.ndarray) -> None:
         writer.write(f, pixels.reshape(height, width * 3).tolist())
 
 
-def write_gta5(root: Path, n: int = 3, size: tuple[int, int] = (8, 12), *, label_ids=CITYSCAPES_IDS,
-               seed: int = 0) -> Path:
+def write_gta5(
+    root: Path, n: int = 3, size: tuple[int, int] = (8, 12), *, label_ids=CITYSCAPES_IDS, seed: int = 0
+) -> Path:
     """``root/images/00001.png ...`` and palettised ``root/labels/00001.png ...``."""
     rng = np.random.default_rng(seed)
     for i in range(1, n + 1):
@@ -67,8 +68,9 @@ def write_gta5(root: Path, n: int = 3, size: tuple[int, int] = (8, 12), *, label
     return root
 
 
-def write_synscapes(root: Path, n: int = 3, size: tuple[int, int] = (8, 12), *, label_ids=CITYSCAPES_IDS,
-                    seed: int = 0) -> Path:
+def write_synscapes(
+    root: Path, n: int = 3, size: tuple[int, int] = (8, 12), *, label_ids=CITYSCAPES_IDS, seed: int = 0
+) -> Path:
     """``root/img/rgb/1.png ...`` and ``root/img/class/1.png ...`` (Cityscapes label IDs)."""
     rng = np.random.default_rng(seed)
     for i in range(1, n + 1):
@@ -77,8 +79,9 @@ def write_synscapes(root: Path, n: int = 3, size: tuple[int, int] = (8, 12), *, 
     return root
 
 
-def write_synthia(root: Path, n: int = 3, size: tuple[int, int] = (8, 12), *, label_ids=SYNTHIA_IDS,
-                  seed: int = 0) -> Path:
+def write_synthia(
+    root: Path, n: int = 3, size: tuple[int, int] = (8, 12), *, label_ids=SYNTHIA_IDS, seed: int = 0
+) -> Path:
     """``root/RGB/0000000.png ...`` and 16-bit ``root/GT/LABELS/0000000.png ...``."""
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -87,8 +90,16 @@ def write_synthia(root: Path, n: int = 3, size: tuple[int, int] = (8, 12), *, la
     return root
 
 
-def write_cityscapes(root: Path, splits=("train", "val"), cities=("aachen", "bremen"), per_city: int = 2,
-                     size: tuple[int, int] = (8, 16), *, label_ids=CITYSCAPES_IDS, seed: int = 0) -> Path:
+def write_cityscapes(
+    root: Path,
+    splits=("train", "val"),
+    cities=("aachen", "bremen"),
+    per_city: int = 2,
+    size: tuple[int, int] = (8, 16),
+    *,
+    label_ids=CITYSCAPES_IDS,
+    seed: int = 0,
+) -> Path:
     """``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` and ``gtFine/.../*_gtFine_labelIds.png``.
 
     The ``test`` split gets images only, like the public release's withheld labels.
@@ -105,8 +116,15 @@ def write_cityscapes(root: Path, splits=("train", "val"), cities=("aachen", "bre
     return root
 
 
-def write_folder(root: Path, n: int = 3, size: tuple[int, int] = (8, 12), *, label_ids=(0, 1, 2, 255),
-                 with_masks: bool = True, seed: int = 0) -> Path:
+def write_folder(
+    root: Path,
+    n: int = 3,
+    size: tuple[int, int] = (8, 12),
+    *,
+    label_ids=(0, 1, 2, 255),
+    with_masks: bool = True,
+    seed: int = 0,
+) -> Path:
     """``root/images/img<i>.jpg`` and (optionally) ``root/masks/img<i>.png``."""
     rng = np.random.default_rng(seed)
     for i in range(n):

@@ -42,18 +42,27 @@ class TinySegmenter(nn.Module):
 
 def manifest(names, num_classes=NUM_CLASSES, **overrides) -> dict:
     settings = {
-        "num_classes": num_classes, "class_names": list(CITYSCAPES_19.class_names[:num_classes]),
-        "palette": [list(c) for c in CITYSCAPES_19.palette[:num_classes]], "dataset": "cityscapes",
-        "split": "train", "root": "/data/cityscapes", "names": list(names),
-        "checkpoint": {"path": "cda.pth", "sha256": "0" * 64}, "input_size": None, "flip": False,
-        "threshold": 0.01, "rare_share": 0.01, "rare_factor": 0.5,
+        "num_classes": num_classes,
+        "class_names": list(CITYSCAPES_19.class_names[:num_classes]),
+        "palette": [list(c) for c in CITYSCAPES_19.palette[:num_classes]],
+        "dataset": "cityscapes",
+        "split": "train",
+        "root": "/data/cityscapes",
+        "names": list(names),
+        "checkpoint": {"path": "cda.pth", "sha256": "0" * 64},
+        "input_size": None,
+        "flip": False,
+        "threshold": 0.01,
+        "rare_share": 0.01,
+        "rare_factor": 0.5,
     }
     settings.update(overrides)
     return settings
 
 
-def write_store(path: Path, names, *, size=(8, 16), labels=None, entropies=None, seed=0,
-                num_classes=NUM_CLASSES, **overrides) -> Path:
+def write_store(
+    path: Path, names, *, size=(8, 16), labels=None, entropies=None, seed=0, num_classes=NUM_CLASSES, **overrides
+) -> Path:
     """A finished store; ``labels``/``entropies`` map a name to its maps, others are random.
 
     Random labels put class ``num_classes - 1`` on one pixel of each image only, so that class
@@ -81,8 +90,9 @@ def rare_store(path: Path) -> Path:
 
 def step_context(optimizers, iteration: int = 0) -> StepContext:
     device = torch.device("cpu")
-    return StepContext(iteration=iteration, device=device, optimizers=optimizers,
-                       scaler=build_grad_scaler(device, "none"))
+    return StepContext(
+        iteration=iteration, device=device, optimizers=optimizers, scaler=build_grad_scaler(device, "none")
+    )
 
 
 def target_batch(num_images=2, size=(8, 12), *, seed=0, num_classes=NUM_CLASSES, dtype=torch.float32) -> dict:

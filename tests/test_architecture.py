@@ -82,7 +82,7 @@ def cycles(graph: dict[str, set[str]]) -> list[str]:
         state[module] = "open"
         for target in sorted(graph.get(module, ())):
             if state.get(target) == "open":
-                found.append(" -> ".join(path[path.index(target):] + [target]))
+                found.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target in graph and target not in state:
                 visit(target, path + [target])
         state[module] = "done"
@@ -109,7 +109,9 @@ def test_no_import_cycle():
 
 
 def test_argparse_only_in_the_application_layer():
-    users = [module_name(path) for path in PACKAGE_DIR.rglob("*.py") if "import argparse" in path.read_text(encoding="utf-8")]
+    users = [
+        module_name(path) for path in PACKAGE_DIR.rglob("*.py") if "import argparse" in path.read_text(encoding="utf-8")
+    ]
     outside = [module for module in users if unit_of(module) not in ("app", "cli")]
     assert not outside, f"argparse outside app/ and cli.py: {outside}"
 

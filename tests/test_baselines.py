@@ -62,7 +62,7 @@ def test_trusted_cross_entropy_is_the_mean_over_trusted_pixels_at_temperature():
 
 
 def test_per_image_weighting_averages_each_images_trusted_mean():
-    """"per_image" = the official 1 crop per GPU with DDP averaging: mean over images of each
+    """ "per_image" = the official 1 crop per GPU with DDP averaging: mean over images of each
     image's mean over its trusted pixels; an image without trusted pixels counts as 0 out of N."""
     generator = torch.Generator().manual_seed(2)
     logits = torch.randn(3, NUM_CLASSES, 5, 6, generator=generator, requires_grad=True)
@@ -96,14 +96,18 @@ def test_cra_and_both_baselines_weigh_the_trusted_ce_by_the_config_field(tmp_pat
     torch.manual_seed(0)
     logits = F.interpolate(TinySegmenter()(batch["image"])["logits"], size=(8, 12), mode="bilinear", align_corners=True)
     methods = [
-        PseudoLabelOnly(PseudoLabelOnlyConfig(pseudo_label_store=store, trusted_ce_weighting=weighting), num_classes=NUM_CLASSES),
+        PseudoLabelOnly(
+            PseudoLabelOnlyConfig(pseudo_label_store=store, trusted_ce_weighting=weighting), num_classes=NUM_CLASSES
+        ),
         EntropyMin(EntropyMinConfig(pseudo_label_store=store, trusted_ce_weighting=weighting), num_classes=NUM_CLASSES),
         CRA(CRAConfig(pseudo_label_store=store, trusted_ce_weighting=weighting), num_classes=NUM_CLASSES),
     ]
     trusted, _ = methods[0].region_masks(batch)
     assert len(set(trusted.flatten(1).sum(1).tolist())) == 3  # unequal trusted counts
     expected = trusted_cross_entropy(logits, batch["pseudo_mask"], trusted, 1.8, weighting)
-    other = trusted_cross_entropy(logits, batch["pseudo_mask"], trusted, 1.8, {"per_image": "pixel", "pixel": "per_image"}[weighting])
+    other = trusted_cross_entropy(
+        logits, batch["pseudo_mask"], trusted, 1.8, {"per_image": "pixel", "pixel": "per_image"}[weighting]
+    )
     assert (expected - other).abs() > 1e-3
     for method in methods:
         _, losses = one_step(method, batch)
@@ -126,11 +130,15 @@ def test_masked_entropy_loss_matches_a_direct_computation_and_stays_finite():
 def test_entropy_min_adds_the_untrusted_entropy_term_to_pseudo_label_training(tmp_path):
     store = str(rare_store(tmp_path / "store"))
     batch = target_batch(seed=4)
-    plain, _ = one_step(PseudoLabelOnly(PseudoLabelOnlyConfig(pseudo_label_store=store), num_classes=NUM_CLASSES), batch)
-    zero_weight, _ = one_step(EntropyMin(EntropyMinConfig(pseudo_label_store=store, entropy_weight=0.0),
-                                         num_classes=NUM_CLASSES), batch)
-    weighted, losses = one_step(EntropyMin(EntropyMinConfig(pseudo_label_store=store, entropy_weight=1.0),
-                                           num_classes=NUM_CLASSES), batch)
+    plain, _ = one_step(
+        PseudoLabelOnly(PseudoLabelOnlyConfig(pseudo_label_store=store), num_classes=NUM_CLASSES), batch
+    )
+    zero_weight, _ = one_step(
+        EntropyMin(EntropyMinConfig(pseudo_label_store=store, entropy_weight=0.0), num_classes=NUM_CLASSES), batch
+    )
+    weighted, losses = one_step(
+        EntropyMin(EntropyMinConfig(pseudo_label_store=store, entropy_weight=1.0), num_classes=NUM_CLASSES), batch
+    )
     assert set(losses) == {"loss/seg_trusted", "loss/ent_untrusted"}
     assert losses["loss/ent_untrusted"] > 0
     for a, b in zip(plain.parameters(), zero_weight.parameters()):
@@ -139,13 +147,16 @@ def test_entropy_min_adds_the_untrusted_entropy_term_to_pseudo_label_training(tm
 
 
 def test_self_distill_trains_on_every_pseudo_labelled_pixel(tmp_path):
-    method = SelfDistill(SelfDistillConfig(pseudo_label_store=str(rare_store(tmp_path / "store"))), num_classes=NUM_CLASSES)
+    method = SelfDistill(
+        SelfDistillConfig(pseudo_label_store=str(rare_store(tmp_path / "store"))), num_classes=NUM_CLASSES
+    )
     batch = target_batch(seed=5)
     torch.manual_seed(0)
     reference = TinySegmenter()
     expected = F.cross_entropy(
         F.interpolate(reference(batch["image"])["logits"], size=(8, 12), mode="bilinear", align_corners=True),
-        batch["pseudo_mask"], ignore_index=255,
+        batch["pseudo_mask"],
+        ignore_index=255,
     )
     _, losses = one_step(method, batch)
     assert set(losses) == {"loss/seg_pseudo"}
@@ -157,8 +168,16 @@ def test_presets_load():
         cfg = load_config(name)
         assert cfg.method.entropy_threshold is None and cfg.method.bn_momentum == 0.19, name
     # One trusted-CE weighting for CRA and its Table-3 baselines: the official per-image one.
-    for name in ("cra", "cra_paper", "pseudo_label_only", "entropy_min",
-                 "demo_cra", "demo_cra_paper", "demo_pseudo_label_only", "demo_entropy_min"):
+    for name in (
+        "cra",
+        "cra_paper",
+        "pseudo_label_only",
+        "entropy_min",
+        "demo_cra",
+        "demo_cra_paper",
+        "demo_pseudo_label_only",
+        "demo_entropy_min",
+    ):
         assert load_config(name).method.trusted_ce_weighting == "per_image", name
     for name in ("self_distill", "demo_self_distill"):
         cfg = load_config(name)

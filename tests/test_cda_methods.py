@@ -40,8 +40,12 @@ class TinyFeatureExtractor(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.backbone = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
         )
         self.last = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
 
@@ -79,8 +83,10 @@ class RecordingContext(StepContext):
         if name == "segmenter":
             self.disc_grads_at_generator_step += [
                 f"{model_name}.{key}"
-                for model_name, model in self.models.items() if model_name != "segmenter"
-                for key, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+                for model_name, model in self.models.items()
+                if model_name != "segmenter"
+                for key, p in model.named_parameters()
+                if p.grad is not None and p.grad.abs().sum() > 0
             ]
             super().step(name)
             self.segmenter_after_generator_step = _weights(self.models["segmenter"])
@@ -120,16 +126,44 @@ def _run_step(method_cfg, *, multi_level: bool):
 
 
 CASES = {
-    "adaptsegnet_multi": (AdaptSegNetConfig(), True, {
-        "loss/seg_src", "loss/seg_src_aux", "loss/adv_tgt", "loss/adv_tgt_aux",
-        "loss/disc_src", "loss/disc_tgt", "loss/disc_src_aux", "loss/disc_tgt_aux"}),
-    "adaptsegnet_single": (AdaptSegNetConfig(), False, {
-        "loss/seg_src", "loss/adv_tgt", "loss/disc_src", "loss/disc_tgt"}),
-    "advent": (AdventConfig(variant="advent"), True, {
-        "loss/seg_src", "loss/seg_src_aux", "loss/adv_tgt", "loss/adv_tgt_aux",
-        "loss/disc_src", "loss/disc_tgt", "loss/disc_src_aux", "loss/disc_tgt_aux"}),
-    "minent": (AdventConfig(variant="minent"), True, {
-        "loss/seg_src", "loss/seg_src_aux", "loss/ent_tgt", "loss/ent_tgt_aux"}),
+    "adaptsegnet_multi": (
+        AdaptSegNetConfig(),
+        True,
+        {
+            "loss/seg_src",
+            "loss/seg_src_aux",
+            "loss/adv_tgt",
+            "loss/adv_tgt_aux",
+            "loss/disc_src",
+            "loss/disc_tgt",
+            "loss/disc_src_aux",
+            "loss/disc_tgt_aux",
+        },
+    ),
+    "adaptsegnet_single": (
+        AdaptSegNetConfig(),
+        False,
+        {"loss/seg_src", "loss/adv_tgt", "loss/disc_src", "loss/disc_tgt"},
+    ),
+    "advent": (
+        AdventConfig(variant="advent"),
+        True,
+        {
+            "loss/seg_src",
+            "loss/seg_src_aux",
+            "loss/adv_tgt",
+            "loss/adv_tgt_aux",
+            "loss/disc_src",
+            "loss/disc_tgt",
+            "loss/disc_src_aux",
+            "loss/disc_tgt_aux",
+        },
+    ),
+    "minent": (
+        AdventConfig(variant="minent"),
+        True,
+        {"loss/seg_src", "loss/seg_src_aux", "loss/ent_tgt", "loss/ent_tgt_aux"},
+    ),
     "fada": (FadaConfig(), False, {"loss/seg_src", "loss/adv_tgt", "loss/disc_src", "loss/disc_tgt"}),
 }
 
@@ -168,8 +202,7 @@ def test_discriminators_learn(case: str) -> None:
     method_cfg, multi_level, _ = CASES[case]
     _, models, _, _, _ = _run_step(method_cfg, multi_level=multi_level)
     torch.manual_seed(0)
-    fresh = METHODS.get(method_cfg.name)(method_cfg, num_classes=NUM_CLASSES).build_models(
-        build_segmenter(multi_level))
+    fresh = METHODS.get(method_cfg.name)(method_cfg, num_classes=NUM_CLASSES).build_models(build_segmenter(multi_level))
     for name in models:
         if name != "segmenter":
             trained, initial = _weights(models[name]), _weights(fresh[name])
@@ -193,7 +226,9 @@ def test_target_batch_acts_through_the_adversarial_weight(adv_weight: float, tar
         models = method.build_models(build_segmenter())
         optimizers = method.build_optimizers(models, ExperimentConfig(method=cfg).optim)
         batches = _batches()
-        batches["target"]["image"] = torch.randn(2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(target_seed))
+        batches["target"]["image"] = torch.randn(
+            2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(target_seed)
+        )
         models["segmenter"].eval()  # else the target batch's BatchNorm statistics would differ too
         method.training_step(models, batches, RecordingContext(models, optimizers))
         results.append(_weights(models["segmenter"]))
@@ -232,13 +267,16 @@ def test_config_validation() -> None:
         AdaptSegNetConfig(adv_main_weight=-1.0)
     cfg = ExperimentConfig(
         method=FadaConfig(),
-        data=DataConfig(source=DatasetSpec(name="gta5", root="x"),
-                        target=DatasetSpec(name="cityscapes", root="y", labelled=False)),
+        data=DataConfig(
+            source=DatasetSpec(name="gta5", root="x"), target=DatasetSpec(name="cityscapes", root="y", labelled=False)
+        ),
         model=ModelConfig(multi_level=True),
     )
     with pytest.raises(ValueError, match="model.multi_level: false"):
         METHODS.get("fada")(cfg.method, num_classes=19).check_config(cfg)
-    without_target = ExperimentConfig(method=AdaptSegNetConfig(), data=DataConfig(source=DatasetSpec(name="gta5", root="x")))
+    without_target = ExperimentConfig(
+        method=AdaptSegNetConfig(), data=DataConfig(source=DatasetSpec(name="gta5", root="x"))
+    )
     with pytest.raises(ValueError, match="data.target"):
         METHODS.get("adaptsegnet")(without_target.method, num_classes=19).check_config(without_target)
 

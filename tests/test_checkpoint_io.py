@@ -40,9 +40,7 @@ def randomise_statistics(segmenter: nn.Module) -> None:
             module.bias.data.copy_(torch.rand(size, generator=generator) * 0.2 - 0.1)
 
 
-def official_container(
-    segmenter, discriminator=None, *, ddp_prefix=False, batch_norm_counters=False
-):
+def official_container(segmenter, discriminator=None, *, ddp_prefix=False, batch_norm_counters=False):
     """An official train_cda-style checkpoint dict (docs/spec.md §3.5) from the module state dicts."""
     prefix = "module." if ddp_prefix else ""
     feature_state = dict(segmenter.feature_extractor.state_dict())
@@ -52,16 +50,12 @@ def official_container(
     container = {
         "iteration": 40000,
         "feature_extractor": {prefix + key: value for key, value in feature_state.items()},
-        "classifier": {
-            prefix + key: value for key, value in segmenter.classifier.state_dict().items()
-        },
+        "classifier": {prefix + key: value for key, value in segmenter.classifier.state_dict().items()},
         "optimizer_fea": {"state": {}, "param_groups": [{"lr": 2.5e-4, "params": [0, 1]}]},
         "optimizer_cls": {"state": {}, "param_groups": [{"lr": 2.5e-3, "params": [0, 1]}]},
     }
     if discriminator is not None:
-        container["model_D"] = {
-            prefix + key: value for key, value in discriminator.state_dict().items()
-        }
+        container["model_D"] = {prefix + key: value for key, value in discriminator.state_dict().items()}
         container["optimizer_D"] = {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]}
     return container
 
@@ -98,9 +92,7 @@ def test_official_r101_checkpoint_gives_identical_logits(tmp_path, r101_referenc
         assert torch.equal(info["discriminator_state"][key], value)
 
 
-def test_official_r101_checkpoint_with_batch_norm_counters_loads_trainable_bn(
-    tmp_path, r101_reference
-):
+def test_official_r101_checkpoint_with_batch_norm_counters_loads_trainable_bn(tmp_path, r101_reference):
     reference, _, _ = r101_reference
     path = tmp_path / "cra.pth"
     torch.save(official_container(reference, batch_norm_counters=True), path)
@@ -109,9 +101,7 @@ def test_official_r101_checkpoint_with_batch_norm_counters_loads_trainable_bn(
     assert isinstance(segmenter.feature_extractor.backbone.layer4[2].bn3, nn.BatchNorm2d)
     assert segmenter.feature_extractor.backbone.layer1[0].bn1.num_batches_tracked.item() == 40000
     loaded_state = segmenter.state_dict()
-    assert all(
-        torch.equal(loaded_state[key], value) for key, value in reference.state_dict().items()
-    )
+    assert all(torch.equal(loaded_state[key], value) for key, value in reference.state_dict().items())
 
 
 @pytest.mark.parametrize("ddp_prefix", [False, True])
@@ -128,9 +118,7 @@ def test_official_checkpoint_with_batch_norm_counters_gives_batch_norm_logits(tm
     for module in reference.modules():
         if isinstance(module, FrozenBatchNorm2d):
             module.eps = 1e-5
-    torch.testing.assert_close(
-        logits_of(segmenter, images), logits_of(reference, images), rtol=1e-4, atol=1e-5
-    )
+    torch.testing.assert_close(logits_of(segmenter, images), logits_of(reference, images), rtol=1e-4, atol=1e-5)
 
 
 def test_r101_export_then_import_is_lossless(tmp_path, r101_reference):
@@ -141,16 +129,12 @@ def test_r101_export_then_import_is_lossless(tmp_path, r101_reference):
     assert set(container) == {"iteration", "feature_extractor", "classifier"}
     assert len(container["feature_extractor"]) == 520
     assert "module.backbone.layer3.22.bn3.running_var" in container["feature_extractor"]
-    assert set(container["classifier"]) == {
-        f"module.conv2d_list.{i}.{k}" for i in range(4) for k in ("weight", "bias")
-    }
+    assert set(container["classifier"]) == {f"module.conv2d_list.{i}.{k}" for i in range(4) for k in ("weight", "bias")}
     segmenter, info = load_segmenter(path)
     assert info["iteration"] == 7 and info["freeze_bn"]
     loaded_state = segmenter.state_dict()
     assert loaded_state.keys() == reference.state_dict().keys()
-    assert all(
-        torch.equal(loaded_state[key], value) for key, value in reference.state_dict().items()
-    )
+    assert all(torch.equal(loaded_state[key], value) for key, value in reference.state_dict().items())
 
 
 def crossregion_checkpoint(segmenter, build_arguments, models=None):
@@ -206,9 +190,7 @@ def test_crossregion_checkpoint_loads_with_aux_head(tmp_path, small_model):
     images = torch.randn(1, 3, 33, 41)
     with torch.no_grad():
         expected, found = segmenter(images), loaded(images)
-    assert torch.equal(found["logits"], expected["logits"]) and torch.equal(
-        found["aux_logits"], expected["aux_logits"]
-    )
+    assert torch.equal(found["logits"], expected["logits"]) and torch.equal(found["aux_logits"], expected["aux_logits"])
     assert torch.equal(info["discriminator_state"]["cls2.bias"], discriminator.cls2.bias)
 
 
@@ -232,10 +214,7 @@ def test_cli_export_writes_the_official_container(tmp_path, small_model, capsys)
     assert not list(output.parent.glob("*.tmp"))
     reloaded, info = load_segmenter(output)
     assert info["format"] == "official" and info["backbone"] == "resnet18"
-    assert all(
-        torch.equal(reloaded.state_dict()[key], value)
-        for key, value in segmenter.state_dict().items()
-    )
+    assert all(torch.equal(reloaded.state_dict()[key], value) for key, value in segmenter.state_dict().items())
 
 
 def test_strip_wrapper_prefixes():
@@ -262,9 +241,7 @@ def test_another_class_count_names_file_and_shapes(small_official_file):
         match=r"r18_official\.pth holds a resnet18 with 19 classes, expected a resnet18 with 16",
     ) as error:
         load_segmenter(small_official_file, num_classes=16)
-    assert "classifier.conv2d_list.0.weight expected (16, 512, 3, 3) found (19, 512, 3, 3)" in str(
-        error.value
-    )
+    assert "classifier.conv2d_list.0.weight expected (16, 512, 3, 3) found (19, 512, 3, 3)" in str(error.value)
 
 
 def test_another_architecture_names_file_and_shapes(small_official_file, tmp_path):
@@ -285,24 +262,18 @@ def test_truncated_checkpoint_is_named(small_official_file, tmp_path):
     data = small_official_file.read_bytes()
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(
-        ValueError, match=r"truncated\.pth: the file is truncated or not a PyTorch file"
-    ):
+    with pytest.raises(ValueError, match=r"truncated\.pth: the file is truncated or not a PyTorch file"):
         load_segmenter(truncated)
 
 
 def test_non_checkpoint_files_are_named(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint")
-    with pytest.raises(
-        ValueError, match=r"notes\.txt: the file is truncated or not a PyTorch file"
-    ):
+    with pytest.raises(ValueError, match=r"notes\.txt: the file is truncated or not a PyTorch file"):
         load_segmenter(text)
     weights_only = tmp_path / "weights.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, weights_only)
-    with pytest.raises(
-        ValueError, match=r"weights\.pth is not a segmenter checkpoint.*conv1\.weight"
-    ):
+    with pytest.raises(ValueError, match=r"weights\.pth is not a segmenter checkpoint.*conv1\.weight"):
         load_segmenter(weights_only)
     tensor = tmp_path / "tensor.pth"
     torch.save(torch.zeros(3), tensor)
@@ -313,9 +284,7 @@ def test_non_checkpoint_files_are_named(tmp_path):
 
 
 def test_format_option_is_checked(small_official_file):
-    with pytest.raises(
-        ValueError, match=r"r18_official\.pth is in the official format, not crossregion"
-    ):
+    with pytest.raises(ValueError, match=r"r18_official\.pth is in the official format, not crossregion"):
         load_segmenter(small_official_file, format="crossregion")
     with pytest.raises(ValueError, match="unknown checkpoint format 'fada'"):
         load_segmenter(small_official_file, format="fada")
@@ -325,9 +294,7 @@ def test_unknown_backbone_layout_is_named(tmp_path):
     segmenter = build_segmenter("resnet18", 4)
     container = official_container(segmenter)
     container["feature_extractor"] = {
-        key: value
-        for key, value in container["feature_extractor"].items()
-        if not key.startswith("backbone.layer3.1.")
+        key: value for key, value in container["feature_extractor"].items() if not key.startswith("backbone.layer3.1.")
     }
     path = tmp_path / "odd.pth"
     torch.save(container, path)

@@ -95,8 +95,12 @@ class RecordingContext(StepContext):
     """Checks, at each optimiser step, which models hold gradients; snapshots the segmenter."""
 
     def __init__(self, models, optimizers):
-        super().__init__(iteration=0, device=torch.device("cpu"), optimizers=optimizers,
-                         scaler=torch.amp.GradScaler("cpu", enabled=False))
+        super().__init__(
+            iteration=0,
+            device=torch.device("cpu"),
+            optimizers=optimizers,
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+        )
         self.models = models
         self.checked = []
 
@@ -129,7 +133,9 @@ def test_generator_loss_never_reaches_d_and_d_step_leaves_g_unchanged(tmp_path):
 
 
 def test_paper_variant_makes_two_generator_steps(tmp_path):
-    method, models, optimizers = build_cra(rare_store(tmp_path / "store"), update_mode="successive", seg_temperature=1.0)
+    method, models, optimizers = build_cra(
+        rare_store(tmp_path / "store"), update_mode="successive", seg_temperature=1.0
+    )
     assert set(optimizers) == {"segmenter", "segmenter_adv", "discriminator"}
     ctx = step_context(optimizers)
     losses = method.training_step(models, {"target": target_batch(seed=4)}, ctx)
@@ -146,11 +152,23 @@ def test_bn_momentum_field_sets_every_batchnorm(tmp_path):
 def test_presets_load_with_the_official_and_paper_constants():
     official = load_config("cra")
     paper = load_config("cra_paper")
-    assert (official.method.update_mode, official.method.seg_temperature, official.method.bn_momentum) == ("summed", 1.8, 0.19)
+    assert (official.method.update_mode, official.method.seg_temperature, official.method.bn_momentum) == (
+        "summed",
+        1.8,
+        0.19,
+    )
     # The trust rule comes from the store (null here); the store's default is the official rule.
-    assert (official.method.entropy_threshold, official.method.rare_factor, official.method.adv_weight) == (None, None, 0.001)
+    assert (official.method.entropy_threshold, official.method.rare_factor, official.method.adv_weight) == (
+        None,
+        None,
+        0.001,
+    )
     assert (official.optim.weight_decay, official.optim.stop_iter, official.optim.max_iters) == (5e-4, 40000, 62500)
-    assert (paper.method.update_mode, paper.method.seg_temperature, paper.method.bn_momentum) == ("successive", 1.0, None)
+    assert (paper.method.update_mode, paper.method.seg_temperature, paper.method.bn_momentum) == (
+        "successive",
+        1.0,
+        None,
+    )
     assert paper.method.soft_label_temperature == 1.8 and paper.optim.weight_decay == 1e-4
 
 
@@ -163,8 +181,10 @@ def test_successive_mode_applies_weight_decay_once_per_iteration(tmp_path):
     batch = target_batch(seed=1)
     batch["entropy"] = torch.where(batch["entropy"] == -1, batch["entropy"], torch.full_like(batch["entropy"], 0.05))
     for mode in ("summed", "successive"):
-        method = CRA(CRAConfig(pseudo_label_store=str(rare_store(tmp_path / "store")), update_mode=mode,
-                               adv_weight=0.0), num_classes=NUM_CLASSES)
+        method = CRA(
+            CRAConfig(pseudo_label_store=str(rare_store(tmp_path / "store")), update_mode=mode, adv_weight=0.0),
+            num_classes=NUM_CLASSES,
+        )
         torch.manual_seed(0)
         models = method.build_models(TinySegmenter())
         segmenter = models["segmenter"]
@@ -189,7 +209,9 @@ def test_bn_momentum_is_refused_with_the_two_forward_mode():
     with pytest.raises(ValueError, match=r"method\.bn_momentum"):
         load_config("demo_cra", ["method.update_mode=successive"])
     assert load_config("cra", ["method.update_mode=successive", "method.bn_momentum=null"]).method.bn_momentum is None
-    assert load_config("cra_paper").method.bn_momentum is None and load_config("demo_cra_paper").method.bn_momentum is None
+    assert (
+        load_config("cra_paper").method.bn_momentum is None and load_config("demo_cra_paper").method.bn_momentum is None
+    )
     assert CRAConfig(update_mode="summed", bn_momentum=0.19).bn_momentum == 0.19
 
 
@@ -221,15 +243,20 @@ def test_bad_stores_fail_before_training_with_clear_errors(tmp_path):
         CRA(CRAConfig(pseudo_label_store=str(tmp_path / "nowhere")), num_classes=NUM_CLASSES)
     with pytest.raises(ValueError, match="4-class model, but the model has 5 classes"):
         CRA(CRAConfig(pseudo_label_store=str(store)), num_classes=5)
-    with pytest.raises(ValueError, match=r"method.entropy_threshold=0.3 differs from the pseudo-label store's threshold=0.01"):
+    with pytest.raises(
+        ValueError, match=r"method.entropy_threshold=0.3 differs from the pseudo-label store's threshold=0.01"
+    ):
         CRA(CRAConfig(pseudo_label_store=str(store), entropy_threshold=0.3), num_classes=NUM_CLASSES)
 
     method = CRA(CRAConfig(pseudo_label_store=str(store)), num_classes=NUM_CLASSES)
 
     def experiment(split="train", init_checkpoint="cda.pth"):
         target = DatasetSpec(name="cityscapes", root=str(tmp_path / "cs"), split=split, labelled=False)
-        return ExperimentConfig(method=method.cfg, data=DataConfig(target=target),
-                                model=ModelConfig(num_classes=19, init_checkpoint=init_checkpoint))
+        return ExperimentConfig(
+            method=method.cfg,
+            data=DataConfig(target=target),
+            model=ModelConfig(num_classes=19, init_checkpoint=init_checkpoint),
+        )
 
     with pytest.raises(ValueError, match="of split 'train', not 'val'"):
         method.check_config(experiment(split="val"))
@@ -251,5 +278,7 @@ def test_the_trust_rule_comes_from_the_store(tmp_path):
     with pytest.raises(ValueError, match="method.rare_factor=0.5 differs .* rare_factor=1.0"):
         CRA(CRAConfig(pseudo_label_store=str(store), rare_factor=0.5), num_classes=NUM_CLASSES)
     with pytest.raises(ValueError, match=r"outside \(0, 1/K\]"):
-        CRA(CRAConfig(pseudo_label_store=str(write_store(tmp_path / "wide", ["a/a_0_0"], threshold=0.3))),
-            num_classes=NUM_CLASSES)
+        CRA(
+            CRAConfig(pseudo_label_store=str(write_store(tmp_path / "wide", ["a/a_0_0"], threshold=0.3))),
+            num_classes=NUM_CLASSES,
+        )

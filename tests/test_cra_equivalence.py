@@ -67,8 +67,9 @@ def official_step(segmenter, discriminator, batch, class_factors, images_per_gpu
     # "source" forward
     out_src = segmenter(images)
     logits_src = upsample(out_src["logits"], size) / TEMPERATURE
-    loss_seg = per_gpu_mean(lambda part: F.cross_entropy(logits_src[part], seg_targets[part], ignore_index=255),
-                            num_images, images_per_gpu)
+    loss_seg = per_gpu_mean(
+        lambda part: F.cross_entropy(logits_src[part], seg_targets[part], ignore_index=255), num_images, images_per_gpu
+    )
     loss_seg.backward()
     soft_src = F.softmax(logits_src, dim=1).detach()
     soft_src[soft_src > CLIP] = CLIP
@@ -94,9 +95,13 @@ def official_step(segmenter, discriminator, batch, class_factors, images_per_gpu
 
 @pytest.mark.parametrize(("weighting", "images_per_gpu"), [("per_image", 1), ("pixel", 2)])
 def test_single_forward_step_equals_the_official_two_forward_step(tmp_path, weighting, images_per_gpu):
-    """"per_image" reproduces the official 1 crop per GPU, "pixel" a GPU holding the whole batch."""
-    method = CRA(CRAConfig(pseudo_label_store=str(rare_store(tmp_path / "store")), bn_momentum=0.19,
-                           trusted_ce_weighting=weighting), num_classes=NUM_CLASSES)
+    """ "per_image" reproduces the official 1 crop per GPU, "pixel" a GPU holding the whole batch."""
+    method = CRA(
+        CRAConfig(
+            pseudo_label_store=str(rare_store(tmp_path / "store")), bn_momentum=0.19, trusted_ce_weighting=weighting
+        ),
+        num_classes=NUM_CLASSES,
+    )
     torch.manual_seed(0)
     models = {name: model.double() for name, model in method.build_models(TinySegmenter()).items()}
     reference_segmenter = copy.deepcopy(models["segmenter"])
@@ -112,10 +117,13 @@ def test_single_forward_step_equals_the_official_two_forward_step(tmp_path, weig
     counts = trusted.flatten(1).sum(1)
     assert counts[0] != counts[1]  # so that the two weightings differ
 
-    initial_state = {**{f"G.{k}": v.clone() for k, v in models["segmenter"].state_dict().items()},
-                     **{f"D.{k}": v.clone() for k, v in models["discriminator"].state_dict().items()}}
-    reference_losses = official_step(reference_segmenter, reference_discriminator, batch, method.class_factors.numpy(),
-                                     images_per_gpu)
+    initial_state = {
+        **{f"G.{k}": v.clone() for k, v in models["segmenter"].state_dict().items()},
+        **{f"D.{k}": v.clone() for k, v in models["discriminator"].state_dict().items()},
+    }
+    reference_losses = official_step(
+        reference_segmenter, reference_discriminator, batch, method.class_factors.numpy(), images_per_gpu
+    )
     ctx = step_context(method.build_optimizers(models, OPTIM))
     losses = method.training_step(models, {"target": batch}, ctx)
 
@@ -124,10 +132,14 @@ def test_single_forward_step_equals_the_official_two_forward_step(tmp_path, weig
         reference_losses.values(),
     ):
         assert torch.allclose(ours, reference.to(ours.dtype), rtol=0, atol=1e-12)
-    ours_state = {**{f"G.{k}": v for k, v in models["segmenter"].state_dict().items()},
-                  **{f"D.{k}": v for k, v in models["discriminator"].state_dict().items()}}
-    reference_state = {**{f"G.{k}": v for k, v in reference_segmenter.state_dict().items()},
-                       **{f"D.{k}": v for k, v in reference_discriminator.state_dict().items()}}
+    ours_state = {
+        **{f"G.{k}": v for k, v in models["segmenter"].state_dict().items()},
+        **{f"D.{k}": v for k, v in models["discriminator"].state_dict().items()},
+    }
+    reference_state = {
+        **{f"G.{k}": v for k, v in reference_segmenter.state_dict().items()},
+        **{f"D.{k}": v for k, v in reference_discriminator.state_dict().items()},
+    }
     for key, value in ours_state.items():
         if key.endswith("num_batches_tracked"):
             assert value == 1 and reference_state[key] == 2  # one forward counts once; unused with momentum set
@@ -135,8 +147,13 @@ def test_single_forward_step_equals_the_official_two_forward_step(tmp_path, weig
         difference = (value - reference_state[key]).abs().max().item()
         assert difference <= 1e-5, f"{key}: max difference {difference}"
     # The comparison is not vacuous: the step moved G, D and the BN statistics.
-    for key in ("G.classifier.weight", "G.feature_extractor.0.weight", "G.feature_extractor.1.running_mean",
-                "D.cls1.weight", "D.cls2.weight"):
+    for key in (
+        "G.classifier.weight",
+        "G.feature_extractor.0.weight",
+        "G.feature_extractor.1.running_mean",
+        "D.cls1.weight",
+        "D.cls2.weight",
+    ):
         assert (ours_state[key] - initial_state[key]).abs().max() > 1e-6, key
 
 
@@ -153,8 +170,12 @@ def test_paper_variant_differs_from_the_official_step(tmp_path):
         torch.manual_seed(0)
         models = method.build_models(TinySegmenter())
         method.training_step(models, {"target": batch}, step_context(method.build_optimizers(models, OPTIM)))
-        weights.append([p.detach().clone() for p in (models["segmenter"].classifier.weight,
-                                                      models["segmenter"].feature_extractor[0].weight)])
+        weights.append(
+            [
+                p.detach().clone()
+                for p in (models["segmenter"].classifier.weight, models["segmenter"].feature_extractor[0].weight)
+            ]
+        )
     (head_summed, backbone_summed), (head_successive, backbone_successive) = weights
     assert torch.equal(head_summed, head_successive)
     assert (backbone_summed - backbone_successive).abs().max() > 1e-6

@@ -1,4 +1,7 @@
-"""Rare-class scaling, region masks, soft domain labels and the soft-label cross-entropy (docs/spec.md §1.4, §1.5, §2.2)."""
+"""Rare-class scaling, region masks, soft domain labels and the soft-label cross-entropy.
+
+Semantics: docs/spec.md §1.4, §1.5, §2.2.
+"""
 
 import pytest
 import torch

@@ -45,7 +45,12 @@ def test_gta5_sample_follows_contract(tmp_path):
 
 def test_transform_is_applied(tmp_path):
     root = write_gta5(tmp_path / "gta5", n=1, size=(16, 24))
-    dataset = build_dataset("gta5", root, "train", transform=train_transform(DatasetSpec(name="gta5", root=str(root), crop=(8, 8), flip=True)))
+    dataset = build_dataset(
+        "gta5",
+        root,
+        "train",
+        transform=train_transform(DatasetSpec(name="gta5", root=str(root), crop=(8, 8), flip=True)),
+    )
     sample = dataset[0]
     assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, 8, 8)
     assert sample["mask"].shape == (8, 8)
@@ -62,8 +67,12 @@ def test_unlabelled_sample_has_no_mask_key(tmp_path):
 def test_cityscapes_splits_and_names(tmp_path):
     root = write_cityscapes(tmp_path / "cs", splits=("train", "val", "test"), cities=("aachen", "bremen"), per_city=2)
     val = build_dataset("cityscapes", root, "val")
-    assert val.names == ["aachen/aachen_000000_000000", "aachen/aachen_000000_000001",
-                         "bremen/bremen_000000_000000", "bremen/bremen_000000_000001"]
+    assert val.names == [
+        "aachen/aachen_000000_000000",
+        "aachen/aachen_000000_000001",
+        "bremen/bremen_000000_000000",
+        "bremen/bremen_000000_000001",
+    ]
     assert val.label_paths[0].name == "aachen_000000_000000_gtFine_labelIds.png"
     test = build_dataset("cityscapes", root, "test", labelled=False)
     assert len(test) == 4 and "mask" not in test[0]

@@ -17,13 +17,24 @@ TOLERANCE = 1e-5
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     common = ["--iters", "6", "--batch", "4", "--no-augment"]
-    single = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "single"), *common],
-                            capture_output=True, text=True, timeout=120)
+    single = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "single"), *common], capture_output=True, text=True, timeout=120
+    )
     assert single.returncode == 0, single.stderr
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-         str(SCRIPT), str(tmp_path / "ddp"), *common],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            str(SCRIPT),
+            str(tmp_path / "ddp"),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     expected = load_checkpoint(tmp_path / "single" / "final.pth")["models"]["segmenter"]

@@ -80,9 +80,16 @@ def test_nan_loss_stops_naming_the_iteration_and_loss(tmp_path):
     cfg = tiny_config(iters=20, batch=2)
     seed_everything(cfg)
     with pytest.raises(NonFiniteLossError, match=r"iteration=5! loss 'loss/seg_src'"):
-        run_training(cfg, tmp_path, method=_NaNAfter(cfg.method, num_classes=NUM_CLASSES),
-                     segmenter=TinySegmenter(), model_args={}, datasets={"source": TinyDataset(augment=False, sleep=0)},
-                     device=torch.device("cpu"), resume=False)
+        run_training(
+            cfg,
+            tmp_path,
+            method=_NaNAfter(cfg.method, num_classes=NUM_CLASSES),
+            segmenter=TinySegmenter(),
+            model_args={},
+            datasets={"source": TinyDataset(augment=False, sleep=0)},
+            device=torch.device("cpu"),
+            resume=False,
+        )
     assert not (tmp_path / "final.pth").exists()
 
 
@@ -91,9 +98,16 @@ def test_existing_run_needs_resume(tmp_path):
 
     def run(resume: bool) -> None:
         seed_everything(cfg)
-        run_training(cfg, tmp_path, method=build_method(cfg), segmenter=TinySegmenter(), model_args={},
-                     datasets={"source": TinyDataset(augment=False, sleep=0)}, device=torch.device("cpu"),
-                     resume=resume)
+        run_training(
+            cfg,
+            tmp_path,
+            method=build_method(cfg),
+            segmenter=TinySegmenter(),
+            model_args={},
+            datasets={"source": TinyDataset(augment=False, sleep=0)},
+            device=torch.device("cpu"),
+            resume=resume,
+        )
 
     run(False)
     with pytest.raises(ValueError, match="--resume"):
@@ -132,7 +146,7 @@ def test_class_balanced_ranks_split_one_draw_list(monkeypatch):
     single = list(ResumableClassBalancedSampler(presence, samples_per_epoch=100, seed=5))
     shares = []
     for rank in range(2):
-        monkeypatch.setattr(trainer, "get_rank", lambda: rank)
+        monkeypatch.setattr(trainer, "get_rank", lambda rank=rank: rank)
         monkeypatch.setattr(trainer, "get_world_size", lambda: 2)
         shares.append(list(ResumableClassBalancedSampler(presence, samples_per_epoch=100, seed=5)))
     assert len(shares[0]) == len(shares[1]) == len(single) // 2
@@ -143,9 +157,16 @@ def test_class_balanced_training_runs_and_caches_class_presence(tmp_path):
     torch.set_num_threads(1)
     cfg = tiny_config(iters=3, batch=2, class_balanced=True)
     seed_everything(cfg)
-    final = run_training(cfg, tmp_path, method=build_method(cfg), segmenter=TinySegmenter(), model_args={},
-                         datasets={"source": TinyDataset(augment=False, sleep=0)}, device=torch.device("cpu"),
-                         resume=False)
+    final = run_training(
+        cfg,
+        tmp_path,
+        method=build_method(cfg),
+        segmenter=TinySegmenter(),
+        model_args={},
+        datasets={"source": TinyDataset(augment=False, sleep=0)},
+        device=torch.device("cpu"),
+        resume=False,
+    )
     cache = json.loads((tmp_path / "class_presence_source.json").read_text())
     assert cache["classes"] == [list(range(NUM_CLASSES))] * 10  # random 16x16 masks hold every class
     data_state = load_checkpoint(final)["data_state"]["source"]

@@ -21,10 +21,7 @@ SIZE = (12, 20)  # (height, width) of every test image
 
 
 def _val_labels(root: Path) -> dict[str, Path]:
-    return {
-        p.name[: -len("_gtFine_labelIds.png")]: p
-        for p in sorted((root / "gtFine" / "val").rglob("*.png"))
-    }
+    return {p.name[: -len("_gtFine_labelIds.png")]: p for p in sorted((root / "gtFine" / "val").rglob("*.png"))}
 
 
 def _cityscapes_scripts_scores(prediction_files, label_files):
@@ -33,9 +30,7 @@ def _cityscapes_scripts_scores(prediction_files, label_files):
     official.args.evalInstLevelScore = False
     official.args.quiet = True
     official.args.JSONOutput = False
-    result = official.evaluateImgLists(
-        [str(p) for p in prediction_files], [str(p) for p in label_files], official.args
-    )
+    result = official.evaluateImgLists([str(p) for p in prediction_files], [str(p) for p in label_files], official.args)
     return result["classScores"], official.getScoreAverage(result["classScores"], official.args)
 
 
@@ -45,18 +40,56 @@ def _cityscapes_scripts_scores(prediction_files, label_files):
 
 
 def _evaluate_predictions(root: Path, predictions: Path, output: Path, *extra: str) -> int:
-    return cli_main(["evaluate-predictions", "--dataset", "cityscapes", "--root", str(root),
-                     "--predictions", str(predictions), "--output", str(output), *extra])
+    return cli_main(
+        [
+            "evaluate-predictions",
+            "--dataset",
+            "cityscapes",
+            "--root",
+            str(root),
+            "--predictions",
+            str(predictions),
+            "--output",
+            str(output),
+            *extra,
+        ]
+    )
 
 
 def _evaluate(checkpoint: Path, root: Path, output: Path, *extra: str) -> int:
-    return cli_main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "cityscapes", "--root", str(root),
-                     "--output", str(output), "--device", "cpu", *extra])
+    return cli_main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "cityscapes",
+            "--root",
+            str(root),
+            "--output",
+            str(output),
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 def _predict(checkpoint: Path, images: Path, output: Path, *extra: str) -> int:
-    return cli_main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--output", str(output),
-                     "--device", "cpu", *extra])
+    return cli_main(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--images",
+            str(images),
+            "--output",
+            str(output),
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 def test_agrees_with_cityscapes_scripts_on_random_label_id_predictions(tmp_path):
@@ -76,9 +109,7 @@ def test_agrees_with_cityscapes_scripts_on_random_label_id_predictions(tmp_path)
     dataset = build_dataset("cityscapes", root, "val")
     metrics, decision = evaluate_predictions(dataset, predictions, progress=False)
     assert decision.id_type == "label"
-    official_scores, official_mean = _cityscapes_scripts_scores(
-        prediction_files, list(labels.values())
-    )
+    official_scores, official_mean = _cityscapes_scripts_scores(prediction_files, list(labels.values()))
     for name in CITYSCAPES_19.class_names:
         ours, theirs = metrics["per_class_iou"][name], official_scores[name]
         if math.isnan(theirs):
@@ -111,12 +142,8 @@ def test_hand_computed_case_with_ignore_pixels_and_absent_classes(tmp_path):
     label = np.array([[7, 7, 7, 8], [8, 0, 0, 11]], dtype=np.uint8)
     write_label_png(root / "gtFine" / "val" / "x" / "x_000000_000000_gtFine_labelIds.png", label)
     (root / "leftImg8bit" / "val" / "x").mkdir(parents=True)
-    Image.new("RGB", (4, 2)).save(
-        root / "leftImg8bit" / "val" / "x" / "x_000000_000000_leftImg8bit.png"
-    )
-    prediction = np.array(
-        [[0, 0, 1, 1], [255, 2, 5, 1]], dtype=np.uint8
-    )  # train IDs; 255 = no prediction
+    Image.new("RGB", (4, 2)).save(root / "leftImg8bit" / "val" / "x" / "x_000000_000000_leftImg8bit.png")
+    prediction = np.array([[0, 0, 1, 1], [255, 2, 5, 1]], dtype=np.uint8)  # train IDs; 255 = no prediction
     write_label_png(tmp_path / "pred" / "x_000000_000000_trainIds.png", prediction)
     dataset = build_dataset("cityscapes", root, "val")
     metrics, decision = evaluate_predictions(dataset, tmp_path / "pred", progress=False)
@@ -254,9 +281,7 @@ def test_evaluate_16_class_model_with_sliding_window_reports_miou13(tmp_path):
     )
     assert metrics["num_classes"] == 16 and "miou13" in metrics
     assert "terrain" not in metrics["per_class_iou"]
-    assert metrics["settings"]["input_size_wh"] == [32, 24] and metrics["settings"][
-        "window_wh"
-    ] == [16, 16]
+    assert metrics["settings"]["input_size_wh"] == [32, 24] and metrics["settings"]["window_wh"] == [16, 16]
     assert metrics["settings"]["num_images"] == 2
     assert dataset.transform is None and not segmenter.training
 

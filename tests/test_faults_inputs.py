@@ -64,11 +64,21 @@ CONFIG_FILE_FAULTS = [
 @pytest.mark.parametrize("case, overrides, named", CONFIG_FAULTS, ids=[c[0] for c in CONFIG_FAULTS])
 def test_bad_config_override(command, case, overrides, named, tiny_benchmark, tmp_path, capsys):
     before = tree_digest(tiny_benchmark)
-    preset = (["demo_source_only"] if command == "dump-config"
-              else ["--config", "demo_source_only", "--output", tmp_path / "run"])
+    preset = (
+        ["demo_source_only"]
+        if command == "dump-config"
+        else ["--config", "demo_source_only", "--output", tmp_path / "run"]
+    )
     status, output = run_cli([command, *preset, *overrides], capsys)
-    judge("bad config", f"{command}: {case}", status=status, output=output, named=[named],
-          inputs_before=before, inputs_after=tree_digest(tiny_benchmark))
+    judge(
+        "bad config",
+        f"{command}: {case}",
+        status=status,
+        output=output,
+        named=[named],
+        inputs_before=before,
+        inputs_after=tree_digest(tiny_benchmark),
+    )
 
 
 @pytest.mark.parametrize("command", ["dump-config", "train"])
@@ -80,9 +90,15 @@ def test_bad_config_file(command, case, text, named, tmp_path, capsys):
         config.write_text(text)
     preset = [config] if command == "dump-config" else ["--config", config, "--output", tmp_path / "run"]
     status, output = run_cli([command, *preset], capsys)
-    judge("bad config", f"{command}: {case}", status=status, output=output, named=[named],
-          inputs_before=tree_digest(tmp_path / "broken.yaml") if text else None,
-          inputs_after=tree_digest(tmp_path / "broken.yaml") if text else None)
+    judge(
+        "bad config",
+        f"{command}: {case}",
+        status=status,
+        output=output,
+        named=[named],
+        inputs_before=tree_digest(tmp_path / "broken.yaml") if text else None,
+        inputs_after=tree_digest(tmp_path / "broken.yaml") if text else None,
+    )
 
 
 OPTION_FAULTS = [  # (case, argv after the command's required options, text the message must hold)
@@ -101,10 +117,18 @@ def test_bad_command_line_option(case, argv, named, tiny_benchmark, tiny_checkpo
     command, *options = argv
     before = tree_digest(tiny_benchmark, tiny_checkpoint)
     # The command's defaults first; argparse lets the options of the case override them.
-    status, output = run_cli([*checkpoint_argv(command, tiny_checkpoint, tiny_benchmark, tmp_path / "out"), *options],
-                             capsys)
-    judge("bad config", case, status=status, output=output, named=[named], inputs_before=before,
-          inputs_after=tree_digest(tiny_benchmark, tiny_checkpoint))
+    status, output = run_cli(
+        [*checkpoint_argv(command, tiny_checkpoint, tiny_benchmark, tmp_path / "out"), *options], capsys
+    )
+    judge(
+        "bad config",
+        case,
+        status=status,
+        output=output,
+        named=[named],
+        inputs_before=before,
+        inputs_after=tree_digest(tiny_benchmark, tiny_checkpoint),
+    )
 
 
 # ---------------------------------------------------------------------------- bad dataset
@@ -125,23 +149,60 @@ DATASET_COMMANDS = {
     "pseudo-label --workers 2": {"image": TRAIN_IMAGE, "split": "cityscapes/leftImg8bit/train"},
     "train": {"image": SOURCE_IMAGE, "label": SOURCE_LABEL, "split": "gta5/images"},
 }
-DATASET_CASES = [(command, fault) for command, files in DATASET_COMMANDS.items() for fault, (kind, _) in
-                 DATASET_FAULTS.items() if kind is None or kind in files]
+DATASET_CASES = [
+    (command, fault)
+    for command, files in DATASET_COMMANDS.items()
+    for fault, (kind, _) in DATASET_FAULTS.items()
+    if kind is None or kind in files
+]
 
 
 def dataset_argv(command: str, root: Path, checkpoint: Path, benchmark: Path, output: Path) -> list:
     if command.startswith("evaluate"):
         workers = "2" if "workers" in command else "0"
-        return ["evaluate", "--checkpoint", checkpoint, "--dataset", "cityscapes", "--root", root / "cityscapes",
-                "--output", output, "--device", "cpu", "--workers", workers]
+        return [
+            "evaluate",
+            "--checkpoint",
+            checkpoint,
+            "--dataset",
+            "cityscapes",
+            "--root",
+            root / "cityscapes",
+            "--output",
+            output,
+            "--device",
+            "cpu",
+            "--workers",
+            workers,
+        ]
     if command == "data check":
         return ["data", "check", "--dataset", "cityscapes", "--root", root / "cityscapes", "--split", "val"]
     if command.startswith("pseudo-label"):
         workers = "2" if "workers" in command else "0"
-        return ["pseudo-label", "--checkpoint", checkpoint, "--dataset", "cityscapes", "--root", root / "cityscapes",
-                "--output", output, "--device", "cpu", "--workers", workers]
-    return ["train", "--config", "demo_source_only", "--output", output, *tiny_training(benchmark),
-            f"data.source.root={root / 'gta5'}"]
+        return [
+            "pseudo-label",
+            "--checkpoint",
+            checkpoint,
+            "--dataset",
+            "cityscapes",
+            "--root",
+            root / "cityscapes",
+            "--output",
+            output,
+            "--device",
+            "cpu",
+            "--workers",
+            workers,
+        ]
+    return [
+        "train",
+        "--config",
+        "demo_source_only",
+        "--output",
+        output,
+        *tiny_training(benchmark),
+        f"data.source.root={root / 'gta5'}",
+    ]
 
 
 @pytest.mark.parametrize("command, fault", DATASET_CASES, ids=[f"{c}: {f}" for c, f in DATASET_CASES])
@@ -159,8 +220,15 @@ def test_bad_dataset(command, fault, tiny_benchmark, tiny_checkpoint, tmp_path, 
     named = str(tmp_path / "missing") if kind is None else str(broken)
     before = tree_digest(tmp_path / "data", tiny_checkpoint) if kind is not None else None
     status, output = run_cli(dataset_argv(command, root, tiny_checkpoint, tiny_benchmark, tmp_path / "out"), capsys)
-    judge("bad dataset", f"{command}: {fault}", status=status, output=output, named=[named], inputs_before=before,
-          inputs_after=tree_digest(tmp_path / "data", tiny_checkpoint) if kind is not None else None)
+    judge(
+        "bad dataset",
+        f"{command}: {fault}",
+        status=status,
+        output=output,
+        named=[named],
+        inputs_before=before,
+        inputs_after=tree_digest(tmp_path / "data", tiny_checkpoint) if kind is not None else None,
+    )
 
 
 # ------------------------------------------------------------------------- bad checkpoint
@@ -177,38 +245,101 @@ CHECKPOINT_FAULTS = {
     "a torch list": lambda path, good: _save([1, 2, 3], path),
     "a foreign dict": lambda path, good: _save({"state_dict": {"w": torch.zeros(1)}}, path),
     "weights unlike the declared model": lambda path, good: _save(
-        {**torch.load(good, weights_only=False), "model": {**torch.load(good, weights_only=False)["model"],
-                                                           "backbone": "resnet34"}}, path),
+        {
+            **torch.load(good, weights_only=False),
+            "model": {**torch.load(good, weights_only=False)["model"], "backbone": "resnet34"},
+        },
+        path,
+    ),
 }
-CHECKPOINT_COMMANDS = ["evaluate", "predict", "pseudo-label", "export-checkpoint", "train init_checkpoint",
-                       "train --resume"]
+CHECKPOINT_COMMANDS = [
+    "evaluate",
+    "predict",
+    "pseudo-label",
+    "export-checkpoint",
+    "train init_checkpoint",
+    "train --resume",
+]
 
 
 def checkpoint_argv(command: str, checkpoint: Path, benchmark: Path, output: Path) -> list:
     if command == "evaluate":
-        return ["evaluate", "--checkpoint", checkpoint, "--dataset", "cityscapes", "--root", benchmark / "cityscapes",
-                "--output", output, "--device", "cpu", "--workers", "0"]
+        return [
+            "evaluate",
+            "--checkpoint",
+            checkpoint,
+            "--dataset",
+            "cityscapes",
+            "--root",
+            benchmark / "cityscapes",
+            "--output",
+            output,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ]
     if command == "predict":
-        return ["predict", "--checkpoint", checkpoint, "--images", benchmark / VAL_IMAGE, "--output", output,
-                "--device", "cpu"]
+        return [
+            "predict",
+            "--checkpoint",
+            checkpoint,
+            "--images",
+            benchmark / VAL_IMAGE,
+            "--output",
+            output,
+            "--device",
+            "cpu",
+        ]
     if command == "pseudo-label":
-        return ["pseudo-label", "--checkpoint", checkpoint, "--dataset", "cityscapes", "--root",
-                benchmark / "cityscapes", "--output", output, "--device", "cpu", "--workers", "0"]
+        return [
+            "pseudo-label",
+            "--checkpoint",
+            checkpoint,
+            "--dataset",
+            "cityscapes",
+            "--root",
+            benchmark / "cityscapes",
+            "--output",
+            output,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ]
     if command == "export-checkpoint":
         return ["export-checkpoint", checkpoint, "--output", output / "official.pth"]
     if command == "train init_checkpoint":
-        return ["train", "--config", "demo_source_only", "--output", output, *tiny_training(benchmark),
-                f"model.init_checkpoint={checkpoint}"]
-    return ["train", "--config", "demo_source_only", "--output", checkpoint.parent, "--resume",
-            *tiny_training(benchmark)]
+        return [
+            "train",
+            "--config",
+            "demo_source_only",
+            "--output",
+            output,
+            *tiny_training(benchmark),
+            f"model.init_checkpoint={checkpoint}",
+        ]
+    return [
+        "train",
+        "--config",
+        "demo_source_only",
+        "--output",
+        checkpoint.parent,
+        "--resume",
+        *tiny_training(benchmark),
+    ]
 
 
 # Training builds the model its config names and takes only weights from the file, so a file that
 # misdeclares its model is a fault only where the declaration is trusted; a resume needs last.pth
 # only when there is one.
-CHECKPOINT_CASES = [(command, fault) for command in CHECKPOINT_COMMANDS for fault in CHECKPOINT_FAULTS
-                    if not (command.startswith("train") and fault == "weights unlike the declared model")
-                    and not (command == "train --resume" and fault == "missing file")]
+CHECKPOINT_CASES = [
+    (command, fault)
+    for command in CHECKPOINT_COMMANDS
+    for fault in CHECKPOINT_FAULTS
+    if not (command.startswith("train") and fault == "weights unlike the declared model")
+    and not (command == "train --resume" and fault == "missing file")
+]
 
 
 @pytest.mark.parametrize("command, fault", CHECKPOINT_CASES, ids=[f"{c}: {f}" for c, f in CHECKPOINT_CASES])
@@ -225,18 +356,42 @@ def test_bad_checkpoint(command, fault, tiny_benchmark, tiny_checkpoint, tmp_pat
     inputs = [path for path in (checkpoint, tiny_benchmark) if path.exists()]
     before = tree_digest(*inputs)
     status, output = run_cli(checkpoint_argv(command, checkpoint, tiny_benchmark, tmp_path / "out"), capsys)
-    judge("bad checkpoint", f"{command}: {fault}", status=status, output=output, named=[str(checkpoint)],
-          inputs_before=before, inputs_after=tree_digest(*inputs))
+    judge(
+        "bad checkpoint",
+        f"{command}: {fault}",
+        status=status,
+        output=output,
+        named=[str(checkpoint)],
+        inputs_before=before,
+        inputs_after=tree_digest(*inputs),
+    )
 
 
 def test_resume_with_another_config_names_the_difference(tiny_benchmark, tiny_checkpoint, tmp_path, capsys):
     run = copy_tree(tiny_checkpoint.parent, tmp_path / "run")
     before = tree_digest(run / "last.pth", tiny_benchmark)
-    status, output = run_cli(["train", "--config", "demo_source_only", "--output", run, "--resume",
-                              *tiny_training(tiny_benchmark), "optim.lr=0.5"], capsys)
-    judge("bad checkpoint", "train --resume: another config", status=status, output=output,
-          named=[str(run / "last.pth"), "optim.lr"], inputs_before=before,
-          inputs_after=tree_digest(run / "last.pth", tiny_benchmark))
+    status, output = run_cli(
+        [
+            "train",
+            "--config",
+            "demo_source_only",
+            "--output",
+            run,
+            "--resume",
+            *tiny_training(tiny_benchmark),
+            "optim.lr=0.5",
+        ],
+        capsys,
+    )
+    judge(
+        "bad checkpoint",
+        "train --resume: another config",
+        status=status,
+        output=output,
+        named=[str(run / "last.pth"), "optim.lr"],
+        inputs_before=before,
+        inputs_after=tree_digest(run / "last.pth", tiny_benchmark),
+    )
 
 
 # ------------------------------------------------------------------------------ bad store
@@ -279,20 +434,42 @@ def test_training_on_a_bad_store(method, fault, tiny_benchmark, tiny_store, tmp_
     named = STORE_FAULTS[fault](store)
     before = tree_digest(store, tiny_benchmark)
     status, output = run_cli(
-        ["train", "--config", f"demo_{method}", "--output", tmp_path / "run",
-         *tiny_training(tiny_benchmark, batch="target"), f"method.pseudo_label_store={store}"], capsys)
-    judge("bad store", f"train {method}: {fault}", status=status, output=output, named=[str(named)],
-          inputs_before=before, inputs_after=tree_digest(store, tiny_benchmark))
+        [
+            "train",
+            "--config",
+            f"demo_{method}",
+            "--output",
+            tmp_path / "run",
+            *tiny_training(tiny_benchmark, batch="target"),
+            f"method.pseudo_label_store={store}",
+        ],
+        capsys,
+    )
+    judge(
+        "bad store",
+        f"train {method}: {fault}",
+        status=status,
+        output=output,
+        named=[str(named)],
+        inputs_before=before,
+        inputs_after=tree_digest(store, tiny_benchmark),
+    )
 
 
-REDONE_FAULTS = ["truncated label PNG", "truncated entropy PNG", "label PNG missing", "entropy PNG missing",
-                 "image record missing", "image record of broken JSON", "label PNG of another image",
-                 "stats.json missing"]
+REDONE_FAULTS = [
+    "truncated label PNG",
+    "truncated entropy PNG",
+    "label PNG missing",
+    "entropy PNG missing",
+    "image record missing",
+    "image record of broken JSON",
+    "label PNG of another image",
+    "stats.json missing",
+]
 
 
 @pytest.mark.parametrize("fault", REDONE_FAULTS)
-def test_pseudo_label_rerun_redoes_damaged_images(fault, tiny_benchmark, tiny_checkpoint, tiny_store, tmp_path,
-                                                  capsys):
+def test_pseudo_label_rerun_redoes_damaged_images(fault, tiny_benchmark, tiny_checkpoint, tiny_store, tmp_path, capsys):
     store = copy_tree(tiny_store, tmp_path / "store")
     STORE_FAULTS[fault](store)
     (store / "labels" / ".left.png.tmp12345").write_bytes(b"half a file")  # a killed writer's temp file
@@ -300,8 +477,16 @@ def test_pseudo_label_rerun_redoes_damaged_images(fault, tiny_benchmark, tiny_ch
     status, output = run_cli(checkpoint_argv("pseudo-label", tiny_checkpoint, tiny_benchmark, store), capsys)
     relative = lambda digest, root: {Path(k).relative_to(root): v for k, v in digest.items()}  # noqa: E731
     same = relative(tree_digest(store), store) == relative(tree_digest(tiny_store), tiny_store)
-    judge("bad store", f"pseudo-label rerun: {fault}", status=status, output=output, expect_error=False,
-          same_result=same, inputs_before=before, inputs_after=tree_digest(tiny_benchmark, tiny_checkpoint))
+    judge(
+        "bad store",
+        f"pseudo-label rerun: {fault}",
+        status=status,
+        output=output,
+        expect_error=False,
+        same_result=same,
+        inputs_before=before,
+        inputs_after=tree_digest(tiny_benchmark, tiny_checkpoint),
+    )
 
 
 # ------------------------------------------------------------------------ bad predictions
@@ -352,8 +537,11 @@ PREDICTION_FAULTS = {  # name -> (file suffix, label IDs?, damage(first file) ->
     "random bytes": ("_trainIds.png", False, lambda f: _damaged(f, garble)),
     "wrong size": ("_trainIds.png", False, lambda f: _damaged(f, lambda p: Image.new("L", (10, 6)).save(p))),
     "prediction missing": ("_trainIds.png", False, lambda f: _damaged(f, Path.unlink).name.split("_trainIds")[0]),
-    "file of no image": ("_trainIds.png", False,
-                         lambda f: Path(shutil.copy(f, f.with_name("zurich_000000_000019.png")))),
+    "file of no image": (
+        "_trainIds.png",
+        False,
+        lambda f: Path(shutil.copy(f, f.with_name("zurich_000000_000019.png"))),
+    ),
 }
 
 
@@ -363,28 +551,68 @@ def test_bad_predictions(fault, tiny_benchmark, tmp_path, capsys):
     files = write_predictions(tiny_benchmark, tmp_path / "pred", suffix, label_ids=label_ids)
     named = damage(files[0])
     before = tree_digest(tmp_path / "pred", tiny_benchmark)
-    status, output = run_cli(["evaluate-predictions", "--dataset", "cityscapes", "--root",
-                              tiny_benchmark / "cityscapes", "--predictions", tmp_path / "pred",
-                              "--output", tmp_path / "out"], capsys)
-    judge("bad predictions", fault, status=status, output=output, named=[str(named)], inputs_before=before,
-          inputs_after=tree_digest(tmp_path / "pred", tiny_benchmark))
+    status, output = run_cli(
+        [
+            "evaluate-predictions",
+            "--dataset",
+            "cityscapes",
+            "--root",
+            tiny_benchmark / "cityscapes",
+            "--predictions",
+            tmp_path / "pred",
+            "--output",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
+    judge(
+        "bad predictions",
+        fault,
+        status=status,
+        output=output,
+        named=[str(named)],
+        inputs_before=before,
+        inputs_after=tree_digest(tmp_path / "pred", tiny_benchmark),
+    )
 
 
-@pytest.mark.parametrize("suffix, label_ids, extra", [
-    ("_trainIds.png", False, []),
-    ("_labelIds.png", True, []),
-    (".png", True, ["--id-type=label"]),
-], ids=["trainIds named", "labelIds named", "plain names, --id-type label"])
+@pytest.mark.parametrize(
+    "suffix, label_ids, extra",
+    [
+        ("_trainIds.png", False, []),
+        ("_labelIds.png", True, []),
+        (".png", True, ["--id-type=label"]),
+    ],
+    ids=["trainIds named", "labelIds named", "plain names, --id-type label"],
+)
 def test_predictions_are_scored_in_the_right_id_space(suffix, label_ids, extra, tiny_benchmark, tmp_path, capsys):
     write_predictions(tiny_benchmark, tmp_path / "pred", suffix, label_ids=label_ids)
-    status, output = run_cli(["evaluate-predictions", "--dataset", "cityscapes", "--root",
-                              tiny_benchmark / "cityscapes", "--predictions", tmp_path / "pred",
-                              "--output", tmp_path / "out", *extra], capsys)
+    status, output = run_cli(
+        [
+            "evaluate-predictions",
+            "--dataset",
+            "cityscapes",
+            "--root",
+            tiny_benchmark / "cityscapes",
+            "--predictions",
+            tmp_path / "pred",
+            "--output",
+            tmp_path / "out",
+            *extra,
+        ],
+        capsys,
+    )
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text()) if status == 0 else {}
     scored = [iou for iou in metrics.get("per_class_iou", {}).values() if iou is not None]
     # The predictions are the labels: every scored class is perfect.
-    judge("bad predictions", f"right ID space: {suffix} {' '.join(extra)}".strip(), status=status, output=output,
-          expect_error=False, same_result=bool(scored) and all(iou == 100.0 for iou in scored))
+    judge(
+        "bad predictions",
+        f"right ID space: {suffix} {' '.join(extra)}".strip(),
+        status=status,
+        output=output,
+        expect_error=False,
+        same_result=bool(scored) and all(iou == 100.0 for iou in scored),
+    )
 
 
 # ----------------------------------------------------------------------- existing outputs
@@ -392,21 +620,61 @@ def output_argv(command: str, output: Path, benchmark: Path, checkpoint: Path) -
     return {
         "train": ["train", "--config", "demo_source_only", "--output", output, *tiny_training(benchmark)],
         "evaluate": checkpoint_argv("evaluate", checkpoint, benchmark, output),
-        "predict": ["predict", "--checkpoint", checkpoint, "--images", benchmark / VAL_IMAGE, "--output", output,
-                    "--device", "cpu"],
+        "predict": [
+            "predict",
+            "--checkpoint",
+            checkpoint,
+            "--images",
+            benchmark / VAL_IMAGE,
+            "--output",
+            output,
+            "--device",
+            "cpu",
+        ],
         "pseudo-label": checkpoint_argv("pseudo-label", checkpoint, benchmark, output),
-        "evaluate-predictions": ["evaluate-predictions", "--dataset", "cityscapes", "--root", benchmark / "cityscapes",
-                                 "--predictions", benchmark, "--output", output],
+        "evaluate-predictions": [
+            "evaluate-predictions",
+            "--dataset",
+            "cityscapes",
+            "--root",
+            benchmark / "cityscapes",
+            "--predictions",
+            benchmark,
+            "--output",
+            output,
+        ],
         "pipeline": ["pipeline", "--config", "demo", "--output", output],
         "demo": ["demo", "--output", output],
-        "data synth": ["data", "synth", output, "--source-images", "1", "--target-train-images", "1",
-                       "--target-val-images", "1", "--height", "32", "--width", "64"],
+        "data synth": [
+            "data",
+            "synth",
+            output,
+            "--source-images",
+            "1",
+            "--target-train-images",
+            "1",
+            "--target-val-images",
+            "1",
+            "--height",
+            "32",
+            "--width",
+            "64",
+        ],
         "export-checkpoint": ["export-checkpoint", checkpoint, "--output", output],
     }[command]
 
 
-OUTPUT_COMMANDS = ["train", "evaluate", "predict", "pseudo-label", "evaluate-predictions", "pipeline", "demo",
-                   "data synth", "export-checkpoint"]
+OUTPUT_COMMANDS = [
+    "train",
+    "evaluate",
+    "predict",
+    "pseudo-label",
+    "evaluate-predictions",
+    "pipeline",
+    "demo",
+    "data synth",
+    "export-checkpoint",
+]
 
 
 @pytest.mark.parametrize("command", OUTPUT_COMMANDS)
@@ -423,20 +691,44 @@ def test_unusable_output_path(command, fault, tiny_benchmark, tiny_checkpoint, t
         output = blocker if fault == "output is the other kind" else blocker / "sub" / "out"
     before = tree_digest(blocker, tiny_benchmark, tiny_checkpoint)
     status, output_text = run_cli(output_argv(command, output, tiny_benchmark, tiny_checkpoint), capsys)
-    judge("existing outputs", f"{command}: {fault}", status=status, output=output_text, named=[str(blocker)],
-          inputs_before=before, inputs_after=tree_digest(blocker, tiny_benchmark, tiny_checkpoint))
+    judge(
+        "existing outputs",
+        f"{command}: {fault}",
+        status=status,
+        output=output_text,
+        named=[str(blocker)],
+        inputs_before=before,
+        inputs_after=tree_digest(blocker, tiny_benchmark, tiny_checkpoint),
+    )
 
 
 def test_train_refuses_a_finished_run_without_resume(tiny_benchmark, tiny_checkpoint, tmp_path, capsys):
     run = copy_tree(tiny_checkpoint.parent, tmp_path / "run")
     before = tree_digest(run, tiny_benchmark)
     status, output = run_cli(output_argv("train", run, tiny_benchmark, tiny_checkpoint), capsys)
-    judge("existing outputs", "train: a finished run without --resume", status=status, output=output,
-          named=[str(run), "--resume"], inputs_before=before, inputs_after=tree_digest(run, tiny_benchmark))
+    judge(
+        "existing outputs",
+        "train: a finished run without --resume",
+        status=status,
+        output=output,
+        named=[str(run), "--resume"],
+        inputs_before=before,
+        inputs_after=tree_digest(run, tiny_benchmark),
+    )
 
 
-SYNTH = ["--source-images", "2", "--target-train-images", "2", "--target-val-images", "1", "--height", "32",
-         "--width", "64"]
+SYNTH = [
+    "--source-images",
+    "2",
+    "--target-train-images",
+    "2",
+    "--target-val-images",
+    "1",
+    "--height",
+    "32",
+    "--width",
+    "64",
+]
 
 
 @pytest.mark.parametrize("case", ["foreign files", "a benchmark of another seed", "a benchmark of another size"])
@@ -450,8 +742,15 @@ def test_synth_refuses_a_folder_of_something_else(case, tmp_path, capsys):
     before = tree_digest(out)
     other = ["--seed", "1"] if case == "a benchmark of another seed" else ["--height", "48"]
     status, output = run_cli(["data", "synth", out, *SYNTH, *other], capsys)
-    judge("existing outputs", f"data synth: {case}", status=status, output=output, named=[str(out), "--force"],
-          inputs_before=before, inputs_after=tree_digest(out))
+    judge(
+        "existing outputs",
+        f"data synth: {case}",
+        status=status,
+        output=output,
+        named=[str(out), "--force"],
+        inputs_before=before,
+        inputs_after=tree_digest(out),
+    )
 
 
 @pytest.mark.parametrize("case", ["--force over another seed", "same arguments again"])
@@ -461,8 +760,15 @@ def test_synth_force_and_rerun_give_a_fresh_benchmark(case, tmp_path, capsys):
     first = SYNTH + (["--seed", "1"] if case.startswith("--force") else [])
     assert run_cli(["data", "synth", out, *first], capsys)[0] == 0
     (out / "gta5" / "images" / "00002.png").write_bytes(b"damaged")  # a rerun restores it
-    status, output = run_cli(["data", "synth", out, *SYNTH, *(["--force"] if case.startswith("--force") else [])],
-                             capsys)
+    status, output = run_cli(
+        ["data", "synth", out, *SYNTH, *(["--force"] if case.startswith("--force") else [])], capsys
+    )
     relative = lambda root: {Path(k).relative_to(root): v for k, v in tree_digest(root).items()}  # noqa: E731
-    judge("existing outputs", f"data synth: {case}", status=status, output=output, expect_error=False,
-          same_result=relative(out) == relative(fresh))
+    judge(
+        "existing outputs",
+        f"data synth: {case}",
+        status=status,
+        output=output,
+        expect_error=False,
+        same_result=relative(out) == relative(fresh),
+    )

@@ -37,17 +37,47 @@ def kill_benchmark(tmp_path_factory) -> Path:
 
 
 def train_argv(benchmark: Path, run: Path) -> list:
-    return ["train", "--config", "demo_source_only", "--output", run, *tiny_training(benchmark, KILL_ITERATIONS),
-            "engine.checkpoint_period=2"]
+    return [
+        "train",
+        "--config",
+        "demo_source_only",
+        "--output",
+        run,
+        *tiny_training(benchmark, KILL_ITERATIONS),
+        "engine.checkpoint_period=2",
+    ]
 
 
 def pseudo_label_argv(benchmark: Path, checkpoint: Path, store: Path) -> list:
-    return ["pseudo-label", "--checkpoint", checkpoint, "--dataset", "cityscapes", "--root", benchmark / "cityscapes",
-            "--output", store, "--device", "cpu", "--workers", "0"]
+    return [
+        "pseudo-label",
+        "--checkpoint",
+        checkpoint,
+        "--dataset",
+        "cityscapes",
+        "--root",
+        benchmark / "cityscapes",
+        "--output",
+        store,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
 
 
-SYNTH = ["--source-images", "10", "--target-train-images", "10", "--target-val-images", "10", "--height", "32",
-         "--width", "64"]
+SYNTH = [
+    "--source-images",
+    "10",
+    "--target-train-images",
+    "10",
+    "--target-val-images",
+    "10",
+    "--height",
+    "32",
+    "--width",
+    "64",
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +120,9 @@ def same_training(run: Path, reference: Path) -> bool:
         return False
     final = torch.load(run / "final.pth", weights_only=False)["models"]
     expected = torch.load(reference / "final.pth", weights_only=False)["models"]
-    weights_equal = all(torch.equal(final[model][key], expected[model][key])
-                        for model in expected for key in expected[model])
+    weights_equal = all(
+        torch.equal(final[model][key], expected[model][key]) for model in expected for key in expected[model]
+    )
     return weights_equal and metric_rows(run) == metric_rows(reference) and not list(run.glob(".*.tmp*"))
 
 
@@ -110,8 +141,9 @@ def assert_killed(status: int, output: str) -> None:
     assert status == -SIGKILL, f"the kill did not land (status {status}), so nothing was tested:\n{output}"
 
 
-@pytest.mark.parametrize("moment", [*(f"after iteration {k}" for k in kill_moments(0, 3, KILL_ITERATIONS - 1)),
-                                    "during a checkpoint write"])
+@pytest.mark.parametrize(
+    "moment", [*(f"after iteration {k}" for k in kill_moments(0, 3, KILL_ITERATIONS - 1)), "during a checkpoint write"]
+)
 def test_train_killed_then_resumed_equals_uninterrupted(moment, kill_benchmark, reference_run, tmp_path):
     run = tmp_path / "run"
     if moment.startswith("during"):
@@ -119,43 +151,71 @@ def test_train_killed_then_resumed_equals_uninterrupted(moment, kill_benchmark, 
     else:
         ready = lambda: count_lines(run / "metrics.jsonl") >= int(moment.split()[-1])  # noqa: E731
     before = tree_digest(kill_benchmark)
-    killed_status, killed_output = interrupt_when(train_argv(kill_benchmark, run), ready, sig=SIGKILL, delay=0.0,
-                                                  output=run)
+    killed_status, killed_output = interrupt_when(
+        train_argv(kill_benchmark, run), ready, sig=SIGKILL, delay=0.0, output=run
+    )
     assert_killed(killed_status, killed_output)
     status, output = run_subprocess([*train_argv(kill_benchmark, run), "--resume"])
-    judge("kill -9 and rerun", f"train, kill {moment}", status=status, output=killed_output + output,
-          expect_error=False, same_result=same_training(run, reference_run),
-          inputs_before=before, inputs_after=tree_digest(kill_benchmark))
+    judge(
+        "kill -9 and rerun",
+        f"train, kill {moment}",
+        status=status,
+        output=killed_output + output,
+        expect_error=False,
+        same_result=same_training(run, reference_run),
+        inputs_before=before,
+        inputs_after=tree_digest(kill_benchmark),
+    )
 
 
 @pytest.mark.parametrize("images_done", kill_moments(1, 3, 20))
-def test_pseudo_label_killed_then_rerun_equals_uninterrupted(images_done, kill_benchmark, reference_run,
-                                                             reference_store, tmp_path):
+def test_pseudo_label_killed_then_rerun_equals_uninterrupted(
+    images_done, kill_benchmark, reference_run, reference_store, tmp_path
+):
     store = tmp_path / "store"
     argv = pseudo_label_argv(kill_benchmark, reference_run / "final.pth", store)
     before = tree_digest(kill_benchmark, reference_run / "final.pth")
     killed_status, killed_output = interrupt_when(
-        argv, lambda: len(list((store / "image_stats").rglob("*.json"))) >= images_done, sig=SIGKILL, delay=0.0,
-        output=store)
+        argv,
+        lambda: len(list((store / "image_stats").rglob("*.json"))) >= images_done,
+        sig=SIGKILL,
+        delay=0.0,
+        output=store,
+    )
     assert_killed(killed_status, killed_output)
     status, output = run_subprocess(argv)
-    judge("kill -9 and rerun", f"pseudo-label, kill after image {images_done} of 24", status=status,
-          output=killed_output + output, expect_error=False,
-          same_result=relative_digest(store) == relative_digest(reference_store),
-          inputs_before=before, inputs_after=tree_digest(kill_benchmark, reference_run / "final.pth"))
+    judge(
+        "kill -9 and rerun",
+        f"pseudo-label, kill after image {images_done} of 24",
+        status=status,
+        output=killed_output + output,
+        expect_error=False,
+        same_result=relative_digest(store) == relative_digest(reference_store),
+        inputs_before=before,
+        inputs_after=tree_digest(kill_benchmark, reference_run / "final.pth"),
+    )
 
 
 @pytest.mark.parametrize("files_done", kill_moments(2, 3, 40))
 def test_synth_killed_then_rerun_equals_uninterrupted(files_done, reference_synth, tmp_path):
     out = tmp_path / "synth"
     killed_status, killed_output = interrupt_when(
-        ["data", "synth", out, *SYNTH], lambda: out.exists() and len(list(out.rglob("*.png"))) >= files_done,
-        sig=SIGKILL, delay=0.0, output=out)
+        ["data", "synth", out, *SYNTH],
+        lambda: out.exists() and len(list(out.rglob("*.png"))) >= files_done,
+        sig=SIGKILL,
+        delay=0.0,
+        output=out,
+    )
     assert_killed(killed_status, killed_output)
     status, output = run_subprocess(["data", "synth", out, *SYNTH])
-    judge("kill -9 and rerun", f"data synth, kill after file {files_done} of 60", status=status,
-          output=killed_output + output, expect_error=False,
-          same_result=relative_digest(out) == relative_digest(reference_synth))
+    judge(
+        "kill -9 and rerun",
+        f"data synth, kill after file {files_done} of 60",
+        status=status,
+        output=killed_output + output,
+        expect_error=False,
+        same_result=relative_digest(out) == relative_digest(reference_synth),
+    )
 
 
 # ----------------------------------------------------------------- write failure (RLIMIT_FSIZE)
@@ -164,13 +224,44 @@ def fsize_argv(command: str, benchmark: Path, run: Path, output: Path) -> list:
     return {
         "train": train_argv(benchmark, output),
         "pseudo-label": pseudo_label_argv(benchmark, checkpoint, output),
-        "evaluate": ["evaluate", "--checkpoint", checkpoint, "--dataset", "cityscapes", "--root",
-                     benchmark / "cityscapes", "--output", output, "--device", "cpu", "--workers", "0"],
-        "predict": ["predict", "--checkpoint", checkpoint, "--images", benchmark / "cityscapes" / "leftImg8bit" / "val",
-                    "--output", output, "--device", "cpu"],
-        "evaluate-predictions": ["evaluate-predictions", "--dataset", "cityscapes", "--root", benchmark / "cityscapes",
-                                 "--predictions", benchmark / "cityscapes" / "gtFine" / "val", "--output", output,
-                                 "--id-type=label"],
+        "evaluate": [
+            "evaluate",
+            "--checkpoint",
+            checkpoint,
+            "--dataset",
+            "cityscapes",
+            "--root",
+            benchmark / "cityscapes",
+            "--output",
+            output,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+        "predict": [
+            "predict",
+            "--checkpoint",
+            checkpoint,
+            "--images",
+            benchmark / "cityscapes" / "leftImg8bit" / "val",
+            "--output",
+            output,
+            "--device",
+            "cpu",
+        ],
+        "evaluate-predictions": [
+            "evaluate-predictions",
+            "--dataset",
+            "cityscapes",
+            "--root",
+            benchmark / "cityscapes",
+            "--predictions",
+            benchmark / "cityscapes" / "gtFine" / "val",
+            "--output",
+            output,
+            "--id-type=label",
+        ],
         "data synth": ["data", "synth", output, *SYNTH],
         "export-checkpoint": ["export-checkpoint", checkpoint, "--output", output / "official.pth"],
     }[command]
@@ -199,42 +290,63 @@ def test_write_failure_names_the_file_and_the_cause(command, limit, what, kill_b
     inputs = (kill_benchmark, reference_run / "final.pth")
     before = tree_digest(*inputs)
     status, text = run_subprocess(fsize_argv(command, kill_benchmark, reference_run, output), file_size_limit=limit)
-    judge("write failure (RLIMIT_FSIZE)", f"{command}: {what}", status=status, output=text,
-          named=[f"cannot write {output}", "file too large"], inputs_before=before, inputs_after=tree_digest(*inputs))
+    judge(
+        "write failure (RLIMIT_FSIZE)",
+        f"{command}: {what}",
+        status=status,
+        output=text,
+        named=[f"cannot write {output}", "file too large"],
+        inputs_before=before,
+        inputs_after=tree_digest(*inputs),
+    )
     assert not list(output.rglob(".*.tmp*")), "a temp file was left behind"
 
 
 # ------------------------------------------------------------------------------ Ctrl-C (SIGINT)
-def test_ctrl_c_in_training_says_how_to_resume_and_resume_equals_uninterrupted(kill_benchmark, reference_run,
-                                                                                tmp_path):
+def test_ctrl_c_in_training_says_how_to_resume_and_resume_equals_uninterrupted(kill_benchmark, reference_run, tmp_path):
     run = tmp_path / "run"
     before = tree_digest(kill_benchmark)
-    status, output = interrupt_when(train_argv(kill_benchmark, run), lambda: (run / "metrics.jsonl").exists(),
-                                    sig=SIGINT, delay=0.5, output=run)
+    status, output = interrupt_when(
+        train_argv(kill_benchmark, run), lambda: (run / "metrics.jsonl").exists(), sig=SIGINT, delay=0.5, output=run
+    )
     last_line = output.strip().splitlines()[-1]
     resume = shlex.split(last_line.split("with: ", 1)[-1])
     resumed_status, resumed_output = run_subprocess(resume[1:]) if resume[0] == "crossregion" else (1, last_line)
-    judge("Ctrl-C (SIGINT)", "train, then the printed --resume command", status=resumed_status,
-          output=output + resumed_output, expect_error=False,
-          same_result=status == 130 and "--resume" in resume and same_training(run, reference_run),
-          inputs_before=before, inputs_after=tree_digest(kill_benchmark))
+    judge(
+        "Ctrl-C (SIGINT)",
+        "train, then the printed --resume command",
+        status=resumed_status,
+        output=output + resumed_output,
+        expect_error=False,
+        same_result=status == 130 and "--resume" in resume and same_training(run, reference_run),
+        inputs_before=before,
+        inputs_after=tree_digest(kill_benchmark),
+    )
 
 
 @pytest.mark.parametrize("command", ["pseudo-label", "data synth", "predict"])
-def test_ctrl_c_ends_with_one_line_and_a_rerun_completes(command, kill_benchmark, reference_run, reference_store,
-                                                         reference_synth, tmp_path):
+def test_ctrl_c_ends_with_one_line_and_a_rerun_completes(
+    command, kill_benchmark, reference_run, reference_store, reference_synth, tmp_path
+):
     output = tmp_path / "out"
     argv = fsize_argv(command, kill_benchmark, reference_run, output)
     if command == "predict":  # 24 images, so the signal lands mid-run
         argv[argv.index("--images") + 1] = kill_benchmark / "cityscapes" / "leftImg8bit" / "train"
     inputs = (kill_benchmark, reference_run / "final.pth")
     before = tree_digest(*inputs)
-    status, text = interrupt_when(argv, lambda: output.exists() and any(output.rglob("*.png")), sig=SIGINT, delay=0.0,
-                                  output=output)
+    status, text = interrupt_when(
+        argv, lambda: output.exists() and any(output.rglob("*.png")), sig=SIGINT, delay=0.0, output=output
+    )
     rerun_status, rerun_text = run_subprocess(argv)
     reference = {"pseudo-label": reference_store, "data synth": reference_synth}.get(command)
     same = rerun_status == 0 and (reference is None or relative_digest(output) == relative_digest(reference))
-    judge("Ctrl-C (SIGINT)", f"{command}, then the same command again", status=rerun_status,
-          output=text + rerun_text, expect_error=False,
-          same_result=status == 130 and "crossregion: interrupted; rerun the same command" in text and same,
-          inputs_before=before, inputs_after=tree_digest(*inputs))
+    judge(
+        "Ctrl-C (SIGINT)",
+        f"{command}, then the same command again",
+        status=rerun_status,
+        output=text + rerun_text,
+        expect_error=False,
+        same_result=status == 130 and "crossregion: interrupted; rerun the same command" in text and same,
+        inputs_before=before,
+        inputs_after=tree_digest(*inputs),
+    )

@@ -36,9 +36,7 @@ REFERENCE_PATH = Path(__file__).parent / "data" / "iast_reference.json"
 NUM_CLASSES = 5
 
 
-def peaked_softmax(
-    seed: int, shape=(2, NUM_CLASSES, 8, 10), sharpness: float = 4.0
-) -> torch.Tensor:
+def peaked_softmax(seed: int, shape=(2, NUM_CLASSES, 8, 10), sharpness: float = 4.0) -> torch.Tensor:
     """Softmax maps with a spread of confidences (0.3 .. 0.999), so the quantiles move."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(shape, generator=generator) * sharpness
@@ -82,9 +80,7 @@ def test_selector_matches_the_official_procedure(alpha, gamma):
         batches, official_selector_run(batches, alpha, gamma), strict=True
     ):
         labels = selector.select(probs)
-        np.testing.assert_allclose(
-            selector.thresholds.numpy(), expected_thresholds, rtol=0, atol=1e-12
-        )
+        np.testing.assert_allclose(selector.thresholds.numpy(), expected_thresholds, rtol=0, atol=1e-12)
         np.testing.assert_array_equal(labels.numpy(), expected_labels)
     assert selector.num_updates == len(batches)
 
@@ -161,10 +157,7 @@ def official_regularisers(logits, pseudo_label):
     weight_labelled = torch.ones_like(logits) * labelled
     weight_ignored = torch.ones_like(logits) * (1 - labelled)
     log_probs = torch.log_softmax(logits, dim=1)
-    kld = (
-        torch.sum(-1 / num_classes * weight_labelled * log_probs)
-        / weight_labelled[weight_labelled > 0].numel()
-    )
+    kld = torch.sum(-1 / num_classes * weight_labelled * log_probs) / weight_labelled[weight_labelled > 0].numel()
     entropy = (
         torch.sum(-torch.softmax(logits, dim=1) * weight_ignored * log_probs)
         / weight_ignored[weight_ignored > 0].numel()
@@ -184,16 +177,12 @@ def test_regularisers_match_the_official_formulas(logit_size):
     generator = torch.Generator().manual_seed(3)
     logits = torch.randn(2, NUM_CLASSES, *logit_size, generator=generator) * 3
     pseudo_label = random_pseudo_label(4)
-    expected_kld, expected_entropy = official_regularisers(
-        upsample_logits(logits, (16, 20)), pseudo_label
-    )
+    expected_kld, expected_entropy = official_regularisers(upsample_logits(logits, (16, 20)), pseudo_label)
     torch.testing.assert_close(kld_regularisation(logits, pseudo_label), expected_kld)
     torch.testing.assert_close(entropy_regularisation(logits, pseudo_label), expected_entropy)
     weighted = region_guided_regularisation(logits, pseudo_label)
     torch.testing.assert_close(weighted["kld_reg_loss"], KLD_REGULARISATION_WEIGHT * expected_kld)
-    torch.testing.assert_close(
-        weighted["entropy_reg_loss"], ENTROPY_REGULARISATION_WEIGHT * expected_entropy
-    )
+    torch.testing.assert_close(weighted["entropy_reg_loss"], ENTROPY_REGULARISATION_WEIGHT * expected_entropy)
     assert (KLD_REGULARISATION_WEIGHT, ENTROPY_REGULARISATION_WEIGHT) == (0.1, 3.0)
 
 
@@ -204,9 +193,7 @@ def test_kld_term_is_kl_to_uniform_plus_log_k_over_k():
     uniform = torch.full_like(logits, 1 / NUM_CLASSES)
     kl = (uniform * (uniform.log() - torch.log_softmax(logits, dim=1))).sum(dim=1).mean()
     expected = (kl + np.log(NUM_CLASSES)) / NUM_CLASSES
-    torch.testing.assert_close(
-        kld_regularisation(logits, pseudo_label).double(), expected, rtol=1e-6, atol=1e-7
-    )
+    torch.testing.assert_close(kld_regularisation(logits, pseudo_label).double(), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_empty_regions_give_zero_not_nan_and_gradients_flow():
@@ -225,9 +212,7 @@ def test_domain_mse_is_the_official_least_squares_loss():
         domain_mse(outputs, SOURCE_DOMAIN_LABEL),
         torch.nn.MSELoss()(outputs, torch.zeros_like(outputs)),
     )
-    torch.testing.assert_close(
-        domain_mse(outputs, TARGET_DOMAIN_LABEL), ((outputs - 1) ** 2).mean()
-    )
+    torch.testing.assert_close(domain_mse(outputs, TARGET_DOMAIN_LABEL), ((outputs - 1) ** 2).mean())
 
 
 # --- official IAST checkpoints ------------------------------------------------------------------
@@ -253,10 +238,7 @@ def fill_iast_weight(key: str, shape: tuple[int, ...], dtype: torch.dtype) -> to
     elif len(shape) == 1:
         values = 0.1 * torch.randn(shape, generator=generator, dtype=torch.float64)
     else:
-        values = (
-            torch.randn(shape, generator=generator, dtype=torch.float64)
-            / float(np.prod(shape[1:])) ** 0.5
-        )
+        values = torch.randn(shape, generator=generator, dtype=torch.float64) / float(np.prod(shape[1:])) ** 0.5
     return values.to(dtype)
 
 
@@ -274,11 +256,7 @@ def iast_state(entries, *, real_values=True):
         if real_values:
             state[key] = fill_iast_weight(key.removeprefix("module."), tuple(shape), dtype)
         else:
-            state[key] = (
-                torch.zeros((), dtype=dtype).expand(shape)
-                if shape
-                else torch.zeros((), dtype=dtype)
-            )
+            state[key] = torch.zeros((), dtype=dtype).expand(shape) if shape else torch.zeros((), dtype=dtype)
     return state
 
 
@@ -321,9 +299,7 @@ def test_official_iast_checkpoint_gives_the_official_logits(reference, warmup_ch
         "logits_sum_of_squares": (logits**2).sum(),
     }
     for name, value in expected.items():
-        torch.testing.assert_close(
-            value, torch.tensor(reference[name], dtype=torch.float64), **tolerance, msg=name
-        )
+        torch.testing.assert_close(value, torch.tensor(reference[name], dtype=torch.float64), **tolerance, msg=name)
 
 
 def test_iast_layout_is_detected_with_and_without_the_ddp_prefix(reference):
@@ -361,9 +337,7 @@ def test_iast_checkpoint_that_does_not_fit_is_a_clear_error(reference, tmp_path,
 def test_iast_checkpoint_with_other_classes_names_file_and_counts(reference, tmp_path):
     path = tmp_path / "iast_19.pth"
     torch.save(iast_state(reference["self_training_keys"], real_values=False), path)
-    with pytest.raises(
-        ValueError, match="resnet101 with 19 classes, expected a resnet101 with 16 classes"
-    ) as error:
+    with pytest.raises(ValueError, match="resnet101 with 19 classes, expected a resnet101 with 16 classes") as error:
         load_segmenter(path, num_classes=16)
     assert str(path) in str(error.value)
 
@@ -379,9 +353,7 @@ def test_a_raw_state_dict_of_something_else_is_refused(tmp_path):
 def test_warmup_checkpoint_format_is_reported_not_fada(reference, tmp_path):
     path = tmp_path / "warmup.pth"
     torch.save(
-        iast_state(
-            reference["self_training_keys"] + reference["warmup_extra_keys"], real_values=False
-        ),
+        iast_state(reference["self_training_keys"] + reference["warmup_extra_keys"], real_values=False),
         path,
     )
     with pytest.raises(ValueError, match="iast format, not official"):

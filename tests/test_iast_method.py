@@ -13,6 +13,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from test_cda_methods import NUM_CLASSES, RecordingContext, _batches, _weights, build_segmenter
 
 from crossregion.cli import main
 from crossregion.config.schema import DataConfig, DatasetSpec, ExperimentConfig, ModelConfig
@@ -21,7 +22,6 @@ from crossregion.methods import METHODS
 from crossregion.methods.iast import IastConfig, IastWarmupConfig
 from crossregion.methods.iast_losses import InstanceAdaptiveSelector, domain_mse, threshold_pseudo_labels
 from crossregion.methods.losses import upsample_logits
-from test_cda_methods import NUM_CLASSES, RecordingContext, _batches, _weights, build_segmenter
 
 
 def _step(method_cfg):
@@ -96,10 +96,16 @@ def test_round_state_round_trips_and_rejects_foreign_state() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("proportion", 0.0, "method.proportion"), ("proportion", 1.5, "method.proportion"),
-     ("decay", -1.0, "method.decay"), ("momentum", 1.0, "method.momentum"),
-     ("initial_threshold", 1.0, "method.initial_threshold"), ("cap", 0.0, "method.cap"),
-     ("kld_weight", -0.1, "method.kld_weight"), ("entropy_weight", -3.0, "method.entropy_weight")],
+    [
+        ("proportion", 0.0, "method.proportion"),
+        ("proportion", 1.5, "method.proportion"),
+        ("decay", -1.0, "method.decay"),
+        ("momentum", 1.0, "method.momentum"),
+        ("initial_threshold", 1.0, "method.initial_threshold"),
+        ("cap", 0.0, "method.cap"),
+        ("kld_weight", -0.1, "method.kld_weight"),
+        ("entropy_weight", -3.0, "method.entropy_weight"),
+    ],
 )
 def test_round_config_rejects_bad_values(field, value, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -109,8 +115,9 @@ def test_round_config_rejects_bad_values(field, value, message) -> None:
 def test_config_checks() -> None:
     with pytest.raises(ValueError, match="adv_main_weight"):
         IastWarmupConfig(adv_main_weight=-0.05)
-    data = DataConfig(source=DatasetSpec(name="gta5", root="x"),
-                      target=DatasetSpec(name="cityscapes", root="y", labelled=False))
+    data = DataConfig(
+        source=DatasetSpec(name="gta5", root="x"), target=DatasetSpec(name="cityscapes", root="y", labelled=False)
+    )
     multi = ExperimentConfig(method=IastWarmupConfig(), data=data, model=ModelConfig(multi_level=True))
     with pytest.raises(ValueError, match="model.multi_level: false"):
         METHODS.get("iast_warmup")(multi.method, num_classes=19).check_config(multi)
@@ -125,26 +132,52 @@ def test_config_checks() -> None:
 def _overrides(benchmark, iterations: int, *, period: int | None = None, source: bool = False) -> list[str]:
     gta5, cityscapes = benchmark / "gta5", benchmark / "cityscapes"
     return [
-        "model.backbone=resnet18", "data.batch_size=2", f"optim.max_iters={iterations}",
-        f"optim.stop_iter={iterations}", "engine.eval_period=0", "engine.device=cpu", "engine.log_period=1",
-        f"engine.checkpoint_period={period or iterations}", "engine.seed=3",
-        "data.num_workers=0", "data.target.resize=[32, 64]", f"data.target.root={cityscapes}",
-        "data.target_val.resize=[32, 64]", f"data.target_val.root={cityscapes}",
+        "model.backbone=resnet18",
+        "data.batch_size=2",
+        f"optim.max_iters={iterations}",
+        f"optim.stop_iter={iterations}",
+        "engine.eval_period=0",
+        "engine.device=cpu",
+        "engine.log_period=1",
+        f"engine.checkpoint_period={period or iterations}",
+        "engine.seed=3",
+        "data.num_workers=0",
+        "data.target.resize=[32, 64]",
+        f"data.target.root={cityscapes}",
+        "data.target_val.resize=[32, 64]",
+        f"data.target_val.root={cityscapes}",
     ] + ([f"data.source.root={gta5}", "data.source.resize=[32, 64]"] if source else [])
 
 
 @pytest.fixture(scope="module")
 def warmup_checkpoint(tiny_benchmark, tiny_checkpoint, tmp_path_factory):
     run = tmp_path_factory.mktemp("iast") / "warmup"
-    argv = ["train", "--config", "demo_iast_warmup", "--output", str(run),
-            *_overrides(tiny_benchmark, 2, source=True), f"model.init_checkpoint={tiny_checkpoint}"]
+    argv = [
+        "train",
+        "--config",
+        "demo_iast_warmup",
+        "--output",
+        str(run),
+        *_overrides(tiny_benchmark, 2, source=True),
+        f"model.init_checkpoint={tiny_checkpoint}",
+    ]
     assert main(argv) == 0
     return run / "final.pth"
 
 
 def _round(benchmark, init, run, iterations=4, *extra):
-    return main(["train", "--config", "demo_iast", "--output", str(run), *extra,
-                 *_overrides(benchmark, iterations, period=2), f"model.init_checkpoint={init}"])
+    return main(
+        [
+            "train",
+            "--config",
+            "demo_iast",
+            "--output",
+            str(run),
+            *extra,
+            *_overrides(benchmark, iterations, period=2),
+            f"model.init_checkpoint={init}",
+        ]
+    )
 
 
 def test_warmup_cli_run(warmup_checkpoint, tiny_checkpoint) -> None:
@@ -172,15 +205,52 @@ def test_round_cli_then_pseudo_labels_and_cra(tiny_benchmark, warmup_checkpoint,
     assert not torch.equal(selector["thresholds"], torch.full((19,), 0.9, dtype=torch.float64))
 
     store = tmp_path / "store"
-    assert main(["pseudo-label", "--checkpoint", str(run / "final.pth"), "--dataset", "cityscapes", "--root",
-                 str(tiny_benchmark / "cityscapes"), "--output", str(store), "--device", "cpu", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "pseudo-label",
+                "--checkpoint",
+                str(run / "final.pth"),
+                "--dataset",
+                "cityscapes",
+                "--root",
+                str(tiny_benchmark / "cityscapes"),
+                "--output",
+                str(store),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     cra = tmp_path / "cra"
     cityscapes = tiny_benchmark / "cityscapes"
-    assert main(["train", "--config", "demo_cra", "--output", str(cra), "model.backbone=resnet18",
-                 "data.batch_size=2", "optim.max_iters=2", "optim.stop_iter=2", "engine.eval_period=0",
-                 "engine.device=cpu", "data.num_workers=0", "data.target.crop=[32, 64]",
-                 f"data.target.root={cityscapes}", f"data.target_val.root={cityscapes}",
-                 f"model.init_checkpoint={run / 'final.pth'}", f"method.pseudo_label_store={store}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "demo_cra",
+                "--output",
+                str(cra),
+                "model.backbone=resnet18",
+                "data.batch_size=2",
+                "optim.max_iters=2",
+                "optim.stop_iter=2",
+                "engine.eval_period=0",
+                "engine.device=cpu",
+                "data.num_workers=0",
+                "data.target.crop=[32, 64]",
+                f"data.target.root={cityscapes}",
+                f"data.target_val.root={cityscapes}",
+                f"model.init_checkpoint={run / 'final.pth'}",
+                f"method.pseudo_label_store={store}",
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(cra / "final.pth")["iteration"] == 2
 
 
@@ -199,8 +269,9 @@ def test_round_resume_restores_the_selector_exactly(tiny_benchmark, warmup_check
 
     expected, actual = load_checkpoint(reference / "final.pth"), load_checkpoint(resumed / "final.pth")
     assert actual["method_state"]["selector"]["num_updates"] == 4
-    assert torch.equal(expected["method_state"]["selector"]["thresholds"],
-                       actual["method_state"]["selector"]["thresholds"])
+    assert torch.equal(
+        expected["method_state"]["selector"]["thresholds"], actual["method_state"]["selector"]["thresholds"]
+    )
     for key, value in expected["models"]["segmenter"].items():
         assert torch.equal(value, actual["models"]["segmenter"][key]), key
 

@@ -35,9 +35,7 @@ def test_single_scale_is_upsampled_softmax_of_the_logits():
     model = StrideModel()
     images = torch.randn(2, 3, 8, 12)
     probs = predict_probs(model, images, output_size=(16, 24))
-    expected = F.interpolate(
-        model(images)["logits"], size=(16, 24), mode="bilinear", align_corners=True
-    ).softmax(1)
+    expected = F.interpolate(model(images)["logits"], size=(16, 24), mode="bilinear", align_corners=True).softmax(1)
     assert probs.shape == (2, 3, 16, 24)
     torch.testing.assert_close(probs, expected)
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 16, 24))
@@ -61,16 +59,10 @@ def test_multi_scale_and_flip_average_every_map():
     maps = []
     for scale in (0.5, 1.0, 1.5):
         size = (round(8 * scale), round(8 * scale))
-        scaled = (
-            images
-            if size == (8, 8)
-            else F.interpolate(images, size=size, mode="bilinear", align_corners=True)
-        )
+        scaled = images if size == (8, 8) else F.interpolate(images, size=size, mode="bilinear", align_corners=True)
         for flipped in (False, True):
             inputs = scaled.flip(-1) if flipped else scaled
-            logits = F.interpolate(
-                model.conv(inputs), size=(8, 8), mode="bilinear", align_corners=True
-            )
+            logits = F.interpolate(model.conv(inputs), size=(8, 8), mode="bilinear", align_corners=True)
             probs_one = logits.softmax(1)
             maps.append(probs_one.flip(-1) if flipped else probs_one)
     torch.testing.assert_close(probs, torch.stack(maps).mean(0))

@@ -14,11 +14,22 @@ from crossregion.data.labels import (
 
 # docs/spec.md §5.4, 16-class table: (index, class, SYNTHIA id, Cityscapes label ID, 19-class train ID).
 SPEC_SYNTHIA_16 = [
-    (0, "road", 3, 7, 0), (1, "sidewalk", 4, 8, 1), (2, "building", 2, 11, 2), (3, "wall", 21, 12, 3),
-    (4, "fence", 5, 13, 4), (5, "pole", 7, 17, 5), (6, "traffic light", 15, 19, 6),
-    (7, "traffic sign", 9, 20, 7), (8, "vegetation", 6, 21, 8), (9, "sky", 1, 23, 10),
-    (10, "person", 10, 24, 11), (11, "rider", 17, 25, 12), (12, "car", 8, 26, 13), (13, "bus", 19, 28, 15),
-    (14, "motorcycle", 12, 32, 17), (15, "bicycle", 11, 33, 18),
+    (0, "road", 3, 7, 0),
+    (1, "sidewalk", 4, 8, 1),
+    (2, "building", 2, 11, 2),
+    (3, "wall", 21, 12, 3),
+    (4, "fence", 5, 13, 4),
+    (5, "pole", 7, 17, 5),
+    (6, "traffic light", 15, 19, 6),
+    (7, "traffic sign", 9, 20, 7),
+    (8, "vegetation", 6, 21, 8),
+    (9, "sky", 1, 23, 10),
+    (10, "person", 10, 24, 11),
+    (11, "rider", 17, 25, 12),
+    (12, "car", 8, 26, 13),
+    (13, "bus", 19, 28, 15),
+    (14, "motorcycle", 12, 32, 17),
+    (15, "bicycle", 11, 33, 18),
 ]
 
 
@@ -55,8 +66,31 @@ def test_synthia_16_matches_spec():
 
 
 def test_synthia_19_matches_spec():
-    expected = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12, 8: 13,
-                18: 14, 19: 15, 20: 16, 12: 17, 11: 18, 0: 255, 13: 255, 14: 255, 22: 255}
+    expected = {
+        3: 0,
+        4: 1,
+        2: 2,
+        21: 3,
+        5: 4,
+        7: 5,
+        15: 6,
+        9: 7,
+        6: 8,
+        16: 9,
+        1: 10,
+        10: 11,
+        17: 12,
+        8: 13,
+        18: 14,
+        19: 15,
+        20: 16,
+        12: 17,
+        11: 18,
+        0: 255,
+        13: 255,
+        14: 255,
+        22: 255,
+    }
     assert SYNTHIA_19.id_to_train_id == expected
 
 

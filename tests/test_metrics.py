@@ -13,9 +13,7 @@ from crossregion.eval.metrics import ConfusionMatrix, metrics_dict, write_metric
 def test_hand_computed_three_classes_with_ignore_void_and_absent_class():
     # Class 2 occurs only under an ignored pixel, so it is absent from what is scored.
     labels = torch.tensor([0, 0, 0, 1, 1, 255, 255])
-    predictions = torch.tensor(
-        [0, 0, 1, 1, 255, 2, 0]
-    )  # 255 on a class-1 pixel: no class predicted
+    predictions = torch.tensor([0, 0, 1, 1, 255, 2, 0])  # 255 on a class-1 pixel: no class predicted
     confusion = ConfusionMatrix(3)
     confusion.update(predictions, labels)
     assert confusion.matrix.tolist() == [[2, 1, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0]]
@@ -85,18 +83,14 @@ def test_16_class_metrics_report_miou13_from_the_same_per_class_ious():
     metrics = metrics_dict(confusion.compute(), CITYSCAPES_16.class_names, {})
     ious = metrics["per_class_iou"]
     assert metrics["miou"] == pytest.approx(sum(ious.values()) / 16)
-    assert metrics["miou13"] == pytest.approx(
-        sum(ious[name] for name in SYNTHIA_13_CLASS_NAMES) / 13
-    )
+    assert metrics["miou13"] == pytest.approx(sum(ious[name] for name in SYNTHIA_13_CLASS_NAMES) / 13)
     assert metrics["miou13"] != pytest.approx(metrics["miou"])
 
 
 def _reduce_in_process(rank: int, world_size: int, init_file: str, results) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         confusion = ConfusionMatrix(2)
         # rank 0 sees one correct class-0 pixel, rank 1 one class-1 pixel predicted as class 0

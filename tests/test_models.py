@@ -85,9 +85,7 @@ def test_state_dict_keys_follow_the_official_patterns(meta_r101_frozen_bn, meta_
         discriminator_keys = set(FineGrainedDiscriminator(2048, 19).state_dict())
     conv_indices = sorted({int(key.split(".")[1]) for key in vgg_keys})
     assert conv_indices == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31]
-    assert discriminator_keys == {
-        f"{n}.{k}" for n in ("D.0", "D.2", "cls1", "cls2") for k in ("weight", "bias")
-    }
+    assert discriminator_keys == {f"{n}.{k}" for n in ("D.0", "D.2", "cls1", "cls2") for k in ("weight", "bias")}
 
 
 @pytest.mark.parametrize("backbone", ["resnet18_half", "resnet18", "resnet34", "resnet50", "resnet101", "vgg16"])
@@ -137,16 +135,12 @@ def test_frozen_batch_norm_applies_no_epsilon_by_default():
     norm.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
     norm.running_var.copy_(torch.tensor([1e-6, 4.0, 0.25]))
     features = torch.randn(2, 3, 4, 4)
-    w, b, mean, var = (
-        t.view(1, 3, 1, 1) for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var)
-    )
+    w, b, mean, var = (t.view(1, 3, 1, 1) for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var))
     torch.testing.assert_close(norm(features), (features - mean) * w / var.sqrt() + b)
     assert list(norm.parameters()) == []
     assert set(norm.state_dict()) == {"weight", "bias", "running_mean", "running_var"}
     norm.eps = 1e-5  # with an epsilon the tiny-variance channel changes a lot
-    assert not torch.allclose(
-        norm(features)[:, 0], ((features - mean) * w / var.sqrt() + b)[:, 0], rtol=0.1
-    )
+    assert not torch.allclose(norm(features)[:, 0], ((features - mean) * w / var.sqrt() + b)[:, 0], rtol=0.1)
 
 
 def test_aspp_sums_four_dilated_branches_with_small_init():
@@ -172,12 +166,8 @@ def test_parameter_groups_split_backbone_and_head(freeze_bn):
     head_ids = {id(p) for p in groups["head"]}
     assert not backbone_ids & head_ids
     assert backbone_ids | head_ids == {id(p) for p in segmenter.parameters()}
-    assert head_ids == {
-        id(p) for p in [*segmenter.classifier.parameters(), *segmenter.aux_classifier.parameters()]
-    }
-    has_bn_parameters = any(
-        p is segmenter.feature_extractor.backbone.bn1.weight for p in groups["backbone"]
-    )
+    assert head_ids == {id(p) for p in [*segmenter.classifier.parameters(), *segmenter.aux_classifier.parameters()]}
+    has_bn_parameters = any(p is segmenter.feature_extractor.backbone.bn1.weight for p in groups["backbone"])
     assert has_bn_parameters == (not freeze_bn)
 
 
@@ -210,12 +200,8 @@ def test_torchvision_resnet_weights_load_into_the_backbone(tmp_path):
     torch.save(imagenet.state_dict(), path)
     segmenter = build_segmenter("resnet18", 4, pretrained=path, freeze_bn=True)
     backbone = segmenter.feature_extractor.backbone
-    torch.testing.assert_close(
-        backbone.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight, rtol=0, atol=0
-    )
-    torch.testing.assert_close(
-        backbone.layer2[0].bn1.running_var, imagenet.layer2[0].bn1.running_var, rtol=0, atol=0
-    )
+    torch.testing.assert_close(backbone.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight, rtol=0, atol=0)
+    torch.testing.assert_close(backbone.layer2[0].bn1.running_var, imagenet.layer2[0].bn1.running_var, rtol=0, atol=0)
     # The ImageNet stem with the same statistics gives the same activations (FrozenBN without eps
     # differs from eval-mode BatchNorm only by the 1e-5 epsilon).
     images = torch.randn(1, 3, 32, 32)
@@ -254,17 +240,11 @@ def test_wrong_imagenet_file_lists_the_mismatches(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 4, 7, 7)}, bad_path)
     shape_mismatch = r"layer1\.0\.conv1\.weight expected \(64, 64, 1, 1\) found \(64, 64, 3, 3\)"
     with torch.device("meta"):  # the file is checked before any weight is copied
-        with pytest.raises(
-            ValueError, match=r"resnet18\.pth.*missing keys \(layer1\.2\.conv1\.weight"
-        ):
+        with pytest.raises(ValueError, match=r"resnet18\.pth.*missing keys \(layer1\.2\.conv1\.weight"):
             build_segmenter("resnet34", 4, pretrained=path)
-        with pytest.raises(
-            ValueError, match=rf"resnet18\.pth.*shape mismatches \({shape_mismatch}.*missing"
-        ):
+        with pytest.raises(ValueError, match=rf"resnet18\.pth.*shape mismatches \({shape_mismatch}.*missing"):
             build_segmenter("resnet50", 4, pretrained=path)
-        with pytest.raises(
-            ValueError, match=r"bad\.pth.*\(conv1\.weight expected \(64, 3, 7, 7\) found"
-        ):
+        with pytest.raises(ValueError, match=r"bad\.pth.*\(conv1\.weight expected \(64, 3, 7, 7\) found"):
             build_segmenter("resnet18", 4, pretrained=bad_path)
         with pytest.raises(FileNotFoundError, match="missing.pth"):
             build_segmenter("resnet18", 4, pretrained=tmp_path / "missing.pth")

@@ -18,8 +18,14 @@ from crossregion.app.pipeline.run import run_pipeline
 from crossregion.synth.benchmark import generate_benchmark
 
 TINY_TRAINING = [
-    "model.backbone=resnet18", "data.batch_size=2", "optim.max_iters=1", "optim.stop_iter=1",
-    "engine.eval_period=0", "engine.device=cpu", "engine.log_period=1", "data.source.crop=[32, 64]",
+    "model.backbone=resnet18",
+    "data.batch_size=2",
+    "optim.max_iters=1",
+    "optim.stop_iter=1",
+    "engine.eval_period=0",
+    "engine.device=cpu",
+    "engine.log_period=1",
+    "data.source.crop=[32, 64]",
 ]
 
 
@@ -55,8 +61,16 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, benchmark):
     output = tmp_path / "run"
     results = run_pipeline(load_pipeline_config(str(config_path)), output)
 
-    expected_stages = {"00_source", "00_oracle", "01_cda_so", "01_bn_target_so", "02_pseudo_so", "03_cra_so",
-                       "03_cra_so_analysis", "03_pseudo_label_only_so"}
+    expected_stages = {
+        "00_source",
+        "00_oracle",
+        "01_cda_so",
+        "01_bn_target_so",
+        "02_pseudo_so",
+        "03_cra_so",
+        "03_cra_so_analysis",
+        "03_pseudo_label_only_so",
+    }
     assert set(results["stages"]) == expected_stages
     assert not any(stage["skipped"] for stage in results["stages"].values())
     row = results["methods"]["so"]
@@ -125,7 +139,6 @@ def test_every_cda_stage_starts_from_weights_its_model_can_load():
     single-level checkpoint (no aux_classifier.*). A stage not wired to it starts from ImageNet
     weights (model.pretrained), as the official AdaptSegNet/ADVENT code does (docs/spec.md §4.1)."""
     from crossregion.app.pipeline.stages import resolve_training_config
-
     from crossregion.config.io import PIPELINE_PRESET_DIR, available_presets
 
     source_checkpoint = "SOURCE_CHECKPOINT.pth"
@@ -139,14 +152,19 @@ def test_every_cda_stage_starts_from_weights_its_model_can_load():
                 placeholders = {"source_checkpoint": source_checkpoint, "previous_checkpoint": previous_checkpoint}
                 model = resolve_training_config(cfg, spec, placeholders)["model"]
                 where = f"pipeline {name}, cda.{method} stage {index} ({spec.preset})"
-                started_from = {source_checkpoint: source, previous_checkpoint: previous_model}.get(model["init_checkpoint"])
+                started_from = {source_checkpoint: source, previous_checkpoint: previous_model}.get(
+                    model["init_checkpoint"]
+                )
                 previous_model, previous_checkpoint = model, f"STAGE_{index}.pth"
                 if started_from is not None:
                     for key in ("backbone", "num_classes", "multi_level"):
                         assert model[key] == started_from[key], (
-                            f"{where}: model.{key}={model[key]}, its starting model has {started_from[key]}")
+                            f"{where}: model.{key}={model[key]}, its starting model has {started_from[key]}"
+                        )
                     continue
-                assert model["init_checkpoint"] is None, f"{where}: starts from {model['init_checkpoint']}, not a stage output"
+                assert model["init_checkpoint"] is None, (
+                    f"{where}: starts from {model['init_checkpoint']}, not a stage output"
+                )
                 assert model["pretrained"] is not None, f"{where}: neither init_checkpoint nor pretrained weights"
 
 

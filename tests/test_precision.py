@@ -47,10 +47,20 @@ def test_run_on_a_cpu_without_native_bf16_trains_in_fp32_and_records_it(monkeypa
     cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, amp="auto", channels_last="auto"))
     seen = []
     original = amp.autocast
-    monkeypatch.setattr("crossregion.engine.trainer.autocast", lambda device, mode: seen.append(mode) or original(device, mode))
+    monkeypatch.setattr(
+        "crossregion.engine.trainer.autocast", lambda device, mode: seen.append(mode) or original(device, mode)
+    )
     with caplog.at_level("INFO", logger="crossregion.app.train"):
-        run_training(cfg, tmp_path, method=build_method(cfg), segmenter=TinySegmenter(), model_args={},
-                     datasets={"source": TinyDataset(augment=False, sleep=0.0)}, device=CPU, resume=False)
+        run_training(
+            cfg,
+            tmp_path,
+            method=build_method(cfg),
+            segmenter=TinySegmenter(),
+            model_args={},
+            datasets={"source": TinyDataset(augment=False, sleep=0.0)},
+            device=CPU,
+            resume=False,
+        )
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["engine"]["amp"] == "none" and saved["engine"]["channels_last"] is False
     assert seen and set(seen) == {"none"}

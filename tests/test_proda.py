@@ -287,7 +287,9 @@ def test_initial_prototypes_average_every_batch_in_eval_mode():
     model = Recorded().train()
     prototypes = initial_prototypes(model, [torch.zeros(2, 3, 6, 6)] * 2, num_classes=4, channels=8)
     assert model.modes == [False, False] and model.training
-    found = [v.float() for seed, (f, lg) in enumerate(batches) for n, t, v in official_mean_vectors(f, lg, None, 4) if t == 0]
+    found = [
+        v.float() for seed, (f, lg) in enumerate(batches) for n, t, v in official_mean_vectors(f, lg, None, 4) if t == 0
+    ]
     assert torch.allclose(prototypes.vectors[0], torch.stack(found).mean(dim=0), atol=1e-6)
     assert prototypes.counts[0].item() == len(found)
 
@@ -365,15 +367,20 @@ def test_crossregion_checkpoint_keeps_the_head(tmp_path):
     segmenter = build_segmenter("resnet18", 5, head="proda").eval()
     arguments = {"backbone": "resnet18", "num_classes": 5, "freeze_bn": False, "multi_level": False, "head": "proda"}
     path = tmp_path / "proda_r18.pth"
-    torch.save({"format": "crossregion", "iteration": 3, "model": arguments,
-                "models": {"segmenter": segmenter.state_dict()}}, path)
+    torch.save(
+        {"format": "crossregion", "iteration": 3, "model": arguments, "models": {"segmenter": segmenter.state_dict()}},
+        path,
+    )
     loaded, info = load_segmenter(path)
     assert info["head"] == "proda" and loaded.head == "proda"
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(images)["logits"], segmenter(images)["logits"])
-    with pytest.raises(ValueError, match=r"proda_r18\.pth holds a resnet18 with 5 classes and the proda head, "
-                                         r"expected a resnet18 with 5 classes$"):
+    with pytest.raises(
+        ValueError,
+        match=r"proda_r18\.pth holds a resnet18 with 5 classes and the proda head, "
+        r"expected a resnet18 with 5 classes$",
+    ):
         load_segmenter(path, head="aspp")
     with pytest.raises(ValueError, match="official FADA/CRA format holds a DeepLab-v2 ASPP head"):
         export_official(loaded, tmp_path / "out.pth")
@@ -462,7 +469,9 @@ def test_unsupported_proda_checkpoints_are_refused_by_name(tmp_path, state, mess
 def test_format_detection_names_the_proda_format(tmp_path):
     path = tmp_path / "not_a_model.pkl"
     torch.save({"ResNet101": {"objective_vectors": torch.zeros(2)}}, path)
-    with pytest.raises(ValueError, match=r"not_a_model\.pkl is not a segmenter checkpoint.*'ResNet101' holding 'model_state'"):
+    with pytest.raises(
+        ValueError, match=r"not_a_model\.pkl is not a segmenter checkpoint.*'ResNet101' holding 'model_state'"
+    ):
         load_segmenter(path)
     torch.save(proda_container({"conv1.weight": torch.zeros(1)}), path)
     with pytest.raises(ValueError, match=r"not_a_model\.pkl is in the proda format, not official"):

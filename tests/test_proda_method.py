@@ -34,8 +34,10 @@ def _tiny_models(cfg: ProdaConfig):
     for model in models.values():
         model.train()
     mask = torch.randint(0, NUM_CLASSES, (2, 32, 64), generator=generator)
-    batches = {"source": {"image": torch.randn(2, 3, 32, 64, generator=generator), "mask": mask},
-               "target": {"image": torch.randn(2, 3, 32, 64, generator=generator)}}
+    batches = {
+        "source": {"image": torch.randn(2, 3, 32, 64, generator=generator), "mask": mask},
+        "target": {"image": torch.randn(2, 3, 32, 64, generator=generator)},
+    }
     return method, models, batches
 
 
@@ -80,13 +82,16 @@ def test_one_step_trains_only_the_student_then_updates_ema_and_prototypes_once()
     assert method.state_dict()["prototypes"]["vectors"].shape == (NUM_CLASSES, 256)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("consistency_weight", -1.0, "method.consistency_weight"),
-    ("regular_type", "kl", "method.regular_type"),
-    ("ema_decay", 1.5, "method.ema_decay"),
-    ("label_downsample", 0, "method.label_downsample"),
-    ("proto_temperature", 0.0, "method.proto_temperature"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("consistency_weight", -1.0, "method.consistency_weight"),
+        ("regular_type", "kl", "method.regular_type"),
+        ("ema_decay", 1.5, "method.ema_decay"),
+        ("label_downsample", 0, "method.label_downsample"),
+        ("proto_temperature", 0.0, "method.proto_temperature"),
+    ],
+)
 def test_bad_config_values_are_clear_errors(key, value, message):
     with pytest.raises(ValueError, match=message):
         ProdaConfig(**{key: value})
@@ -100,8 +105,9 @@ def test_bad_config_from_the_command_line(tmp_path, tiny_benchmark, capsys):
 def test_proda_needs_the_proda_head():
     cfg = ExperimentConfig(
         method=ProdaConfig(),
-        data=DataConfig(source=DatasetSpec(name="gta5", root="x"),
-                        target=DatasetSpec(name="cityscapes", root="y", labelled=False)),
+        data=DataConfig(
+            source=DatasetSpec(name="gta5", root="x"), target=DatasetSpec(name="cityscapes", root="y", labelled=False)
+        ),
         model=ModelConfig(head="aspp"),
     )
     with pytest.raises(ValueError, match="model.head: proda"):
@@ -109,22 +115,48 @@ def test_proda_needs_the_proda_head():
 
 
 def _data(benchmark) -> list[str]:
-    return [*faults.tiny_training(benchmark), "data.target.resize=[32, 64]",
-            f"data.target.root={benchmark / 'cityscapes'}"]
+    return [
+        *faults.tiny_training(benchmark),
+        "data.target.resize=[32, 64]",
+        f"data.target.root={benchmark / 'cityscapes'}",
+    ]
 
 
 @pytest.fixture(scope="module")
 def warmup_checkpoint(tiny_benchmark, tiny_checkpoint, tmp_path_factory):
     run = tmp_path_factory.mktemp("proda") / "warmup"
-    assert main(["train", "--config", "demo_proda_warmup", "--output", str(run), *_data(tiny_benchmark),
-                 f"model.init_checkpoint={tiny_checkpoint}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "demo_proda_warmup",
+                "--output",
+                str(run),
+                *_data(tiny_benchmark),
+                f"model.init_checkpoint={tiny_checkpoint}",
+            ]
+        )
+        == 0
+    )
     return run / "final.pth"
 
 
 def _proda_args(benchmark, warmup, run, iterations=4):
-    return ["train", "--config", "demo_proda", "--output", str(run), *_data(benchmark),
-            f"model.init_checkpoint={warmup}", f"optim.max_iters={iterations}", f"optim.stop_iter={iterations}",
-            "engine.checkpoint_period=2", "engine.keep_last=5", "method.proto_momentum=0.5"]
+    return [
+        "train",
+        "--config",
+        "demo_proda",
+        "--output",
+        str(run),
+        *_data(benchmark),
+        f"model.init_checkpoint={warmup}",
+        f"optim.max_iters={iterations}",
+        f"optim.stop_iter={iterations}",
+        "engine.checkpoint_period=2",
+        "engine.keep_last=5",
+        "method.proto_momentum=0.5",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -188,24 +220,70 @@ def test_resume_restores_the_prototypes_exactly(proda_run, tiny_benchmark, warmu
 def test_pseudo_labels_and_cra_from_the_proda_checkpoint(proda_run, tiny_benchmark, tmp_path):
     run, _ = proda_run
     store = tmp_path / "store"
-    assert main(["pseudo-label", "--checkpoint", str(run / "final.pth"), "--dataset", "cityscapes", "--root",
-                 str(tiny_benchmark / "cityscapes"), "--output", str(store), "--device", "cpu", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "pseudo-label",
+                "--checkpoint",
+                str(run / "final.pth"),
+                "--dataset",
+                "cityscapes",
+                "--root",
+                str(tiny_benchmark / "cityscapes"),
+                "--output",
+                str(store),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     cra = tmp_path / "cra"
-    assert main(["train", "--config", "demo_cra", "--output", str(cra),
-                 *faults.tiny_training(tiny_benchmark, batch="target"), "model.head=proda",
-                 f"model.init_checkpoint={run / 'final.pth'}", f"method.pseudo_label_store={store}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "demo_cra",
+                "--output",
+                str(cra),
+                *faults.tiny_training(tiny_benchmark, batch="target"),
+                "model.head=proda",
+                f"model.init_checkpoint={run / 'final.pth'}",
+                f"method.pseudo_label_store={store}",
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(cra / "final.pth")["model"]["head"] == "proda"
 
 
 def test_official_proda_pkl_starts_a_cra_run(tiny_benchmark, tiny_store, tmp_path):
     state = deterministic_state(load_reference()["keys_and_shapes"])
     path = tmp_path / "proda_stage1.pkl"
-    torch.save({"ResNet101": {"model_state": state, "objective_vectors": torch.zeros(19, 256)},
-                "iter": 7, "best_iou": 0.5}, path)
+    torch.save(
+        {"ResNet101": {"model_state": state, "objective_vectors": torch.zeros(19, 256)}, "iter": 7, "best_iou": 0.5},
+        path,
+    )
     cra = tmp_path / "cra"
-    assert main(["train", "--config", "demo_cra", "--output", str(cra),
-                 *faults.tiny_training(tiny_benchmark, batch="target", iterations=1),
-                 "model.backbone=resnet101_deeplab", "model.head=proda", f"model.init_checkpoint={path}",
-                 f"method.pseudo_label_store={tiny_store}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "demo_cra",
+                "--output",
+                str(cra),
+                *faults.tiny_training(tiny_benchmark, batch="target", iterations=1),
+                "model.backbone=resnet101_deeplab",
+                "model.head=proda",
+                f"model.init_checkpoint={path}",
+                f"method.pseudo_label_store={tiny_store}",
+            ]
+        )
+        == 0
+    )
     final = load_checkpoint(cra / "final.pth")
     assert final["model"]["backbone"] == "resnet101_deeplab" and final["model"]["head"] == "proda"

@@ -41,11 +41,19 @@ def realistic_maps(seed, num_classes=19, height=1024, width=2048, stride=8):
 
 def manifest(names, num_classes=19, **overrides):
     settings = {
-        "num_classes": num_classes, "class_names": list(CITYSCAPES_19.class_names[:num_classes]),
-        "palette": [list(c) for c in CITYSCAPES_19.palette[:num_classes]], "dataset": "cityscapes",
-        "split": "train", "root": "/data/cityscapes", "names": list(names),
-        "checkpoint": {"path": "cda.pth", "sha256": "0" * 64}, "input_size": [1024, 512], "flip": False,
-        "threshold": 0.01, "rare_share": 0.01, "rare_factor": 0.5,
+        "num_classes": num_classes,
+        "class_names": list(CITYSCAPES_19.class_names[:num_classes]),
+        "palette": [list(c) for c in CITYSCAPES_19.palette[:num_classes]],
+        "dataset": "cityscapes",
+        "split": "train",
+        "root": "/data/cityscapes",
+        "names": list(names),
+        "checkpoint": {"path": "cda.pth", "sha256": "0" * 64},
+        "input_size": [1024, 512],
+        "flip": False,
+        "threshold": 0.01,
+        "rare_share": 0.01,
+        "rare_factor": 0.5,
     }
     settings.update(overrides)
     return settings
@@ -162,8 +170,22 @@ def test_pseudo_label_command_end_to_end_and_resume(tmp_path, capsys):
     segmenter = build_segmenter("resnet18", 19)
     export_official(segmenter, tmp_path / "cda.pth")
     command = [
-        "pseudo-label", "--checkpoint", str(tmp_path / "cda.pth"), "--dataset", "cityscapes", "--root", str(root),
-        "--output", str(tmp_path / "store"), "--input-size", "16", "8", "--device", "cpu", "--workers", "0",
+        "pseudo-label",
+        "--checkpoint",
+        str(tmp_path / "cda.pth"),
+        "--dataset",
+        "cityscapes",
+        "--root",
+        str(root),
+        "--output",
+        str(tmp_path / "store"),
+        "--input-size",
+        "16",
+        "8",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
     ]
     assert cli_main(command) == 0
     store = PseudoLabelStore(tmp_path / "store")

@@ -83,8 +83,12 @@ def test_report_of_a_pipeline_holds_every_section_and_embeds_every_image(report)
     page = parse(report)
     assert page.section_ids == list(SECTIONS)
     assert page.external == []
-    for heading in ("Regime", "Table 1: CRA after each CDA method",
-                    "Table 3: CRA against the baselines on the same pseudo labels", "run · so"):
+    for heading in (
+        "Regime",
+        "Table 1: CRA after each CDA method",
+        "Table 3: CRA against the baselines on the same pseudo labels",
+        "run · so",
+    ):
         assert heading in page.headings
     # Per-class IoU, training curves, Fig.-3 panel, entropy histogram, trusted fraction per class.
     assert len(page.image_sources) == 5
@@ -127,12 +131,19 @@ def test_missing_or_unrecognised_run_folders_fail_with_their_path(tmp_path, caps
 def test_without_matplotlib_the_command_says_what_to_install(pipeline_run, tmp_path):
     _, run = pipeline_run
     # A fresh interpreter in which ``import matplotlib`` fails, as where it is not installed.
-    script = ("import sys; sys.modules['matplotlib'] = None; from crossregion.cli import main; "
-              "sys.exit(main(sys.argv[1:]))")
-    completed = subprocess.run([sys.executable, "-c", script, "report", str(run), "--output",
-                                str(tmp_path / "report.html")], capture_output=True, text=True, timeout=120)
+    script = (
+        "import sys; sys.modules['matplotlib'] = None; from crossregion.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script, "report", str(run), "--output", str(tmp_path / "report.html")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 2
-    assert completed.stderr.strip() == "crossregion: error: the report needs matplotlib: pip install 'crossregion[report]'"
+    assert (
+        completed.stderr.strip() == "crossregion: error: the report needs matplotlib: pip install 'crossregion[report]'"
+    )
     assert not (tmp_path / "report.html").exists()
 
 
@@ -149,11 +160,26 @@ def test_report_renders_in_a_headless_browser_without_console_messages(report, t
         pytest.skip("chromium not installed: apt-get install chromium")
     screenshot = tmp_path / "report.png"
     completed = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         f"--screenshot={screenshot}", "--window-size=1400,3000", report.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={screenshot}",
+            "--window-size=1400,3000",
+            report.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
     # Chromium logs every console message (errors, uncaught exceptions) as an INFO:CONSOLE line.

@@ -18,8 +18,12 @@ SCRIPT = Path(__file__).with_name("tiny_training.py")
 
 
 def _run(run_dir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(run_dir), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _final_models(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -31,8 +31,12 @@ def test_one_step_reduces_the_loss_and_returns_detached_losses():
     batch = {"source": {"image": torch.randn(2, 3, 8, 8), "mask": torch.randint(0, NUM_CLASSES, (2, 8, 8))}}
     losses = []
     for iteration in range(3):
-        ctx = StepContext(iteration=iteration, device=torch.device("cpu"), optimizers=optimizers,
-                          scaler=build_grad_scaler(torch.device("cpu"), "none"))
+        ctx = StepContext(
+            iteration=iteration,
+            device=torch.device("cpu"),
+            optimizers=optimizers,
+            scaler=build_grad_scaler(torch.device("cpu"), "none"),
+        )
         step_losses = method.training_step(models, batch, ctx)
         assert ctx.stepped == ["segmenter"]
         assert set(step_losses) == {"loss/seg_src"} and not step_losses["loss/seg_src"].requires_grad

@@ -20,8 +20,16 @@ ID_ROAD = 7
 
 
 def _generate(out_dir: Path, layout: str = "gta5") -> None:
-    synth.generate_benchmark(out_dir, source_images=3, target_train_images=4, target_val_images=2,
-                             height=HEIGHT, width=WIDTH, seed=0, source_layout=layout)
+    synth.generate_benchmark(
+        out_dir,
+        source_images=3,
+        target_train_images=4,
+        target_val_images=2,
+        height=HEIGHT,
+        width=WIDTH,
+        seed=0,
+        source_layout=layout,
+    )
 
 
 def _all_files(root: Path) -> dict[str, bytes]:
@@ -59,7 +67,7 @@ def test_gta5_and_cityscapes_layouts_use_official_names(benchmark_dir):
 def test_labels_are_label_ids_with_some_void(benchmark_dir):
     gta5_label = Image.open(benchmark_dir / "gta5/labels/00001.png")
     assert gta5_label.mode == "P" and gta5_label.size == (WIDTH, HEIGHT)
-    assert gta5_label.getpalette()[3 * 7: 3 * 8] == [128, 64, 128]  # road in the Cityscapes palette
+    assert gta5_label.getpalette()[3 * 7 : 3 * 8] == [128, 64, 128]  # road in the Cityscapes palette
     city_labels = sorted((benchmark_dir / "cityscapes/gtFine").rglob("*_gtFine_labelIds.png"))
     ids = set()
     for path in city_labels:
@@ -126,28 +134,59 @@ def test_synthia_layout_labels_decode_to_synthia_ids_in_channel_0(tmp_path):
 
 def test_bad_arguments_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="--source-layout"):
-        synth.generate_benchmark(tmp_path, source_images=1, target_train_images=1, target_val_images=1,
-                                 height=32, width=64, seed=0, source_layout="carla")
+        synth.generate_benchmark(
+            tmp_path,
+            source_images=1,
+            target_train_images=1,
+            target_val_images=1,
+            height=32,
+            width=64,
+            seed=0,
+            source_layout="carla",
+        )
     with pytest.raises(ValueError, match="--target-val-images"):
-        synth.generate_benchmark(tmp_path, source_images=1, target_train_images=1, target_val_images=-1,
-                                 height=32, width=64, seed=0)
+        synth.generate_benchmark(
+            tmp_path, source_images=1, target_train_images=1, target_val_images=-1, height=32, width=64, seed=0
+        )
 
 
 def test_cli_writes_data_that_data_check_accepts(tmp_path, capsys):
     out_dir = tmp_path / "bench"
-    status = cli.main(["data", "synth", str(out_dir), "--source-images", "2", "--target-train-images", "3",
-                       "--target-val-images", "2", "--height", str(HEIGHT), "--width", str(WIDTH),
-                       "--seed", "0"])
+    status = cli.main(
+        [
+            "data",
+            "synth",
+            str(out_dir),
+            "--source-images",
+            "2",
+            "--target-train-images",
+            "3",
+            "--target-val-images",
+            "2",
+            "--height",
+            str(HEIGHT),
+            "--width",
+            str(WIDTH),
+            "--seed",
+            "0",
+        ]
+    )
     assert status == 0
     assert cli.main(["data", "check", "--dataset", "gta5", "--root", str(out_dir / "gta5")]) == 0
-    assert cli.main(["data", "check", "--dataset", "cityscapes", "--root", str(out_dir / "cityscapes"),
-                     "--split", "val"]) == 0
+    assert (
+        cli.main(["data", "check", "--dataset", "cityscapes", "--root", str(out_dir / "cityscapes"), "--split", "val"])
+        == 0
+    )
     # "--split=train" as one token: cli.build_parser treats a bare "train" token as the train command.
-    assert cli.main(["data", "check", "--dataset", "cityscapes", "--root", str(out_dir / "cityscapes"),
-                     "--split=train"]) == 0
+    assert (
+        cli.main(["data", "check", "--dataset", "cityscapes", "--root", str(out_dir / "cityscapes"), "--split=train"])
+        == 0
+    )
 
 
 def test_synthia_layout_passes_data_check(tmp_path):
     _generate(tmp_path, layout="synthia")
-    assert cli.main(["data", "check", "--dataset", "synthia", "--root", str(tmp_path / "synthia"),
-                     "--num-classes", "16"]) == 0
+    assert (
+        cli.main(["data", "check", "--dataset", "synthia", "--root", str(tmp_path / "synthia"), "--num-classes", "16"])
+        == 0
+    )

@@ -106,12 +106,18 @@ def test_normalize_converts_uint8():
 
 
 def test_train_preset_output_and_determinism():
-    spec = DatasetSpec(name="gta5", root="unused", crop=(8, 12), scale_range=(0.5, 1.5), flip=True,
-                       color_jitter=(0.5, 0.5, 0.5, 0.2))
+    spec = DatasetSpec(
+        name="gta5", root="unused", crop=(8, 12), scale_range=(0.5, 1.5), flip=True, color_jitter=(0.5, 0.5, 0.5, 0.2)
+    )
     preset = train_transform(spec)
     # The official CRA order: jitter on the whole image first, normalisation last.
     assert [type(step).__name__ for step in preset.transforms] == [
-        "ColorJitter", "RandomScale", "RandomCrop", "RandomHorizontalFlip", "Normalize"]
+        "ColorJitter",
+        "RandomScale",
+        "RandomCrop",
+        "RandomHorizontalFlip",
+        "Normalize",
+    ]
     torch.manual_seed(3)
     first = preset(striped_sample())
     torch.manual_seed(3)

@@ -57,10 +57,7 @@ def test_write_panel_lays_out_rows_and_titled_columns(tmp_path):
     rng = np.random.default_rng(0)
     titles = ["image", "prediction A", "trusted / untrusted", "prediction B", "ground truth"]
     rows = 2
-    columns = [
-        (title, [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(rows)])
-        for title in titles
-    ]
+    columns = [(title, [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(rows)]) for title in titles]
     columns[1] = (
         titles[1],
         [np.zeros((10, 15, 3), dtype=np.uint8)] * rows,

@@ -53,8 +53,12 @@ class TinyDataset(torch.utils.data.Dataset):
     the class-balanced sampler.
     """
 
-    label_set = LabelSet(name="tiny", class_names=tuple(f"class{c}" for c in range(NUM_CLASSES)),
-                         palette=((0, 0, 0),) * NUM_CLASSES, id_to_train_id={c: c for c in range(NUM_CLASSES)})
+    label_set = LabelSet(
+        name="tiny",
+        class_names=tuple(f"class{c}" for c in range(NUM_CLASSES)),
+        palette=((0, 0, 0),) * NUM_CLASSES,
+        id_to_train_id={c: c for c in range(NUM_CLASSES)},
+    )
     num_classes = NUM_CLASSES
 
     def __init__(self, *, augment: bool, sleep: float) -> None:
@@ -84,7 +88,9 @@ def tiny_config(iters: int, batch: int, class_balanced: bool = False) -> Experim
         data=DataConfig(source=DatasetSpec(name="tiny", root="-", class_balanced=class_balanced), batch_size=batch),
         model=ModelConfig(backbone="tiny", num_classes=NUM_CLASSES),
         optim=OptimConfig(lr=0.05, max_iters=iters + 10, stop_iter=iters),
-        engine=EngineConfig(device="cpu", amp="none", channels_last=False, checkpoint_period=3, keep_last=2, log_period=5, seed=7),
+        engine=EngineConfig(
+            device="cpu", amp="none", channels_last=False, checkpoint_period=3, keep_last=2, log_period=5, seed=7
+        ),
     )
 
 
@@ -105,10 +111,14 @@ def main() -> None:
     try:
         seed_everything(cfg)
         run_training(
-            cfg, args.run_dir, method=build_method(cfg), segmenter=TinySegmenter(),
+            cfg,
+            args.run_dir,
+            method=build_method(cfg),
+            segmenter=TinySegmenter(),
             model_args={"backbone": "tiny", "num_classes": NUM_CLASSES},
             datasets={"source": TinyDataset(augment=not args.no_augment, sleep=args.sleep)},
-            device=device, resume=args.resume,
+            device=device,
+            resume=args.resume,
         )
     finally:
         shutdown_distributed()

@@ -46,8 +46,10 @@ def check_output_folder(path: str | Path, option: str = "--output") -> Path:
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise OutputPathError(f"{option} {path} is an existing file, but a folder is expected there; "
-                              "choose another path or move the file away")
+        raise OutputPathError(
+            f"{option} {path} is an existing file, but a folder is expected there; "
+            "choose another path or move the file away"
+        )
     _check_parents(path, option)
     return path
 
@@ -60,8 +62,9 @@ def check_output_file(path: str | Path, option: str = "--output") -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        raise OutputPathError(f"{option} {path} is an existing folder, but a file is expected there; "
-                              "name the file to write")
+        raise OutputPathError(
+            f"{option} {path} is an existing folder, but a file is expected there; name the file to write"
+        )
     _check_parents(path, option)
     return path
 

@@ -37,9 +37,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         help="resize each image to W×H before inference (FADA/CRA: 1024 512 for CDA, 2048 1024 for CRA); "
         "default: the image size",
     )
-    parser.add_argument(
-        "--flip", action="store_true", help="average with the horizontally flipped image"
-    )
+    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument(
         "--scales",
         type=_parse_scales,
@@ -47,9 +45,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S1,S2,...",
         help="comma-separated input scales whose softmax maps are averaged, e.g. 0.75,1.0,1.25 (default 1.0)",
     )
-    parser.add_argument(
-        "--window", nargs=2, type=int, metavar=("W", "H"), help="sliding-window crop size"
-    )
+    parser.add_argument("--window", nargs=2, type=int, metavar=("W", "H"), help="sliding-window crop size")
     parser.add_argument(
         "--stride",
         nargs=2,
@@ -65,7 +61,7 @@ def _parse_scales(text: str) -> tuple[float, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--scales takes comma-separated numbers like 0.75,1.0,1.25, got {text!r}"
-        )
+        ) from None
     if any(scale <= 0 for scale in scales):
         raise argparse.ArgumentTypeError(f"--scales must be positive, got {text!r}")
     return scales

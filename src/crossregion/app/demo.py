@@ -23,15 +23,29 @@ PRESET = "demo"
 # The benchmark the demo preset is sized for; part of the demo's definition, not an option.
 SYNTH_ARGUMENTS = DEFAULT_ARGUMENTS
 # The tiny benchmark of the benchmarks' ``--quick`` smoke runs.
-QUICK_SYNTH_ARGUMENTS = {"source_images": 12, "target_train_images": 6, "target_val_images": 4,
-                         "height": 48, "width": 96, "seed": 0}
+QUICK_SYNTH_ARGUMENTS = {
+    "source_images": 12,
+    "target_train_images": 6,
+    "target_val_images": 4,
+    "height": 48,
+    "width": 96,
+    "seed": 0,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", type=Path, default=Path("runs/demo"),
-                        help="run folder (default runs/demo): data/, one folder per stage, results.md")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="pipeline overrides, e.g. cda_methods=[fada,advent] (changes the time it takes)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("runs/demo"),
+        help="run folder (default runs/demo): data/, one folder per stage, results.md",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="pipeline overrides, e.g. cda_methods=[fada,advent] (changes the time it takes)",
+    )
 
 
 def ensure_benchmark(data_dir: Path, arguments: dict[str, int] = SYNTH_ARGUMENTS) -> None:
@@ -56,8 +70,10 @@ def demo_pipeline_config(data_dir: Path, overrides: list[str] | tuple[str, ...] 
     accuracy benchmarks use ``synth_benchmark``)."""
     from crossregion.app.pipeline.config import load_pipeline_config
 
-    roots = [f"dataset_roots={{gta5: {data_dir / 'gta5'}, cityscapes: {data_dir / 'cityscapes'}}}",
-             f"target.root={data_dir / 'cityscapes'}"]
+    roots = [
+        f"dataset_roots={{gta5: {data_dir / 'gta5'}, cityscapes: {data_dir / 'cityscapes'}}}",
+        f"target.root={data_dir / 'cityscapes'}",
+    ]
     return load_pipeline_config(preset, [*roots, *overrides])
 
 

@@ -18,16 +18,13 @@ from crossregion.files import check_output_folder
 
 logger = logging.getLogger(__name__)
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_arguments(parser)
-    parser.add_argument(
-        "--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root"
-    )
+    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root")
     parser.add_argument("--root", type=Path, required=True, help="dataset root folder")
     parser.add_argument("--split", default="val", help="split name or list file (default val)")
-    parser.add_argument(
-        "--output", type=Path, required=True, help="folder for metrics.json and metrics.md"
-    )
+    parser.add_argument("--output", type=Path, required=True, help="folder for metrics.json and metrics.md")
     parser.add_argument(
         "--num-classes",
         type=int,
@@ -35,12 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classes the checkpoint must predict (default: whatever it holds); 16 scores the SYNTHIA setting",
     )
     add_inference_arguments(parser)
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=2, help="image-decoding worker processes (default 2)"
-    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present")
+    parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -50,9 +43,7 @@ def main(args: argparse.Namespace) -> int:
     check_output_folder(args.output)
     options = inference_options(args)
     device = select_device(args.device)
-    segmenter, info = load_segmenter(
-        args.checkpoint, format=args.format, num_classes=args.num_classes, device=device
-    )
+    segmenter, info = load_segmenter(args.checkpoint, format=args.format, num_classes=args.num_classes, device=device)
     dataset = build_dataset(args.dataset, args.root, args.split, num_classes=info["num_classes"])
     logger.info(
         "evaluating %s (%s, %s, %d classes) on %s %s: %d images",
@@ -64,9 +55,7 @@ def main(args: argparse.Namespace) -> int:
         args.split,
         len(dataset),
     )
-    metrics = evaluate_segmenter(
-        segmenter, dataset, device=device, num_workers=args.workers, **options
-    )
+    metrics = evaluate_segmenter(segmenter, dataset, device=device, num_workers=args.workers, **options)
     write_cli_metrics(
         metrics,
         args,

@@ -12,9 +12,7 @@ from crossregion.files import check_output_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root"
-    )
+    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root")
     parser.add_argument("--root", type=Path, required=True, help="dataset root folder")
     parser.add_argument("--split", default="val", help="split name or list file (default val)")
     parser.add_argument(
@@ -23,9 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="folder of prediction PNGs (<image stem>*.png)",
     )
-    parser.add_argument(
-        "--output", type=Path, required=True, help="folder for metrics.json and metrics.md"
-    )
+    parser.add_argument("--output", type=Path, required=True, help="folder for metrics.json and metrics.md")
     parser.add_argument(
         "--id-type",
         choices=ID_TYPES,

@@ -10,15 +10,9 @@ from crossregion.models.checkpoint_io import CHECKPOINT_FORMATS, export_official
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "checkpoint", type=Path, help="a crossregion checkpoint or an official FADA/CRA or IAST one"
-    )
-    parser.add_argument(
-        "--output", type=Path, required=True, help="the official-format file to write"
-    )
-    parser.add_argument(
-        "--format", choices=CHECKPOINT_FORMATS, default="auto", help="format of CHECKPOINT"
-    )
+    parser.add_argument("checkpoint", type=Path, help="a crossregion checkpoint or an official FADA/CRA or IAST one")
+    parser.add_argument("--output", type=Path, required=True, help="the official-format file to write")
+    parser.add_argument("--format", choices=CHECKPOINT_FORMATS, default="auto", help="format of CHECKPOINT")
     parser.add_argument(
         "--ddp-prefix",
         action="store_true",

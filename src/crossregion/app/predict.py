@@ -26,9 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", type=Path, required=True, help="folder for the written PNGs")
     add_inference_arguments(parser)
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
-    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -41,9 +39,8 @@ def main(args: argparse.Namespace) -> int:
     images = collect_images(args.images)
     device = select_device(args.device)
     segmenter, info = load_segmenter(args.checkpoint, format=args.format, device=device)
-    write_predictions(segmenter, images, args.output, num_classes=info["num_classes"], device=device,
-                      input_size=input_size, **options)
-    print(
-        f"wrote predictions of {len(images)} image(s) ({info['num_classes']} classes) to {args.output}"
+    write_predictions(
+        segmenter, images, args.output, num_classes=info["num_classes"], device=device, input_size=input_size, **options
     )
+    print(f"wrote predictions of {len(images)} image(s) ({info['num_classes']} classes) to {args.output}")
     return 0

@@ -32,7 +32,6 @@ from crossregion.trust import (
 logger = logging.getLogger(__name__)
 
 
-
 class _WithOriginalSize:
     """Runs a transform and records the image's size before it, the size the maps are stored at."""
 
@@ -56,19 +55,38 @@ def file_sha256(path: Path) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the CDA model (crossregion or official FADA/CRA checkpoint)")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="the CDA model (crossregion or official FADA/CRA checkpoint)"
+    )
     parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root")
     parser.add_argument("--root", type=Path, required=True, help="target dataset root folder")
     parser.add_argument("--split", default="train", help="split name or list file (default train)")
     parser.add_argument("--output", type=Path, required=True, help="the pseudo-label store folder")
     parser.add_argument(
-        "--input-size", nargs=2, type=int, metavar=("W", "H"),
+        "--input-size",
+        nargs=2,
+        type=int,
+        metavar=("W", "H"),
         help="resize each image to W×H before inference (official: 1024 512); default: the image size",
     )
-    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image (not official)")
-    parser.add_argument("--threshold", type=float, default=OFFICIAL_THRESHOLD, help="λ for the trusted fractions of stats.json (default 0.01)")
-    parser.add_argument("--rare-share", type=float, default=OFFICIAL_RARE_SHARE, help="a class below this share of pixels is rare (default 0.01)")
-    parser.add_argument("--rare-factor", type=float, default=OFFICIAL_RARE_FACTOR, help="entropy factor of rare classes (default 0.5)")
+    parser.add_argument(
+        "--flip", action="store_true", help="average with the horizontally flipped image (not official)"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=OFFICIAL_THRESHOLD,
+        help="λ for the trusted fractions of stats.json (default 0.01)",
+    )
+    parser.add_argument(
+        "--rare-share",
+        type=float,
+        default=OFFICIAL_RARE_SHARE,
+        help="a class below this share of pixels is rare (default 0.01)",
+    )
+    parser.add_argument(
+        "--rare-factor", type=float, default=OFFICIAL_RARE_FACTOR, help="entropy factor of rare classes (default 0.5)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2)")
 
@@ -82,9 +100,18 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--input-size must be positive, got {width} {height}")
         input_size = (height, width)
     stats = write_pseudo_labels(
-        args.checkpoint, dataset=args.dataset, root=args.root, split=args.split, output=args.output,
-        input_size=input_size, flip=args.flip, threshold=args.threshold, rare_share=args.rare_share,
-        rare_factor=args.rare_factor, device=args.device, workers=args.workers,
+        args.checkpoint,
+        dataset=args.dataset,
+        root=args.root,
+        split=args.split,
+        output=args.output,
+        input_size=input_size,
+        flip=args.flip,
+        threshold=args.threshold,
+        rare_share=args.rare_share,
+        rare_factor=args.rare_factor,
+        device=args.device,
+        workers=args.workers,
     )
     print(
         f"pseudo labels of {stats['num_images']} images in {args.output}: trusted {stats['trusted_fraction']:.1%} "
@@ -94,9 +121,18 @@ def main(args: argparse.Namespace) -> int:
 
 
 def write_pseudo_labels(
-    checkpoint: str | Path, *, dataset: str, root: str | Path, split: str, output: str | Path,
-    input_size: tuple[int, int] | None, flip: bool = False, threshold: float = OFFICIAL_THRESHOLD,
-    rare_share: float = OFFICIAL_RARE_SHARE, rare_factor: float = OFFICIAL_RARE_FACTOR, device: str = "auto",
+    checkpoint: str | Path,
+    *,
+    dataset: str,
+    root: str | Path,
+    split: str,
+    output: str | Path,
+    input_size: tuple[int, int] | None,
+    flip: bool = False,
+    threshold: float = OFFICIAL_THRESHOLD,
+    rare_share: float = OFFICIAL_RARE_SHARE,
+    rare_factor: float = OFFICIAL_RARE_FACTOR,
+    device: str = "auto",
     workers: int = 0,
 ) -> dict:
     """Write (or finish) the pseudo-label store of ``checkpoint`` on a target split; returns its stats.
@@ -143,7 +179,12 @@ def write_pseudo_labels(
     indices = [index for index, name in enumerate(images.names) if name in pending]
     logger.info(
         "pseudo-labelling %s %s with %s (%d classes): %d of %d images to do",
-        dataset, split, checkpoint, num_classes, len(indices), len(images),
+        dataset,
+        split,
+        checkpoint,
+        num_classes,
+        len(indices),
+        len(images),
     )
     images.transform = _WithOriginalSize(eval_transform(size=input_size))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, indices), batch_size=1, num_workers=workers)

@@ -13,8 +13,9 @@ import argparse
 import dataclasses
 import logging
 import random
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,9 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="preset name (see `crossregion dump-config --list`) or YAML path")
+    parser.add_argument(
+        "--config", required=True, help="preset name (see `crossregion dump-config --list`) or YAML path"
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=2.5e-4")
     parser.add_argument("--output", required=True, help="run folder: config.yaml, checkpoints, metrics.jsonl")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pth (same config)")
@@ -72,8 +75,15 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False) -
         segmenter, model_args = build_model(cfg.model)
         datasets = build_train_datasets(cfg, method)
         return run_training(
-            cfg, run_dir, method=method, segmenter=segmenter, model_args=model_args, datasets=datasets,
-            device=device, resume=resume, evaluate=build_evaluator(cfg, device),
+            cfg,
+            run_dir,
+            method=method,
+            segmenter=segmenter,
+            model_args=model_args,
+            datasets=datasets,
+            device=device,
+            resume=resume,
+            evaluate=build_evaluator(cfg, device),
         )
     finally:
         shutdown_distributed()
@@ -82,9 +92,15 @@ def train(cfg: ExperimentConfig, run_dir: str | Path, *, resume: bool = False) -
 def with_resolved_precision(cfg: ExperimentConfig, device: torch.device) -> ExperimentConfig:
     """``cfg`` with ``engine.amp`` / ``engine.channels_last`` of ``auto`` resolved for ``device``."""
     amp, channels_last = precision.resolve_precision(device, cfg.engine.amp, cfg.engine.channels_last)
-    logger.info("precision on %s: engine.amp=%s engine.channels_last=%s (configured %s/%s; native CPU bf16: %s)",
-                device.type, amp, channels_last, cfg.engine.amp, cfg.engine.channels_last,
-                precision.cpu_has_native_bf16())
+    logger.info(
+        "precision on %s: engine.amp=%s engine.channels_last=%s (configured %s/%s; native CPU bf16: %s)",
+        device.type,
+        amp,
+        channels_last,
+        cfg.engine.amp,
+        cfg.engine.channels_last,
+        precision.cpu_has_native_bf16(),
+    )
     engine = dataclasses.replace(cfg.engine, amp=amp, channels_last=channels_last)
     return dataclasses.replace(cfg, engine=engine)
 
@@ -105,14 +121,23 @@ def check_datasets(cfg: ExperimentConfig, method: Method) -> None:
     if is_main():
         for kind in kinds:
             spec: DatasetSpec = getattr(cfg.data, kind)
-            report = check_dataset(spec.name, spec.root, spec.split, num_classes=cfg.model.num_classes,
-                                   labelled=spec.labelled, progress=False)
+            report = check_dataset(
+                spec.name,
+                spec.root,
+                spec.split,
+                num_classes=cfg.model.num_classes,
+                labelled=spec.labelled,
+                progress=False,
+            )
             if not report.usable:
-                problems.append(f"data.{kind} ({spec.name} at {spec.root}, split {spec.split}) is not usable:\n"
-                                f"{report.format()}")
+                problems.append(
+                    f"data.{kind} ({spec.name} at {spec.root}, split {spec.split}) is not usable:\n{report.format()}"
+                )
     problems = broadcast_object(problems)
     if problems:
-        raise ValueError("\n".join(problems) + "\nfix the dataset or the config; `crossregion data check` shows details")
+        raise ValueError(
+            "\n".join(problems) + "\nfix the dataset or the config; `crossregion data check` shows details"
+        )
 
 
 def seed_everything(cfg: ExperimentConfig) -> None:
@@ -134,22 +159,29 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
     """The segmenter and its ``build_segmenter`` arguments; loads ``model.init_checkpoint`` if set."""
     from crossregion.models import build_segmenter, load_segmenter
 
-    model_args = {"backbone": model.backbone, "num_classes": model.num_classes, "pretrained": model.pretrained,
-                  "freeze_bn": model.freeze_bn, "multi_level": model.multi_level, "head": model.head}
+    model_args = {
+        "backbone": model.backbone,
+        "num_classes": model.num_classes,
+        "pretrained": model.pretrained,
+        "freeze_bn": model.freeze_bn,
+        "multi_level": model.multi_level,
+        "head": model.head,
+    }
     segmenter = build_segmenter(**model_args)
     if model.init_checkpoint is not None:
         # load_segmenter names the file and the expected vs found class count on a mismatch.
         if model.init_backbone_only:
             # The file's own head (any) is read and dropped; only the backbone must fit.
-            loaded, info = load_segmenter(model.init_checkpoint, backbone=model.backbone,
-                                          num_classes=model.num_classes)
-            backbone_state = {key: value for key, value in loaded.state_dict().items()
-                              if key.startswith(BACKBONE_PREFIX)}
+            loaded, info = load_segmenter(model.init_checkpoint, backbone=model.backbone, num_classes=model.num_classes)
+            backbone_state = {
+                key: value for key, value in loaded.state_dict().items() if key.startswith(BACKBONE_PREFIX)
+            }
             missing, unexpected = segmenter.load_state_dict(backbone_state, strict=False)
             missing = [key for key in missing if key.startswith(BACKBONE_PREFIX)]
         else:
-            loaded, info = load_segmenter(model.init_checkpoint, backbone=model.backbone,
-                                          num_classes=model.num_classes, head=model.head)
+            loaded, info = load_segmenter(
+                model.init_checkpoint, backbone=model.backbone, num_classes=model.num_classes, head=model.head
+            )
             missing, unexpected = segmenter.load_state_dict(loaded.state_dict(), strict=False)
         # FrozenBatchNorm has no step counter: starting trainable BN from it leaves only that missing.
         missing = [key for key in missing if not key.endswith("num_batches_tracked")]
@@ -158,8 +190,12 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
                 f"model.init_checkpoint {model.init_checkpoint} does not fit model {model_args}: "
                 f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]} (multi_level differs?)"
             )
-        logger.info("initialised %s from %s (%s format)", "the backbone" if model.init_backbone_only else "",
-                    model.init_checkpoint, info["format"])
+        logger.info(
+            "initialised %s from %s (%s format)",
+            "the backbone" if model.init_backbone_only else "",
+            model.init_checkpoint,
+            info["format"],
+        )
     return segmenter, {**model_args, "pretrained": None}
 
 
@@ -185,8 +221,14 @@ def build_train_dataset(spec: DatasetSpec, num_classes: int) -> Dataset:
     """A training dataset with ``spec``'s transforms, in the official CRA order (docs/spec.md §1.7)."""
     from crossregion.data.datasets import build_dataset
 
-    return build_dataset(spec.name, spec.root, spec.split, num_classes=num_classes,
-                         transform=train_transform(spec), labelled=spec.labelled)
+    return build_dataset(
+        spec.name,
+        spec.root,
+        spec.split,
+        num_classes=num_classes,
+        transform=train_transform(spec),
+        labelled=spec.labelled,
+    )
 
 
 def build_evaluator(cfg: ExperimentConfig, device: torch.device) -> Callable[[nn.Module], dict[str, Any]] | None:
@@ -198,13 +240,21 @@ def build_evaluator(cfg: ExperimentConfig, device: torch.device) -> Callable[[nn
     from crossregion.eval.evaluate import evaluate_segmenter
 
     dataset = build_dataset(spec.name, spec.root, spec.split, num_classes=cfg.model.num_classes, labelled=True)
-    return lambda segmenter: evaluate_segmenter(segmenter, dataset, input_size=spec.resize, device=device,
-                                                progress=False)
+    return lambda segmenter: evaluate_segmenter(
+        segmenter, dataset, input_size=spec.resize, device=device, progress=False
+    )
 
 
 def run_training(
-    cfg: ExperimentConfig, run_dir: str | Path, *, method: Method, segmenter: nn.Module,
-    model_args: Mapping[str, Any], datasets: Mapping[str, Dataset], device: torch.device, resume: bool,
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    *,
+    method: Method,
+    segmenter: nn.Module,
+    model_args: Mapping[str, Any],
+    datasets: Mapping[str, Dataset],
+    device: torch.device,
+    resume: bool,
     evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
 ) -> Path:
     """Train built objects: prepares the run folder, wraps for DDP, resumes, runs the ``Trainer``.
@@ -229,14 +279,29 @@ def run_training(
     optimizers = method.build_optimizers(models, cfg.optim)
     wrapped = {name: wrap_ddp(model, device) for name, model in models.items()}
     loaders = {
-        kind: InfiniteLoader(dataset, batch_size=cfg.data.batch_size // world_size,
-                             num_workers=cfg.data.num_workers, seed=cfg.engine.seed, name=kind,
-                             sampler=build_class_balanced_sampler(cfg, kind, dataset, run_dir)
-                             if getattr(cfg.data, kind).class_balanced else None)
+        kind: InfiniteLoader(
+            dataset,
+            batch_size=cfg.data.batch_size // world_size,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.engine.seed,
+            name=kind,
+            sampler=build_class_balanced_sampler(cfg, kind, dataset, run_dir)
+            if getattr(cfg.data, kind).class_balanced
+            else None,
+        )
         for kind, dataset in datasets.items()
     }
-    trainer = Trainer(cfg=cfg, method=method, models=wrapped, optimizers=optimizers, loaders=loaders,
-                      device=device, run_dir=run_dir, model_args=model_args, evaluate=evaluate)
+    trainer = Trainer(
+        cfg=cfg,
+        method=method,
+        models=wrapped,
+        optimizers=optimizers,
+        loaders=loaders,
+        device=device,
+        run_dir=run_dir,
+        model_args=model_args,
+        evaluate=evaluate,
+    )
     if state is not None:
         trainer.load_state_dict(state)
         logger.info("resumed at iteration %d", trainer.iteration)
@@ -245,7 +310,10 @@ def run_training(
 
 
 def build_class_balanced_sampler(
-    cfg: ExperimentConfig, kind: str, dataset: Dataset, run_dir: Path,
+    cfg: ExperimentConfig,
+    kind: str,
+    dataset: Dataset,
+    run_dir: Path,
 ) -> ResumableClassBalancedSampler:
     """The class-balanced sampler of ``data.<kind>`` (docs/spec.md §2.5).
 
@@ -261,7 +329,9 @@ def build_class_balanced_sampler(
     cache = run_dir / f"class_presence_{kind}.json"
     presence = compute_class_presence(dataset, cache) if is_main() else None
     return ResumableClassBalancedSampler(
-        broadcast_object(presence), samples_per_epoch=cfg.optim.max_iters * cfg.data.batch_size, seed=cfg.engine.seed,
+        broadcast_object(presence),
+        samples_per_epoch=cfg.optim.max_iters * cfg.data.batch_size,
+        seed=cfg.engine.seed,
     )
 
 
@@ -273,7 +343,9 @@ def _prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> dict
     """
     last = run_dir / ckpt.LAST_NAME
     if not resume and last.exists():
-        raise ValueError(f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output")
+        raise ValueError(
+            f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output"
+        )
     state = None
     if resume and last.exists():
         state = ckpt.load_checkpoint(last)

@@ -20,7 +20,18 @@ from crossregion.config.schema import (
 )
 
 __all__ = [
-    "DataConfig", "DatasetSpec", "EngineConfig", "ExperimentConfig", "MethodConfig", "ModelConfig",
-    "OptimConfig", "available_presets", "config_differences", "config_from_dict", "config_to_dict",
-    "config_to_yaml", "load_config", "save_config",
+    "DataConfig",
+    "DatasetSpec",
+    "EngineConfig",
+    "ExperimentConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "available_presets",
+    "config_differences",
+    "config_from_dict",
+    "config_to_dict",
+    "config_to_yaml",
+    "load_config",
+    "save_config",
 ]

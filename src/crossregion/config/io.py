@@ -12,8 +12,9 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -155,7 +156,8 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Experiment
         raise type(error)(f"{source}: {message}") from error
     registered = [("model.backbone", BACKBONES, config.model.backbone)] + [
         (f"data.{kind}.name", DATASETS, spec.name)
-        for kind in ("source", "target", "target_val") if (spec := getattr(config.data, kind)) is not None
+        for kind in ("source", "target", "target_val")
+        if (spec := getattr(config.data, kind)) is not None
     ]
     for key, registry, name in registered:
         try:
@@ -181,9 +183,11 @@ def _build(cls: type, data: Any, prefix: str, replace_types: dict[str, type] | N
             continue
         kind = (replace_types or {}).get(name, hints[name])
         kwargs[name] = _convert(kind, data[name], f"{prefix}{name}")
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.name not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise KeyError(f"missing config key(s) {', '.join(prefix + m for m in missing)}")
     return cls(**kwargs)
@@ -260,4 +264,3 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
         elif left != right:
             lines.append(f"{prefix}{key}: {left!r} -> {right!r}")
     return lines
-

@@ -237,7 +237,9 @@ class ExperimentConfig:
                     f"for {' or '.join(map(str, supported))} classes; change model.num_classes or the dataset"
                 )
         if self.data.target_val is not None and self.data.target_val.class_balanced:
-            raise ValueError("data.target_val is evaluated image by image, not sampled; remove data.target_val.class_balanced")
+            raise ValueError(
+                "data.target_val is evaluated image by image, not sampled; remove data.target_val.class_balanced"
+            )
         if self.data.target_val is not None and not self.data.target_val.labelled:
             raise ValueError("data.target_val is scored against its labels; set data.target_val.labelled: true")
         if self.engine.eval_period > 0 and self.data.target_val is None:

@@ -47,12 +47,7 @@ class DatasetReport:
 
         Size mismatches do not make a dataset unusable: samples resize such labels (nearest).
         """
-        return (
-            not self.layout_errors
-            and not self.unreadable
-            and not self.unknown_id_pixels
-            and self.num_images > 0
-        )
+        return not self.layout_errors and not self.unreadable and not self.unknown_id_pixels and self.num_images > 0
 
     def format(self) -> str:
         """The human-readable report ``crossregion data check`` prints."""
@@ -68,8 +63,10 @@ class DatasetReport:
             lines.append("class pixel histogram (train IDs, % of all label pixels):")
             for train_id, (name, count) in enumerate(zip(self.class_names, self.pixel_counts.tolist())):
                 lines.append(f"  {train_id:>3} {name:<15} {count:>14,} {100 * count / max(total, 1):7.2f}%")
-            lines.append(f"  {IGNORE_INDEX:>3} {'ignore':<15} {self.ignore_pixels:>14,} "
-                         f"{100 * self.ignore_pixels / max(total, 1):7.2f}%")
+            lines.append(
+                f"  {IGNORE_INDEX:>3} {'ignore':<15} {self.ignore_pixels:>14,} "
+                f"{100 * self.ignore_pixels / max(total, 1):7.2f}%"
+            )
             missing = [name for name, count in zip(self.class_names, self.pixel_counts.tolist()) if count == 0]
             if missing:
                 lines.append(f"classes without pixels: {', '.join(missing)}")

@@ -13,8 +13,9 @@ warning names the file once. ``crossregion data check`` lists every such pair.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import png
@@ -181,7 +182,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
             self._warned_size_mismatch.add(str(path))
             logger.warning(
                 "label %s is %dx%d but its image is %dx%d; resizing the label (nearest neighbour)",
-                path, label.shape[1], label.shape[0], width, height,
+                path,
+                label.shape[1],
+                label.shape[0],
+                width,
+                height,
             )
         return np.array(Image.fromarray(label).resize((width, height), Image.NEAREST))
 
@@ -228,8 +233,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         missing = [name for name in wanted if name not in available]
         if missing:
             raise FileNotFoundError(
-                f"list file {list_file} names {len(missing)} file(s) not found under {self.root}, "
-                f"e.g. {missing[:3]}"
+                f"list file {list_file} names {len(missing)} file(s) not found under {self.root}, e.g. {missing[:3]}"
             )
         return wanted
 
@@ -359,7 +363,9 @@ def load_id_map(path: str | Path, num_classes: int) -> dict[int, int]:
     """Reads a YAML/JSON ``{on_disk_id: train_id}`` file and validates every entry."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ID map file {path} does not exist; write a YAML/JSON mapping {{on_disk_id: train_id}}")
+        raise FileNotFoundError(
+            f"ID map file {path} does not exist; write a YAML/JSON mapping {{on_disk_id: train_id}}"
+        )
     with path.open() as f:
         content = yaml.safe_load(f)  # YAML is a superset of JSON
     if not isinstance(content, dict) or not content:
@@ -388,4 +394,3 @@ def build_dataset(name: str, root: str | Path, split: str = "train", **options: 
     ``labelled``, ``id_map``) are ``SegmentationDataset``'s arguments, with its defaults.
     """
     return DATASETS.get(name)(root, split, **options)
-

@@ -66,10 +66,29 @@ CITYSCAPES_LABELS: tuple[CityscapesLabel, ...] = (
 
 # The SYNTHIA class IDs of SYNTHIA-RAND-CITYSCAPES (GT/LABELS, channel 0).
 SYNTHIA_CLASS_NAMES: dict[int, str] = {
-    0: "void", 1: "sky", 2: "building", 3: "road", 4: "sidewalk", 5: "fence", 6: "vegetation",
-    7: "pole", 8: "car", 9: "traffic sign", 10: "pedestrian", 11: "bicycle", 12: "motorcycle",
-    13: "parking-slot", 14: "road-work", 15: "traffic light", 16: "terrain", 17: "rider",
-    18: "truck", 19: "bus", 20: "train", 21: "wall", 22: "lanemarking",
+    0: "void",
+    1: "sky",
+    2: "building",
+    3: "road",
+    4: "sidewalk",
+    5: "fence",
+    6: "vegetation",
+    7: "pole",
+    8: "car",
+    9: "traffic sign",
+    10: "pedestrian",
+    11: "bicycle",
+    12: "motorcycle",
+    13: "parking-slot",
+    14: "road-work",
+    15: "traffic light",
+    16: "terrain",
+    17: "rider",
+    18: "truck",
+    19: "bus",
+    20: "train",
+    21: "wall",
+    22: "lanemarking",
 }
 
 
@@ -136,11 +155,41 @@ CITYSCAPES_19 = LabelSet(
 
 # The 16 classes shared by SYNTHIA and Cityscapes, as FADA/CRA index them (contiguous 0..15).
 _SYNTHIA16_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "sky", "person", "rider", "car", "bus", "motorcycle", "bicycle",
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "bus",
+    "motorcycle",
+    "bicycle",
 )
-_SYNTHIA_ID_TO_16 = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 9, 10: 10, 17: 11,
-                     8: 12, 19: 13, 12: 14, 11: 15}
+_SYNTHIA_ID_TO_16 = {
+    3: 0,
+    4: 1,
+    2: 2,
+    21: 3,
+    5: 4,
+    7: 5,
+    15: 6,
+    9: 7,
+    6: 8,
+    1: 9,
+    10: 10,
+    17: 11,
+    8: 12,
+    19: 13,
+    12: 14,
+    11: 15,
+}
 _CITYSCAPES_TRAIN_ID_BY_NAME = {label.name: label.train_id for label in CITYSCAPES_LABELS}
 
 # Cityscapes label IDs scored in the 16-class setting; terrain, truck and train become void.
@@ -167,9 +216,31 @@ SYNTHIA_19 = LabelSet(
     name="synthia19",
     class_names=CITYSCAPES_19.class_names,
     palette=CITYSCAPES_19.palette,
-    id_to_train_id={3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11,
-                    17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18, 0: 255, 13: 255, 14: 255,
-                    22: 255},
+    id_to_train_id={
+        3: 0,
+        4: 1,
+        2: 2,
+        21: 3,
+        5: 4,
+        7: 5,
+        15: 6,
+        9: 7,
+        6: 8,
+        16: 9,
+        1: 10,
+        10: 11,
+        17: 12,
+        8: 13,
+        18: 14,
+        19: 15,
+        20: 16,
+        12: 17,
+        11: 18,
+        0: 255,
+        13: 255,
+        14: 255,
+        22: 255,
+    },
 )
 
 # The 13-class subset reported for SYNTHIA (mIoU13): the 16 classes without wall, fence, pole.

@@ -9,7 +9,7 @@ and entropy -1 (neither trusted nor untrusted), photometric ones touch the image
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,14 +33,19 @@ class PseudoLabelledDataset(torch.utils.data.Dataset):
             the store lacks.
     """
 
-    def __init__(self, images: SegmentationDataset, store: PseudoLabelStore,
-                 transform: Callable[[Sample], Sample] | None = None) -> None:
+    def __init__(
+        self, images: SegmentationDataset, store: PseudoLabelStore, transform: Callable[[Sample], Sample] | None = None
+    ) -> None:
         if images.labelled:
-            raise ValueError("the pseudo-labelled dataset must be built on an unlabelled split (labelled=False): "
-                             "target ground truth never reaches a training step")
+            raise ValueError(
+                "the pseudo-labelled dataset must be built on an unlabelled split (labelled=False): "
+                "target ground truth never reaches a training step"
+            )
         if images.transform is not None:
-            raise ValueError("build the target images without a transform: the pseudo-labelled dataset "
-                             "augments image, pseudo label and entropy jointly")
+            raise ValueError(
+                "build the target images without a transform: the pseudo-labelled dataset "
+                "augments image, pseudo label and entropy jointly"
+            )
         store.check_compatible(names=images.names)
         self.images = images
         self.store = store

@@ -5,8 +5,8 @@ image, 25 GB for Cityscapes train). CRA only ever compares the entropy with thre
 λ / r (λ around 0.01, rare-class factor r = 0.5), so the store keeps a 10-bit code that is
 coarse below ``FINE_START`` and fine (log-spaced) from there up to 1/K, where thresholds live.
 The high 8 bits are a grayscale PNG (smooth, so it compresses well); the low 2 bits exist only
-for fine-range pixels and ride in a private chunk of the same PNG. Measured on realistic maps this is ~25× smaller than the ``.npy``
-with ≥ 99.9% mask agreement for λ in [0.005, 0.05] (``bench/pseudo_label_store.py``).
+for fine-range pixels and ride in a private chunk of the same PNG. Measured on realistic maps this
+is ~25× smaller than the ``.npy`` with ≥ 99.9% mask agreement for λ in [0.005, 0.05] (``bench/pseudo_label_store.py``).
 
 Layout of a store folder::
 
@@ -85,8 +85,7 @@ class EntropyCodec:
         max_entropy = 1.0 / num_classes
         if max_entropy <= FINE_START:
             raise ValueError(
-                f"the entropy encoding supports at most {math.ceil(1 / FINE_START) - 1} classes, "
-                f"got {num_classes}"
+                f"the entropy encoding supports at most {math.ceil(1 / FINE_START) - 1} classes, got {num_classes}"
             )
         num_codes = 1 << CODE_BITS
         step = 1 << REFINEMENT_BITS
@@ -186,8 +185,10 @@ def _read_json(path: Path, what: str):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise ValueError(f"{what} {path} cannot be read ({error}); the store is damaged: "
-                         "rerun `crossregion pseudo-label` into a new --output") from error
+        raise ValueError(
+            f"{what} {path} cannot be read ({error}); the store is damaged: "
+            "rerun `crossregion pseudo-label` into a new --output"
+        ) from error
 
 
 def _sha256(data: bytes) -> str:
@@ -254,8 +255,19 @@ class PseudoLabelWriter:
     """
 
     REQUIRED_KEYS = (
-        "num_classes", "class_names", "palette", "dataset", "split", "root", "names",
-        "checkpoint", "input_size", "flip", "threshold", "rare_share", "rare_factor",
+        "num_classes",
+        "class_names",
+        "palette",
+        "dataset",
+        "split",
+        "root",
+        "names",
+        "checkpoint",
+        "input_size",
+        "flip",
+        "threshold",
+        "rare_share",
+        "rare_factor",
     )
 
     def __init__(self, path: str | Path, manifest: dict) -> None:
@@ -275,7 +287,9 @@ class PseudoLabelWriter:
         manifest_path = self.path / MANIFEST_FILE
         if manifest_path.exists():
             existing = _read_json(manifest_path, "pseudo-label manifest")
-            differing = sorted(key for key in set(existing) | set(self.manifest) if existing.get(key) != self.manifest.get(key))
+            differing = sorted(
+                key for key in set(existing) | set(self.manifest) if existing.get(key) != self.manifest.get(key)
+            )
             if differing:
                 raise ValueError(
                     f"{self.path} holds a pseudo-label store made with other settings (differing: "
@@ -361,7 +375,10 @@ class PseudoLabelWriter:
             raise ValueError(f"{len(pending)} images of {self.path} are not stored yet, e.g. {pending[0]!r}")
         manifest = self.manifest
         num_classes = manifest["num_classes"]
-        totals = {key: np.zeros(num_classes, dtype=np.int64) for key in ("class_pixel_counts", "trusted_counts", "trusted_counts_if_rare")}
+        totals = {
+            key: np.zeros(num_classes, dtype=np.int64)
+            for key in ("class_pixel_counts", "trusted_counts", "trusted_counts_if_rare")
+        }
         histogram = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
         for name in manifest["names"]:
             image_stats = _read_json(self.path / "image_stats" / f"{name}.json", "image record")
@@ -425,8 +442,11 @@ def draw_entropy_histogram(stats: dict, width: int = 640, height: int = 360) -> 
         if edges[1] < value < edges[-1]:
             draw.line([x_of(value), top, x_of(value), bottom], fill=colour, width=2)
             draw.text((x_of(value) + 3, top), label, fill=colour)
-    draw.text((left, 8), f"normalised entropy (log scale), peak bar = {peak:.1%} of pixels; "
-              f"trusted {stats['trusted_fraction']:.1%}", fill="black")
+    draw.text(
+        (left, 8),
+        f"normalised entropy (log scale), peak bar = {peak:.1%} of pixels; trusted {stats['trusted_fraction']:.1%}",
+        fill="black",
+    )
     draw.text((left - 28, bottom + 20), "0", fill="black")
     return image
 
@@ -452,8 +472,10 @@ class PseudoLabelStore:
             )
         self.manifest = _read_json(manifest_path, "pseudo-label manifest")
         if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("names"), list):
-            raise ValueError(f"pseudo-label manifest {manifest_path} is not a store manifest (no list of names); "
-                             "recreate the store with `crossregion pseudo-label`")
+            raise ValueError(
+                f"pseudo-label manifest {manifest_path} is not a store manifest (no list of names); "
+                "recreate the store with `crossregion pseudo-label`"
+            )
         if self.manifest.get("format") != STORE_FORMAT or self.manifest.get("encoding_version") != ENCODING_VERSION:
             raise ValueError(
                 f"{manifest_path} is not a {STORE_FORMAT} store of encoding version {ENCODING_VERSION} "
@@ -502,11 +524,15 @@ class PseudoLabelStore:
             pseudo_label = _decode_label_png(label_path.read_bytes())
             entropy = decode_entropy_png(self.codec, entropy_path.read_bytes(), str(entropy_path))
         except (OSError, ValueError, zlib.error) as error:
-            raise ValueError(f"pseudo-label store {self.path}: the files of image {name!r} ({label_path}, "
-                             f"{entropy_path}) cannot be decoded ({error}); rerun `crossregion pseudo-label` "
-                             "with the same arguments to redo them") from error
+            raise ValueError(
+                f"pseudo-label store {self.path}: the files of image {name!r} ({label_path}, "
+                f"{entropy_path}) cannot be decoded ({error}); rerun `crossregion pseudo-label` "
+                "with the same arguments to redo them"
+            ) from error
         if pseudo_label.shape != entropy.shape:
-            raise ValueError(f"{name}: pseudo label {pseudo_label.shape} and entropy {entropy.shape} differ in {self.path}")
+            raise ValueError(
+                f"{name}: pseudo label {pseudo_label.shape} and entropy {entropy.shape} differ in {self.path}"
+            )
         return pseudo_label, entropy
 
     def check_compatible(
@@ -529,11 +555,18 @@ class PseudoLabelStore:
         """
         hint = "; make a matching store with `crossregion pseudo-label`"
         if num_classes is not None and num_classes != self.num_classes:
-            raise ValueError(f"pseudo-label store {self.path} was made by a {self.num_classes}-class model, but the model has {num_classes} classes{hint}")
+            raise ValueError(
+                f"pseudo-label store {self.path} was made by a {self.num_classes}-class model, "
+                f"but the model has {num_classes} classes{hint}"
+            )
         if dataset is not None and dataset != self.manifest["dataset"]:
-            raise ValueError(f"pseudo-label store {self.path} is of dataset {self.manifest['dataset']!r}, not {dataset!r}{hint}")
+            raise ValueError(
+                f"pseudo-label store {self.path} is of dataset {self.manifest['dataset']!r}, not {dataset!r}{hint}"
+            )
         if split is not None and split != self.manifest["split"]:
-            raise ValueError(f"pseudo-label store {self.path} is of split {self.manifest['split']!r}, not {split!r}{hint}")
+            raise ValueError(
+                f"pseudo-label store {self.path} is of split {self.manifest['split']!r}, not {split!r}{hint}"
+            )
         if names is not None:
             stored = set(self.manifest["names"])
             missing = [name for name in names if name not in stored]

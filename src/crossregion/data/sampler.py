@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -55,8 +55,9 @@ def compute_class_presence(dataset, cache_path: str | Path | None = None) -> np.
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         classes = [np.flatnonzero(row).tolist() for row in presence]
-        write_text_atomically(cache, json.dumps({"label_set": dataset.label_set.name, "names": list(dataset.names),
-                                                 "classes": classes}))
+        write_text_atomically(
+            cache, json.dumps({"label_set": dataset.label_set.name, "names": list(dataset.names), "classes": classes})
+        )
     return presence
 
 

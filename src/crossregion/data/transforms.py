@@ -9,7 +9,7 @@ Randomness comes from torch's global generator, so the engine's RNG state covers
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torchvision.transforms.v2 as T
@@ -38,9 +38,7 @@ def _spatial_maps(sample: Sample) -> dict[str, torch.Tensor]:
     }
 
 
-def _resize_sample(
-    sample: Sample, size: list[int], image_mode: InterpolationMode, image_only: bool = False
-) -> Sample:
+def _resize_sample(sample: Sample, size: list[int], image_mode: InterpolationMode, image_only: bool = False) -> Sample:
     """Resizes image (``image_mode``), integer maps (nearest) and float maps (bilinear) to ``size``.
 
     Shape:
@@ -79,8 +77,7 @@ class Resize:
             predictions upsampled to the full-resolution label).
     """
 
-    def __init__(self, height: int, width: int, image_interpolation: str = "bicubic",
-                 image_only: bool = False) -> None:
+    def __init__(self, height: int, width: int, image_interpolation: str = "bicubic", image_only: bool = False) -> None:
         if image_interpolation not in IMAGE_INTERPOLATIONS:
             raise ValueError(
                 f"image_interpolation must be one of {sorted(IMAGE_INTERPOLATIONS)}, got {image_interpolation!r}"
@@ -163,8 +160,9 @@ class ColorJitter:
     Pseudo labels and entropy maps were computed on the un-jittered image, so they stay as they are.
     """
 
-    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
-                 hue: float = 0.0) -> None:
+    def __init__(
+        self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0
+    ) -> None:
         self.jitter = T.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
 
     def __call__(self, sample: Sample) -> Sample:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -44,7 +44,7 @@ def resolve_precision(device: torch.device, amp: str, channels_last: bool | str)
     return resolved_amp, resolved_channels_last
 
 
-def autocast(device: torch.device, mode: str) -> ContextManager:
+def autocast(device: torch.device, mode: str) -> AbstractContextManager:
     """Autocast for ``mode`` in ``none|bf16|fp16``; a no-op context for ``none``."""
     if mode == "none":
         return contextlib.nullcontext()

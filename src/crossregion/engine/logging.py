@@ -65,7 +65,9 @@ class ProgressBar:
 
     def update_to(self, iteration: int, losses: dict[str, float]) -> None:
         """Show ``iteration`` finished iterations and the window's mean losses."""
-        self._bar.set_postfix({key.removeprefix("loss/"): f"{value:.4f}" for key, value in losses.items()}, refresh=False)
+        self._bar.set_postfix(
+            {key.removeprefix("loss/"): f"{value:.4f}" for key, value in losses.items()}, refresh=False
+        )
         self._bar.update(iteration - self._bar.n)
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ x10 group keeps its ratio without anything indexing ``param_groups[1]``.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

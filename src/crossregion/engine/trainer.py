@@ -13,8 +13,9 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -86,11 +87,17 @@ class ResumableClassBalancedSampler(Sampler[int]):
     """
 
     def __init__(
-        self, class_presence: np.ndarray, *, samples_per_epoch: int, seed: int, sub_epoch_size: int = SUB_EPOCH_SIZE,
+        self,
+        class_presence: np.ndarray,
+        *,
+        samples_per_epoch: int,
+        seed: int,
+        sub_epoch_size: int = SUB_EPOCH_SIZE,
     ) -> None:
         self.generator = torch.Generator().manual_seed(seed)
-        self._draws = ClassBalancedSampler(class_presence, samples_per_epoch, sub_epoch_size=sub_epoch_size,
-                                           generator=self.generator)
+        self._draws = ClassBalancedSampler(
+            class_presence, samples_per_epoch, sub_epoch_size=sub_epoch_size, generator=self.generator
+        )
         self.rank, self.world_size = get_rank(), get_world_size()
         self.samples_per_rank = len(self._draws) // self.world_size
         self.epoch_start_state = self.generator.get_state()
@@ -112,8 +119,10 @@ class ResumableClassBalancedSampler(Sampler[int]):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "generator" not in state:
-            raise KeyError("the checkpoint's data_state has no class-balanced sampler state; "
-                           "it was written by a run without data.source.class_balanced")
+            raise KeyError(
+                "the checkpoint's data_state has no class-balanced sampler state; "
+                "it was written by a run without data.source.class_balanced"
+            )
         self.generator.set_state(state["generator"])
         self.epoch_start_state = self.generator.get_state()
 
@@ -132,7 +141,13 @@ class InfiniteLoader:
     """
 
     def __init__(
-        self, dataset: Dataset, *, batch_size: int, num_workers: int, seed: int, name: str,
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        name: str,
         sampler: ResumableSampler | ResumableClassBalancedSampler | None = None,
     ) -> None:
         self.dataset = dataset
@@ -190,7 +205,11 @@ class StepContext:
     """
 
     def __init__(
-        self, *, iteration: int, device: torch.device, optimizers: Mapping[str, torch.optim.Optimizer],
+        self,
+        *,
+        iteration: int,
+        device: torch.device,
+        optimizers: Mapping[str, torch.optim.Optimizer],
         scaler: torch.amp.GradScaler,
     ) -> None:
         self.iteration = iteration
@@ -248,9 +267,16 @@ class Trainer:
     """
 
     def __init__(
-        self, *, cfg: ExperimentConfig, method: TrainableMethod, models: Mapping[str, nn.Module],
-        optimizers: Mapping[str, torch.optim.Optimizer], loaders: Mapping[str, InfiniteLoader],
-        device: torch.device, run_dir: str | Path, model_args: Mapping[str, Any],
+        self,
+        *,
+        cfg: ExperimentConfig,
+        method: TrainableMethod,
+        models: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        loaders: Mapping[str, InfiniteLoader],
+        device: torch.device,
+        run_dir: str | Path,
+        model_args: Mapping[str, Any],
         evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -303,7 +329,9 @@ class Trainer:
         if len(rng_states) != get_world_size():
             logger.warning(
                 "checkpoint was written by %d processes, this run has %d: augmentation randomness "
-                "will not continue exactly", len(rng_states), get_world_size(),
+                "will not continue exactly",
+                len(rng_states),
+                get_world_size(),
             )
         ckpt.restore_rng(rng_states[min(get_rank(), len(rng_states) - 1)])
         self.iteration = int(state["iteration"])
@@ -342,8 +370,10 @@ class Trainer:
                 if self.iteration % engine.checkpoint_period == 0 or at_end:
                     window.check_finite()
                     self._save(final=at_end)
-                if self.evaluate is not None and engine.eval_period > 0 and (
-                    self.iteration % engine.eval_period == 0 or at_end
+                if (
+                    self.evaluate is not None
+                    and engine.eval_period > 0
+                    and (self.iteration % engine.eval_period == 0 or at_end)
                 ):
                     self._evaluate(writer)
         finally:
@@ -360,7 +390,8 @@ class Trainer:
             losses = self.method.training_step(self.models, batches, ctx)
         # Internal invariant: a method that forgets an optimiser silently stops training it.
         assert sorted(ctx.stepped) == sorted(self.optimizers), (
-            f"{type(self.method).__name__}.training_step stepped {ctx.stepped}, expected each of {list(self.optimizers)} once"
+            f"{type(self.method).__name__}.training_step stepped {ctx.stepped}, "
+            f"expected each of {list(self.optimizers)} once"
         )
         self.scaler.update()
         for scheduler in self.schedulers.values():

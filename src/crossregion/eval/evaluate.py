@@ -58,9 +58,7 @@ def evaluate_segmenter(
         The ``metrics.json`` dict (``metrics_dict``); ``settings`` holds the inference options.
     """
     if not dataset.labelled:
-        raise ValueError(
-            f"{type(dataset).__name__} {dataset.split!r} at {dataset.root} is unlabelled; cannot evaluate"
-        )
+        raise ValueError(f"{type(dataset).__name__} {dataset.split!r} at {dataset.root} is unlabelled; cannot evaluate")
     rank, world_size = _rank_and_world_size()
     shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
     loader = torch.utils.data.DataLoader(shard, batch_size=1, num_workers=num_workers)

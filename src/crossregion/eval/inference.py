@@ -67,9 +67,7 @@ def predict_probs(
                 logits = segmenter(inputs)["logits"]
             else:
                 logits = sliding_window_logits(segmenter, inputs, window=window, stride=stride)
-            logits = F.interpolate(
-                logits.float(), size=output_size, mode="bilinear", align_corners=True
-            )
+            logits = F.interpolate(logits.float(), size=output_size, mode="bilinear", align_corners=True)
             probs = logits.softmax(dim=1)
             if flipped:
                 probs = probs.flip(-1)
@@ -107,13 +105,9 @@ def sliding_window_logits(
         for left in lefts:
             crop = images[..., top : top + crop_height, left : left + crop_width]
             logits = segmenter(crop)["logits"].float()
-            logits = F.interpolate(
-                logits, size=(crop_height, crop_width), mode="bilinear", align_corners=True
-            )
+            logits = F.interpolate(logits, size=(crop_height, crop_width), mode="bilinear", align_corners=True)
             if logits_sum is None:
-                logits_sum = images.new_zeros(
-                    images.shape[0], logits.shape[1], height, width, dtype=torch.float32
-                )
+                logits_sum = images.new_zeros(images.shape[0], logits.shape[1], height, width, dtype=torch.float32)
             logits_sum[..., top : top + crop_height, left : left + crop_width] += logits
             coverage[..., top : top + crop_height, left : left + crop_width] += 1
     return logits_sum / coverage

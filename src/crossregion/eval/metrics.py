@@ -72,9 +72,7 @@ class ConfusionMatrix:
         # One host sync per batch: evaluation only, never in a training step.
         if bool(((labels < 0) | (labels >= k)).any()):
             bad = torch.unique(labels[(labels < 0) | (labels >= k)]).tolist()
-            raise ValueError(
-                f"labels contain {bad}, which are neither train IDs 0..{k - 1} nor {IGNORE_INDEX}"
-            )
+            raise ValueError(f"labels contain {bad}, which are neither train IDs 0..{k - 1} nor {IGNORE_INDEX}")
         no_class = (predictions < 0) | (predictions >= k)
         predictions = predictions.masked_fill(no_class, k)
         counts = torch.bincount(labels * (k + 1) + predictions, minlength=k * (k + 1))
@@ -100,21 +98,14 @@ class ConfusionMatrix:
         predicted_area = matrix[:, :k].sum(dim=0)
         union = ground_truth_area + predicted_area - true_positive
         iou = torch.where(union > 0, true_positive / union.clamp(min=1), torch.nan) * 100
-        accuracy = (
-            torch.where(
-                ground_truth_area > 0, true_positive / ground_truth_area.clamp(min=1), torch.nan
-            )
-            * 100
-        )
+        accuracy = torch.where(ground_truth_area > 0, true_positive / ground_truth_area.clamp(min=1), torch.nan) * 100
         num_pixels = ground_truth_area.sum()
         return {
             "per_class_iou": iou.tolist(),
             "miou": _nanmean(iou.tolist()),
             "per_class_accuracy": accuracy.tolist(),
             "mean_accuracy": _nanmean(accuracy.tolist()),
-            "pixel_accuracy": float(true_positive.sum() / num_pixels * 100)
-            if num_pixels > 0
-            else math.nan,
+            "pixel_accuracy": float(true_positive.sum() / num_pixels * 100) if num_pixels > 0 else math.nan,
             "num_pixels": int(num_pixels),
         }
 
@@ -124,9 +115,7 @@ def _nanmean(values: Sequence[float]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
-def metrics_dict(
-    scores: dict[str, Any], class_names: Sequence[str], settings: dict[str, Any]
-) -> dict[str, Any]:
+def metrics_dict(scores: dict[str, Any], class_names: Sequence[str], settings: dict[str, Any]) -> dict[str, Any]:
     """The ``metrics.json`` content (contract in docs/architecture.md).
 
     Adds ``miou13`` for 16-class (SYNTHIA) models: the mean over the 13-class subset of the same
@@ -138,9 +127,7 @@ def metrics_dict(
         settings: how the numbers were obtained (split, input size, flip, scales, ...).
     """
     if len(class_names) != len(scores["per_class_iou"]):
-        raise ValueError(
-            f"{len(class_names)} class names for {len(scores['per_class_iou'])} scored classes"
-        )
+        raise ValueError(f"{len(class_names)} class names for {len(scores['per_class_iou'])} scored classes")
     per_class_iou = dict(zip(class_names, scores["per_class_iou"]))
     metrics: dict[str, Any] = {
         "miou": scores["miou"],
@@ -150,9 +137,7 @@ def metrics_dict(
         "mean_accuracy": scores["mean_accuracy"],
         "per_class_accuracy": dict(zip(class_names, scores["per_class_accuracy"])),
         "num_pixels": scores["num_pixels"],
-        "settings": dict(
-            settings, mean_over="classes with a non-zero IoU denominator (NaN-skipping)"
-        ),
+        "settings": dict(settings, mean_over="classes with a non-zero IoU denominator (NaN-skipping)"),
     }
     if len(class_names) == 16:
         metrics["miou13"] = _nanmean([per_class_iou[name] for name in SYNTHIA_13_CLASS_NAMES])
@@ -208,7 +193,8 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     lines += [f"| **{name}** | **{_percent(value)}** |" for name, value in means]
     lines += [
         "",
-        f"Pixel accuracy {_percent(metrics['pixel_accuracy'])} %, mean accuracy {_percent(metrics['mean_accuracy'])} %.",
+        f"Pixel accuracy {_percent(metrics['pixel_accuracy'])} %, "
+        f"mean accuracy {_percent(metrics['mean_accuracy'])} %.",
         'IoU "–": class absent from both ground truth and prediction, left out of the mean.',
         "",
         "Settings: " + ", ".join(f"{key}={value}" for key, value in metrics["settings"].items()),

@@ -40,17 +40,13 @@ def collect_images(paths: list[Path]) -> list[Path]:
     images: list[Path] = []
     for path in paths:
         if path.is_dir():
-            images += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            images += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.is_file():
             images.append(path)
         else:
             raise FileNotFoundError(f"--images: {path} does not exist")
     if not images:
-        raise FileNotFoundError(
-            f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(str(p) for p in paths)}"
-        )
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(str(p) for p in paths)}")
     seen: dict[str, Path] = {}
     for image in images:
         if image.stem in seen and seen[image.stem] != image:
@@ -93,8 +89,14 @@ def predict_image(
 
 
 def write_predictions(
-    segmenter: nn.Module, images: Sequence[Path], output: Path, *, num_classes: int, device: torch.device,
-    input_size: tuple[int, int] | None = None, **options: Any,
+    segmenter: nn.Module,
+    images: Sequence[Path],
+    output: Path,
+    *,
+    num_classes: int,
+    device: torch.device,
+    input_size: tuple[int, int] | None = None,
+    **options: Any,
 ) -> None:
     """For each image: ``<stem>_trainIds.png``, ``_labelIds.png``, ``_color.png`` and ``_overlay.png``.
 
@@ -114,4 +116,3 @@ def write_predictions(
         save_png(to_label_id[train_ids], output / f"{path.stem}_labelIds.png")
         save_png(colour, output / f"{path.stem}_color.png")
         save_png(overlay(image, colour, OVERLAY_ALPHA), output / f"{path.stem}_overlay.png")
-

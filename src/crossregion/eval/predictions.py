@@ -50,9 +50,7 @@ def image_stem(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
-def match_prediction_files(
-    predictions_dir: Path, stems: list[str], id_type: str
-) -> dict[str, Path]:
+def match_prediction_files(predictions_dir: Path, stems: list[str], id_type: str) -> dict[str, Path]:
     """Finds the prediction file of every image stem under ``predictions_dir`` (recursively).
 
     A file belongs to a stem when its name is the stem followed by ``.png`` or by one of
@@ -127,9 +125,7 @@ def read_prediction(path: Path) -> np.ndarray:
         raise ValueError(f"cannot read prediction {path}: {error}") from error
 
 
-def decide_id_type(
-    values_by_file: dict[Path, set[int]], num_classes: int, requested: str
-) -> IdTypeDecision:
+def decide_id_type(values_by_file: dict[Path, set[int]], num_classes: int, requested: str) -> IdTypeDecision:
     """Decides whether prediction values are train IDs or Cityscapes label IDs.
 
     An explicit ``requested`` type decides. Otherwise file names do: all ``*_trainIds.png``
@@ -209,9 +205,7 @@ def evaluate_predictions(
     if id_type not in ID_TYPES:
         raise ValueError(f"id_type must be one of {ID_TYPES}, got {id_type!r}")
     if not dataset.labelled:
-        raise ValueError(
-            f"{type(dataset).__name__} {dataset.split!r} at {dataset.root} is unlabelled; cannot score"
-        )
+        raise ValueError(f"{type(dataset).__name__} {dataset.split!r} at {dataset.root} is unlabelled; cannot score")
     predictions_dir = Path(predictions_dir)
     stems = [image_stem(name) for name in dataset.names]
     files = match_prediction_files(predictions_dir, stems, id_type)
@@ -219,9 +213,7 @@ def evaluate_predictions(
 
     values_by_file: dict[Path, set[int]] = {}
     wrong_size = []
-    for index, path in enumerate(
-        tqdm(ordered_files, desc="check predictions", unit="file", disable=not progress)
-    ):
+    for index, path in enumerate(tqdm(ordered_files, desc="check predictions", unit="file", disable=not progress)):
         prediction = read_prediction(path)
         with Image.open(dataset.label_paths[index]) as label:
             width, height = label.size
@@ -242,9 +234,7 @@ def evaluate_predictions(
     # label ID -> train ID; void and (for 16 classes) unscored label IDs become 255 = no class.
     to_train_ids = torch.from_numpy(dataset.label_set.lookup_table(256).astype(np.int64))
     confusion = ConfusionMatrix(dataset.num_classes)
-    for index, path in enumerate(
-        tqdm(ordered_files, desc="score predictions", unit="file", disable=not progress)
-    ):
+    for index, path in enumerate(tqdm(ordered_files, desc="score predictions", unit="file", disable=not progress)):
         prediction = torch.from_numpy(read_prediction(path))
         if decision.id_type == "label":
             prediction = to_train_ids[prediction]

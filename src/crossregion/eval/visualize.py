@@ -58,9 +58,7 @@ def _to_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(array)
 
 
-def colorize(
-    train_ids: np.ndarray | torch.Tensor, palette: Sequence[tuple[int, int, int]]
-) -> np.ndarray:
+def colorize(train_ids: np.ndarray | torch.Tensor, palette: Sequence[tuple[int, int, int]]) -> np.ndarray:
     """Colours a train-ID map with a palette; ``IGNORE_INDEX`` and IDs beyond the palette are black.
 
     Shape:
@@ -85,9 +83,7 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
     if isinstance(image, torch.Tensor) and array.ndim == 3 and array.shape[0] == 3:
         array = array.transpose(1, 2, 0)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(
-            f"expected an RGB uint8 image (H×W×3 array or 3×H×W tensor), got {array.shape} {array.dtype}"
-        )
+        raise ValueError(f"expected an RGB uint8 image (H×W×3 array or 3×H×W tensor), got {array.shape} {array.dtype}")
     return array
 
 
@@ -131,9 +127,7 @@ def render_entropy(entropy: np.ndarray | torch.Tensor, vmax: float | None = None
     return rgb
 
 
-def render_trusted(
-    trusted: np.ndarray | torch.Tensor, scored: np.ndarray | torch.Tensor | None = None
-) -> np.ndarray:
+def render_trusted(trusted: np.ndarray | torch.Tensor, scored: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
     """The trusted/untrusted map of Fig. 3: white trusted, black untrusted, grey not scored.
 
     Shape:
@@ -179,9 +173,7 @@ def write_panel(
     for row in range(num_rows):
         cells = [Image.fromarray(to_rgb_array(images[row])) for _, images in columns]
         size = cells[0].size
-        rows.append(
-            [cell if cell.size == size else cell.resize(size, Image.NEAREST) for cell in cells]
-        )
+        rows.append([cell if cell.size == size else cell.resize(size, Image.NEAREST) for cell in cells])
     font = ImageFont.load_default()
     title_height = max(_text_size(font, title)[1] for title, _ in columns) + 2 * gap
     cell_widths = [max(rows[r][c].size[0] for r in range(num_rows)) for c in range(len(columns))]

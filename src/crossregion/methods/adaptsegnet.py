@@ -7,8 +7,9 @@ arXiv:1802.10349. ``OutputSpaceAdaptation`` holds the step shared with ADVENT's 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -116,9 +117,7 @@ class OutputSpaceAdaptation(Method):
     ) -> dict[str, torch.Tensor]:
         """Each level's discriminator input at the image size (docs/spec.md §4.1 upsamples before D)."""
         return {
-            level: self.discriminator_input(
-                F.softmax(upsample_logits(outputs[LOGIT_KEYS[level]], size), dim=1)
-            )
+            level: self.discriminator_input(F.softmax(upsample_logits(outputs[LOGIT_KEYS[level]], size), dim=1))
             for level in levels
         }
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ from crossregion.registry import METHOD_CONFIGS, Registry
 if TYPE_CHECKING:
     from crossregion.data.pseudo_labels import PseudoLabelStore
 
-METHODS: Registry[type["Method"]] = Registry("method", filled_by="crossregion.methods")
+METHODS: Registry[type[Method]] = Registry("method", filled_by="crossregion.methods")
 
 # Batch kinds a method may require; each is a field of DataConfig.
 BATCH_KINDS = ("source", "target")
@@ -43,7 +44,7 @@ BATCH_KINDS = ("source", "target")
 DISCRIMINATOR_PREFIX = "discriminator"
 
 
-def register_method(cls: type["Method"]) -> type["Method"]:
+def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: register a method under its config's ``name`` default (written once)."""
     name_field = next(f for f in dataclasses.fields(cls.config_class) if f.name == "name")
     if not isinstance(name_field.default, str):

@@ -79,7 +79,9 @@ def soft_label_cross_entropy(
         - mask: (N, H, W), bool
     """
     if disc_logits.shape != soft_targets.shape:
-        raise ValueError(f"disc_logits {tuple(disc_logits.shape)} and soft_targets {tuple(soft_targets.shape)} differ in shape")
+        raise ValueError(
+            f"disc_logits {tuple(disc_logits.shape)} and soft_targets {tuple(soft_targets.shape)} differ in shape"
+        )
     pixel_losses = -(soft_targets * F.log_softmax(disc_logits, dim=1)).sum(dim=1)
     if mask is not None:
         if mask.shape != pixel_losses.shape:

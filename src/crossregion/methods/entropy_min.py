@@ -8,8 +8,9 @@ instead of being aligned with the trusted region by a discriminator as CRA does.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,5 +70,6 @@ class EntropyMin(RegionMethod):
         )
         loss_entropy = masked_entropy_loss(logits, untrusted)
         return loss_seg + self.cfg.entropy_weight * loss_entropy, {
-            "loss/seg_trusted": loss_seg, "loss/ent_untrusted": loss_entropy,
+            "loss/seg_trusted": loss_seg,
+            "loss/ent_untrusted": loss_entropy,
         }

@@ -7,8 +7,9 @@ Wang et al., ECCV 2020, arXiv:2007.09222. The CDA stage of the official CRA pipe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -117,9 +118,7 @@ class Fada(Method):
         disc_logits_tgt = upsample_logits(discriminator(outputs_tgt["features"].detach()), size_tgt).float()
         targets_tgt = domain_targets(soft_labels_tgt, TARGET_DOMAIN)
         loss_disc_tgt = soft_label_cross_entropy(disc_logits_tgt, targets_tgt)
-        ctx.backward(
-            self.cfg.disc_source_weight * loss_disc_src + self.cfg.disc_target_weight * loss_disc_tgt
-        )
+        ctx.backward(self.cfg.disc_source_weight * loss_disc_src + self.cfg.disc_target_weight * loss_disc_tgt)
         ctx.step("discriminator")
 
         losses = {

@@ -17,8 +17,9 @@ arXiv:2008.12197. The pure pieces (selector, regularisers, LSGAN loss, constants
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -164,8 +165,12 @@ class Iast(Method):
     def __init__(self, cfg: IastConfig, *, num_classes: int) -> None:
         super().__init__(cfg, num_classes=num_classes)
         self.selector = InstanceAdaptiveSelector(
-            num_classes, proportion=cfg.proportion, decay=cfg.decay, momentum=cfg.momentum,
-            initial_threshold=cfg.initial_threshold, cap=cfg.cap,
+            num_classes,
+            proportion=cfg.proportion,
+            decay=cfg.decay,
+            momentum=cfg.momentum,
+            initial_threshold=cfg.initial_threshold,
+            cap=cfg.cap,
         )
 
     def check_config(self, cfg: ExperimentConfig) -> None:

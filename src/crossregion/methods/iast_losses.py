@@ -98,9 +98,7 @@ class InstanceAdaptiveSelector:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"IAST threshold momentum β must be in [0, 1), got {momentum}")
         if not 0.0 < initial_threshold < 1.0 or not 0.0 < cap < 1.0:
-            raise ValueError(
-                f"IAST initial threshold ({initial_threshold}) and cap ({cap}) must be in (0, 1)"
-            )
+            raise ValueError(f"IAST initial threshold ({initial_threshold}) and cap ({cap}) must be in (0, 1)")
         self.num_classes = num_classes
         self.proportion = proportion
         self.decay = decay
@@ -125,18 +123,14 @@ class InstanceAdaptiveSelector:
         previous = self.thresholds.to(confidence.device)
         batch_thresholds = torch.empty_like(previous)
         for class_index in range(self.num_classes):
-            samples = torch.cat(
-                [previous[class_index : class_index + 1], confidence[predicted == class_index]]
-            )
+            samples = torch.cat([previous[class_index : class_index + 1], confidence[predicted == class_index]])
             kept_share = self.proportion * previous[class_index] ** self.decay
             batch_thresholds[class_index] = _linear_quantile(samples, 1.0 - kept_share)
         # The code's batch thresholds live in a float32 array, so their momentum term is a
         # float32 product; the carried thresholds stay float64.
         batch_term = (1.0 - self.momentum) * batch_thresholds.float()
         thresholds = self.momentum * previous + batch_term.double()
-        thresholds = torch.where(
-            thresholds >= 1.0, torch.full_like(thresholds, self.cap), thresholds
-        )
+        thresholds = torch.where(thresholds >= 1.0, torch.full_like(thresholds, self.cap), thresholds)
         self.thresholds = thresholds.cpu()
         self.num_updates += 1
         return self.thresholds.clone()
@@ -153,9 +147,7 @@ class InstanceAdaptiveSelector:
 
     def reset(self) -> None:
         """Back to ``initial_threshold`` for every class, as at the start of each official round."""
-        self.thresholds = torch.full(
-            (self.num_classes,), self.initial_threshold, dtype=torch.float64
-        )
+        self.thresholds = torch.full((self.num_classes,), self.initial_threshold, dtype=torch.float64)
         self.num_updates = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -195,9 +187,7 @@ class InstanceAdaptiveSelector:
 
 def _check_probs(probs: torch.Tensor, num_classes: int) -> None:
     if probs.ndim != 4 or probs.shape[1] != num_classes:
-        raise ValueError(
-            f"expected softmax maps of shape (N, {num_classes}, H, W), got {tuple(probs.shape)}"
-        )
+        raise ValueError(f"expected softmax maps of shape (N, {num_classes}, H, W), got {tuple(probs.shape)}")
 
 
 def _linear_quantile(sample: torch.Tensor, quantile: torch.Tensor | float) -> torch.Tensor:
@@ -208,9 +198,9 @@ def _linear_quantile(sample: torch.Tensor, quantile: torch.Tensor | float) -> to
     can exceed that).
     """
     values = torch.sort(sample).values
-    position = torch.as_tensor(quantile, dtype=values.dtype, device=values.device).clamp(
-        0.0, 1.0
-    ) * (values.numel() - 1)
+    position = torch.as_tensor(quantile, dtype=values.dtype, device=values.device).clamp(0.0, 1.0) * (
+        values.numel() - 1
+    )
     lower = position.floor().long()
     upper = torch.clamp(lower + 1, max=values.numel() - 1)
     fraction = position - lower.to(values.dtype)
@@ -240,17 +230,13 @@ def _region_weighting(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits at the label size, the labelled (pseudo-labelled) mask and the ignored mask."""
     if pseudo_label.ndim != 3 or pseudo_label.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"pseudo_label must be (N, H, W) with N={logits.shape[0]}, got {tuple(pseudo_label.shape)}"
-        )
+        raise ValueError(f"pseudo_label must be (N, H, W) with N={logits.shape[0]}, got {tuple(pseudo_label.shape)}")
     upsampled = upsample_logits(logits, tuple(pseudo_label.shape[-2:])).float()
     ignored = pseudo_label == ignore_index
     return upsampled, ~ignored, ignored
 
 
-def _official_region_mean(
-    pixel_values: torch.Tensor, mask: torch.Tensor, num_classes: int
-) -> torch.Tensor:
+def _official_region_mean(pixel_values: torch.Tensor, mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Σ over ``mask`` pixels divided by K × (number of mask pixels), as the code normalises.
 
     The code divides by the non-zero entries of a weight map broadcast over the K classes, hence
@@ -317,8 +303,7 @@ def region_guided_regularisation(
     """
     return {
         "kld_reg_loss": kld_weight * kld_regularisation(logits, pseudo_label, ignore_index),
-        "entropy_reg_loss": entropy_weight
-        * entropy_regularisation(logits, pseudo_label, ignore_index),
+        "entropy_reg_loss": entropy_weight * entropy_regularisation(logits, pseudo_label, ignore_index),
     }
 
 

@@ -31,8 +31,9 @@ All target losses and prototype work happen at ``1 / label_downsample`` of the i
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,8 +104,15 @@ class ProdaConfig(MethodConfig):
     strong_cutout: float = 0.3
 
     def __post_init__(self) -> None:
-        for key in ("source_weight", "rce_alpha", "rce_beta", "regular_weight", "consistency_weight",
-                    "strong_brightness", "strong_noise_std"):
+        for key in (
+            "source_weight",
+            "rce_alpha",
+            "rce_beta",
+            "regular_weight",
+            "consistency_weight",
+            "strong_brightness",
+            "strong_noise_std",
+        ):
             if getattr(self, key) < 0:
                 raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
         if self.rce_alpha + self.rce_beta <= 0:
@@ -168,7 +176,7 @@ def strong_view(
         tops = torch.randint(0, h - box_h + 1, (n,), generator=generator).tolist()
         lefts = torch.randint(0, w - box_w + 1, (n,), generator=generator).tolist()
         for index, (top, left) in enumerate(zip(tops, lefts)):
-            valid[index, top:top + box_h, left:left + box_w] = False
+            valid[index, top : top + box_h, left : left + box_w] = False
         out = out * valid[:, None].to(dtype)
     return out, valid
 
@@ -217,7 +225,8 @@ class Proda(Method):
         if get_world_size() > 1:
             raise NotImplementedError(
                 "method proda keeps one set of prototypes per process; multi-process training would "
-                "let them diverge (the official code trains on one GPU); run it in one process")
+                "let them diverge (the official code trains on one GPU); run it in one process"
+            )
         warmup = unwrap(models["warmup"])
         device = next(warmup.parameters()).device
         if self.prototypes is not None:
@@ -229,8 +238,14 @@ class Proda(Method):
             from crossregion.data.transforms import eval_transform
 
             spec = self._target_spec
-            dataset = build_dataset(spec.name, spec.root, spec.split, num_classes=self.num_classes,
-                                    transform=eval_transform(size=spec.resize), labelled=False)
+            dataset = build_dataset(
+                spec.name,
+                spec.root,
+                spec.split,
+                num_classes=self.num_classes,
+                transform=eval_transform(size=spec.resize),
+                labelled=False,
+            )
         loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
 
         def images():
@@ -312,8 +327,9 @@ class Proda(Method):
         if cfg.consistency_weight > 0:
             student_features = _resize(segmenter(strong)["features"], size).float()
             student_distances = prototypes.distances(student_features)
-            loss_consist = prototype_consistency_loss(student_distances, teacher_distances,
-                                                      temperature=cfg.proto_temperature, valid=valid)
+            loss_consist = prototype_consistency_loss(
+                student_distances, teacher_distances, temperature=cfg.proto_temperature, valid=valid
+            )
             loss = loss + cfg.consistency_weight * loss_consist
         else:
             loss_consist = loss_pseudo.new_zeros(())

@@ -126,15 +126,10 @@ def prototype_distances(features: torch.Tensor, prototypes: torch.Tensor) -> tor
         - output: (N, K, H, W)
     """
     if features.shape[1] != prototypes.shape[1]:
-        raise ValueError(
-            f"features have {features.shape[1]} channels but prototypes {prototypes.shape[1]}"
-        )
+        raise ValueError(f"features have {features.shape[1]} channels but prototypes {prototypes.shape[1]}")
     prototypes = prototypes.to(device=features.device, dtype=features.dtype)
     return torch.stack(
-        [
-            torch.linalg.vector_norm(features - prototype[None, :, None, None], dim=1)
-            for prototype in prototypes
-        ],
+        [torch.linalg.vector_norm(features - prototype[None, :, None, None], dim=1) for prototype in prototypes],
         dim=1,
     )
 

@@ -6,8 +6,9 @@ trusted mask and self-training loss (``methods/self_training.py``), no discrimin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn

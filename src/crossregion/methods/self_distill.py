@@ -8,8 +8,9 @@ to ImageNet weights (or null for from scratch) and leave ``model.init_checkpoint
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -13,8 +13,9 @@ the trusted/untrusted region masks and the self-training loss.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -212,7 +213,8 @@ class RegionMethod(PseudoLabelMethod):
             raise ValueError(
                 f"method.{key}={configured} differs from the pseudo-label store's {store_key}={recorded} "
                 f"({self.store.path}): the store's statistics and the training split would disagree. Set "
-                f"method.{key}=null to use the store's, or make a store with --{store_key.replace('_', '-')} {configured}"
+                f"method.{key}=null to use the store's, or make a store with "
+                f"--{store_key.replace('_', '-')} {configured}"
             )
         return recorded
 

@@ -6,8 +6,9 @@ The stage-0 model of the pipeline. With ``data.source`` set to the labelled targ
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -69,9 +69,7 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
-        return features * scale.to(features.dtype).view(1, -1, 1, 1) + shift.to(
-            features.dtype
-        ).view(1, -1, 1, 1)
+        return features * scale.to(features.dtype).view(1, -1, 1, 1) + shift.to(features.dtype).view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -79,9 +77,7 @@ class FrozenBatchNorm2d(nn.Module):
 
 def _stage_output_channels(stage: nn.Sequential) -> int:
     last_block = stage[-1]
-    last_norm = (
-        last_block.bn3 if hasattr(last_block, "bn3") else last_block.bn2
-    )  # Bottleneck / BasicBlock
+    last_norm = last_block.bn3 if hasattr(last_block, "bn3") else last_block.bn2  # Bottleneck / BasicBlock
     return last_norm.num_features
 
 
@@ -133,9 +129,7 @@ class VGGFeatureExtractor(nn.Module):
         layers: dict[int, nn.Module] = {}
         for index, in_channels, out_channels in _VGG16_CONVS:
             dilation = 2 if index >= _VGG16_FIRST_DILATED_INDEX else 1
-            layers[index] = nn.Conv2d(
-                in_channels, out_channels, 3, padding=dilation, dilation=dilation
-            )
+            layers[index] = nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation)
             layers[index + 1] = nn.ReLU(inplace=True)
         for index in _VGG16_POOLS:
             layers[index] = nn.MaxPool2d(kernel_size=2, stride=2)
@@ -165,25 +159,19 @@ def _dilate_basic_stage(stage: nn.Sequential, previous_dilation: int, dilation: 
     first_block.conv1.stride = (1, 1)
     first_block.conv1.dilation = first_block.conv1.padding = (previous_dilation, previous_dilation)
     first_block.downsample[0].stride = (1, 1)
-    later_convs = [first_block.conv2] + [
-        conv for block in stage[1:] for conv in (block.conv1, block.conv2)
-    ]
+    later_convs = [first_block.conv2] + [conv for block in stage[1:] for conv in (block.conv1, block.conv2)]
     for conv in later_convs:
         conv.dilation = conv.padding = (dilation, dilation)
 
 
-def _build_basic_resnet(
-    constructor: Callable[..., torchvision.models.ResNet], freeze_bn: bool
-) -> nn.Module:
+def _build_basic_resnet(constructor: Callable[..., torchvision.models.ResNet], freeze_bn: bool) -> nn.Module:
     resnet = constructor(weights=None, norm_layer=_norm_layer(freeze_bn))
     _dilate_basic_stage(resnet.layer3, previous_dilation=1, dilation=2)
     _dilate_basic_stage(resnet.layer4, previous_dilation=2, dilation=4)
     return ResNetFeatureExtractor(resnet)
 
 
-def _build_bottleneck_resnet(
-    constructor: Callable[..., torchvision.models.ResNet], freeze_bn: bool
-) -> nn.Module:
+def _build_bottleneck_resnet(constructor: Callable[..., torchvision.models.ResNet], freeze_bn: bool) -> nn.Module:
     resnet = constructor(
         weights=None,
         replace_stride_with_dilation=[False, True, True],
@@ -315,11 +303,7 @@ def _pretrained_to_backbone_keys(
             index, _, name = rest.partition(".")
             if prefix == "features" and index.isdigit():
                 index_in_file = int(index)
-                new_index = (
-                    index_in_file - 1
-                    if index_in_file > _VGG16_FIRST_DILATED_INDEX
-                    else index_in_file
-                )
+                new_index = index_in_file - 1 if index_in_file > _VGG16_FIRST_DILATED_INDEX else index_in_file
                 key = f"{new_index}.{name}"
         elif key.startswith("fc."):
             continue
@@ -348,14 +332,10 @@ def load_pretrained_backbone(feature_extractor: nn.Module, path: str | Path) -> 
         )
     state_dict = read_torch_file(path, what="ImageNet weights")
     if not is_state_dict(state_dict):
-        raise ValueError(
-            f"ImageNet weights {path} are not a state dict (a mapping of names to tensors)"
-        )
+        raise ValueError(f"ImageNet weights {path} are not a state dict (a mapping of names to tensors)")
 
     def without_counters(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            key: value for key, value in tensors.items() if not key.endswith("num_batches_tracked")
-        }
+        return {key: value for key, value in tensors.items() if not key.endswith("num_batches_tracked")}
 
     found = without_counters(_pretrained_to_backbone_keys(feature_extractor, state_dict))
     expected = without_counters(feature_extractor.backbone.state_dict())

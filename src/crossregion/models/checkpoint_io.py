@@ -121,8 +121,7 @@ def detect_format(checkpoint: Any, path: str | Path) -> str:
         found = [IAST_FORMAT]
     if len(found) > 1:
         raise ValueError(
-            f"{path} looks like several checkpoint formats ({', '.join(found)}); "
-            f"pass --format {' or '.join(found)}"
+            f"{path} looks like several checkpoint formats ({', '.join(found)}); pass --format {' or '.join(found)}"
         )
     if found:
         return found[0]
@@ -156,15 +155,10 @@ def infer_official_architecture(
         ValueError: the keys match no known backbone, or the classifier is not an ASPP.
     """
     if "conv2d_list.0.weight" not in classifier_state:
-        raise ValueError(
-            f"{path}: 'classifier' has no conv2d_list.0.weight; "
-            "it is not a DeepLabv2 ASPP classifier"
-        )
+        raise ValueError(f"{path}: 'classifier' has no conv2d_list.0.weight; it is not a DeepLabv2 ASPP classifier")
     num_classes = classifier_state["conv2d_list.0.weight"].shape[0]
     if "backbone.layer4.0.conv1.weight" in feature_state:
-        layer3_blocks = {
-            int(match.group(1)) for key in feature_state if (match := _LAYER3_BLOCK.match(key))
-        }
+        layer3_blocks = {int(match.group(1)) for key in feature_state if (match := _LAYER3_BLOCK.match(key))}
         bottleneck = "backbone.layer1.0.conv3.weight" in feature_state
         layout = (bottleneck, len(layer3_blocks))
         if layout not in _RESNET_BY_LAYOUT:
@@ -198,8 +192,7 @@ def _fine_grained_discriminator_state(states: dict[str, Any]) -> dict[str, torch
     candidates = [
         strip_wrapper_prefixes(state)
         for state in states.values()
-        if is_state_dict(state)
-        and set(strip_wrapper_prefixes(state)) == _FINE_GRAINED_DISCRIMINATOR_KEYS
+        if is_state_dict(state) and set(strip_wrapper_prefixes(state)) == _FINE_GRAINED_DISCRIMINATOR_KEYS
     ]
     return candidates[0] if len(candidates) == 1 else None
 
@@ -212,12 +205,8 @@ def _read_official(
         if not is_state_dict(checkpoint.get(name)):
             raise ValueError(f"{path}: '{name}' is not a state dict")
         parts[name] = strip_wrapper_prefixes(checkpoint[name])
-    build_arguments = infer_official_architecture(
-        parts["feature_extractor"], parts["classifier"], path
-    )
-    segmenter_state = {
-        f"{name}.{key}": value for name, state in parts.items() for key, value in state.items()
-    }
+    build_arguments = infer_official_architecture(parts["feature_extractor"], parts["classifier"], path)
+    segmenter_state = {f"{name}.{key}": value for name, state in parts.items() for key, value in state.items()}
     model_d = checkpoint.get("model_D")
     extras = {
         "iteration": int(checkpoint.get("iteration", 0)),
@@ -255,9 +244,7 @@ def _read_proda(
             f"{path}: the ProDA model_state has no {_PRODA_CLASSIFIER_WEIGHT}, so its head is not "
             f"ProDA's (Classifier_Module2); first keys: {keys}"
         )
-    layer3_blocks = {
-        int(match.group(1)) for key in state if (match := _PRODA_LAYER3_BLOCK.match(key))
-    }
+    layer3_blocks = {int(match.group(1)) for key in state if (match := _PRODA_LAYER3_BLOCK.match(key))}
     if len(layer3_blocks) != _PRODA_RESNET101_LAYER3_BLOCKS:
         raise ValueError(
             f"{path}: the ProDA model_state has {len(layer3_blocks)} layer3 blocks; ProDA's "
@@ -299,20 +286,14 @@ def _read_iast(
             continue
         for iast_prefix, our_prefix in _IAST_RENAMES:
             if key.startswith(iast_prefix):
-                key = our_prefix + key[len(iast_prefix):]
+                key = our_prefix + key[len(iast_prefix) :]
                 break
         segmenter_state[key] = value
     parts = {
-        name: {
-            key[len(name) + 1 :]: value
-            for key, value in segmenter_state.items()
-            if key.startswith(name + ".")
-        }
+        name: {key[len(name) + 1 :]: value for key, value in segmenter_state.items() if key.startswith(name + ".")}
         for name in ("feature_extractor", "classifier")
     }
-    build_arguments = infer_official_architecture(
-        parts["feature_extractor"], parts["classifier"], path
-    )
+    build_arguments = infer_official_architecture(parts["feature_extractor"], parts["classifier"], path)
     # IAST trains nn.BatchNorm2d (FREEZEBN freezes only the affine parameters), so its files
     # always hold num_batches_tracked and load as BatchNorm2d with eps 1e-5, as IAST evaluates.
     # IAST files keep no iteration count; the discriminator is not FADA's, so it is not returned.
@@ -331,8 +312,7 @@ def _read_crossregion(
         or "num_classes" not in model_arguments
     ):
         raise ValueError(
-            f"{path}: checkpoint key 'model' must hold the build_segmenter arguments "
-            "(backbone, num_classes, ...)"
+            f"{path}: checkpoint key 'model' must hold the build_segmenter arguments (backbone, num_classes, ...)"
         )
     if not isinstance(models, dict) or not is_state_dict(models.get("segmenter")):
         raise ValueError(f"{path}: checkpoint has no 'models' -> 'segmenter' state dict")
@@ -392,16 +372,11 @@ def load_segmenter(
             architecture / class count; the message names the file and the expected vs found shapes.
     """
     if format not in CHECKPOINT_FORMATS:
-        raise ValueError(
-            f"unknown checkpoint format {format!r}; choose one of {', '.join(CHECKPOINT_FORMATS)}"
-        )
+        raise ValueError(f"unknown checkpoint format {format!r}; choose one of {', '.join(CHECKPOINT_FORMATS)}")
     checkpoint = read_torch_file(path, what="checkpoint")
     found_format = detect_format(checkpoint, path)
     if format != "auto" and format != found_format:
-        raise ValueError(
-            f"{path} is in the {found_format} format, not {format}; "
-            f"pass --format {found_format} or auto"
-        )
+        raise ValueError(f"{path} is in the {found_format} format, not {format}; pass --format {found_format} or auto")
     reader = {
         OFFICIAL_FORMAT: _read_official,
         CROSSREGION_FORMAT: _read_crossregion,
@@ -422,13 +397,13 @@ def load_segmenter(
         head_part = "" if arguments["head"] == "aspp" else f" and the {arguments['head']} head"
         return f"{arguments['backbone']} with {arguments['num_classes']} classes{head_part}"
 
-    if requested != build_arguments and requested["backbone"] == build_arguments["backbone"] and (
-        requested["num_classes"] == build_arguments["num_classes"]
+    if (
+        requested != build_arguments
+        and requested["backbone"] == build_arguments["backbone"]
+        and (requested["num_classes"] == build_arguments["num_classes"])
     ):
         # Only the head differs: both heads may hold the same class count, so say it plainly.
-        raise ValueError(
-            f"{path} holds a {described(build_arguments)}, expected a {described(requested)}"
-        )
+        raise ValueError(f"{path} holds a {described(build_arguments)}, expected a {described(requested)}")
     mismatch = describe_state_dict_mismatch(_expected_state(requested), segmenter_state)
     if mismatch:
         found = described(build_arguments)
@@ -480,16 +455,11 @@ def export_official(
             f"not the {segmenter.head} head"
         )
     if getattr(segmenter, "aux_classifier", None) is not None:
-        logger.warning(
-            "the official format has no auxiliary classifier; %s keeps the main one only", path
-        )
+        logger.warning("the official format has no auxiliary classifier; %s keeps the main one only", path)
     prefix = "module." if ddp_prefix else ""
 
     def official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            prefix + key: value.detach().cpu()
-            for key, value in strip_wrapper_prefixes(state).items()
-        }
+        return {prefix + key: value.detach().cpu() for key, value in strip_wrapper_prefixes(state).items()}
 
     payload: dict[str, Any] = {
         "iteration": int(iteration),
@@ -497,8 +467,6 @@ def export_official(
         "classifier": official_keys(segmenter.classifier.state_dict()),
     }
     if discriminator is not None:
-        discriminator_state = (
-            discriminator if isinstance(discriminator, dict) else discriminator.state_dict()
-        )
+        discriminator_state = discriminator if isinstance(discriminator, dict) else discriminator.state_dict()
         payload["model_D"] = official_keys(discriminator_state)
     save_torch_atomically(payload, path)

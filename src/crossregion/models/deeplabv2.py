@@ -35,13 +35,10 @@ class ASPPClassifier(nn.Module):
         - Output: (N, K, H, W)
     """
 
-    def __init__(
-        self, in_channels: int, num_classes: int, dilations: tuple[int, ...] = ASPP_DILATIONS
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, dilations: tuple[int, ...] = ASPP_DILATIONS) -> None:
         super().__init__()
         self.conv2d_list = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, 3, padding=dilation, dilation=dilation)
-            for dilation in dilations
+            nn.Conv2d(in_channels, num_classes, 3, padding=dilation, dilation=dilation) for dilation in dilations
         )
         for conv in self.conv2d_list:
             nn.init.normal_(conv.weight, mean=0.0, std=ASPP_INIT_STD)
@@ -125,9 +122,7 @@ class Segmenter(nn.Module):
 
         The trainer gives ``head`` its larger learning rate (×10 in FADA/CRA).
         """
-        heads = [self.classifier] + (
-            [self.aux_classifier] if self.aux_classifier is not None else []
-        )
+        heads = [self.classifier] + ([self.aux_classifier] if self.aux_classifier is not None else [])
         return {
             "backbone": [p for p in self.feature_extractor.parameters() if p.requires_grad],
             "head": [p for head in heads for p in head.parameters() if p.requires_grad],
@@ -169,9 +164,7 @@ def build_segmenter(
         raise ValueError("the ProDA head has no multi-level variant; set multi_level to false")
     feature_extractor = build_feature_extractor(backbone, freeze_bn=freeze_bn)
     if multi_level and not hasattr(feature_extractor, "forward_with_intermediate"):
-        raise ValueError(
-            f"multi_level needs a ResNet backbone (layer3 features); {backbone!r} has none"
-        )
+        raise ValueError(f"multi_level needs a ResNet backbone (layer3 features); {backbone!r} has none")
     if pretrained is not None:
         load_pretrained_backbone(feature_extractor, pretrained)
     classifier: ASPPClassifier | ProDAClassifier = (
@@ -179,9 +172,5 @@ def build_segmenter(
         if head == "proda"
         else ASPPClassifier(feature_extractor.feature_channels, num_classes)
     )
-    aux_classifier = (
-        ASPPClassifier(feature_extractor.intermediate_channels, num_classes)
-        if multi_level
-        else None
-    )
+    aux_classifier = ASPPClassifier(feature_extractor.intermediate_channels, num_classes) if multi_level else None
     return Segmenter(feature_extractor, classifier, aux_classifier)

@@ -109,9 +109,7 @@ class ProDAClassifier(nn.Module):
             nn.Conv2d(concatenated, channels, 3, padding=1),
             nn.GroupNorm(PRODA_GROUP_NORM_GROUPS, channels),
         )
-        self.head = nn.Sequential(
-            nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1, bias=False)
-        )
+        self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1, bias=False))
         self._init_as_official()
 
     def _init_as_official(self) -> None:

@@ -18,10 +18,7 @@ def _numpy_data_globals() -> list[Any]:
     Training checkpoints hold numpy's RNG state (an array). These globals only rebuild data, so
     allowing them keeps ``weights_only`` loading safe.
     """
-    dtypes = [
-        np.dtype(name)
-        for name in ("bool", "int32", "int64", "uint8", "uint32", "float32", "float64")
-    ]
+    dtypes = [np.dtype(name) for name in ("bool", "int32", "int64", "uint8", "uint32", "float32", "float64")]
     array_reconstruct = np.empty(0).__reduce__()[0]
     scalar_reconstruct = np.float64(0).__reduce__()[0]
     return [

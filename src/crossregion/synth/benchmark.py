@@ -61,8 +61,15 @@ SUMMARY_FILE = "synth.json"
 # was interrupted, and may be continued by the same arguments.
 RUNNING_FILE = ".synth-running.json"
 # The arguments of generate_benchmark, as synth.json records them.
-ARGUMENT_KEYS = ("source_layout", "source_images", "target_train_images", "target_val_images", "height", "width",
-                 "seed")
+ARGUMENT_KEYS = (
+    "source_layout",
+    "source_images",
+    "target_train_images",
+    "target_val_images",
+    "height",
+    "width",
+    "seed",
+)
 
 # Bump when the rendering changes, so stale benchmarks can be told apart (written to synth.json).
 GENERATOR_VERSION = 2
@@ -70,8 +77,14 @@ GENERATOR_VERSION = 2
 SOURCE_LAYOUTS = ("gta5", "synthia")
 # The benchmark `crossregion data synth` writes by default, and the one the demo and the accuracy
 # benchmarks run on (their presets are sized for it: docs/benchmarks.md).
-DEFAULT_ARGUMENTS = {"source_images": 1000, "target_train_images": 500, "target_val_images": 200,
-                     "height": 80, "width": 160, "seed": 0}
+DEFAULT_ARGUMENTS = {
+    "source_images": 1000,
+    "target_train_images": 500,
+    "target_val_images": 200,
+    "height": 80,
+    "width": 160,
+    "seed": 0,
+}
 # Fictional cities; train and val cities are disjoint, as in Cityscapes.
 TRAIN_CITIES = ("aldport", "brenvik", "corstadt")
 VAL_CITIES = ("dunmere", "elsburg")
@@ -85,10 +98,25 @@ ID = {label.name: label.id for label in CITYSCAPES_LABELS if label.id >= 0}
 
 # Cityscapes label ID -> SYNTHIA class ID (GT/LABELS channel 0); void IDs -> 0, parking -> 13.
 CITYSCAPES_ID_TO_SYNTHIA_ID = {
-    ID["road"]: 3, ID["sidewalk"]: 4, ID["building"]: 2, ID["wall"]: 21, ID["fence"]: 5,
-    ID["pole"]: 7, ID["traffic light"]: 15, ID["traffic sign"]: 9, ID["vegetation"]: 6,
-    ID["terrain"]: 16, ID["sky"]: 1, ID["person"]: 10, ID["rider"]: 17, ID["car"]: 8,
-    ID["truck"]: 18, ID["bus"]: 19, ID["train"]: 20, ID["motorcycle"]: 12, ID["bicycle"]: 11,
+    ID["road"]: 3,
+    ID["sidewalk"]: 4,
+    ID["building"]: 2,
+    ID["wall"]: 21,
+    ID["fence"]: 5,
+    ID["pole"]: 7,
+    ID["traffic light"]: 15,
+    ID["traffic sign"]: 9,
+    ID["vegetation"]: 6,
+    ID["terrain"]: 16,
+    ID["sky"]: 1,
+    ID["person"]: 10,
+    ID["rider"]: 17,
+    ID["car"]: 8,
+    ID["truck"]: 18,
+    ID["bus"]: 19,
+    ID["train"]: 20,
+    ID["motorcycle"]: 12,
+    ID["bicycle"]: 11,
     ID["parking"]: 13,
 }
 
@@ -164,22 +192,46 @@ SOURCE_STYLE = DomainStyle(
     two_wheelers=1.6,
     poles=5.0,
     palette={
-        "road": (78, 74, 96), "sidewalk": (214, 170, 118), "building": (176, 84, 64),
-        "wall": (226, 214, 150), "fence": (150, 96, 30), "pole": (190, 190, 200),
-        "traffic light": (40, 40, 40), "traffic sign": (250, 250, 250),
-        "vegetation": (40, 170, 40), "terrain": (176, 200, 60), "sky": (90, 170, 250),
-        "person": (200, 40, 160), "rider": (250, 110, 20), "car": (30, 60, 220),
-        "truck": (240, 200, 20), "bus": (230, 40, 40), "train": (20, 200, 210),
-        "motorcycle": (150, 30, 240), "bicycle": (250, 60, 130), "window": (40, 70, 140),
-        "lane": (250, 250, 250), "curb": (240, 240, 240), "dark": (20, 20, 25),
-        "skin": (230, 180, 140), "void": (120, 40, 160), "rail": (110, 70, 40),
+        "road": (78, 74, 96),
+        "sidewalk": (214, 170, 118),
+        "building": (176, 84, 64),
+        "wall": (226, 214, 150),
+        "fence": (150, 96, 30),
+        "pole": (190, 190, 200),
+        "traffic light": (40, 40, 40),
+        "traffic sign": (250, 250, 250),
+        "vegetation": (40, 170, 40),
+        "terrain": (176, 200, 60),
+        "sky": (90, 170, 250),
+        "person": (200, 40, 160),
+        "rider": (250, 110, 20),
+        "car": (30, 60, 220),
+        "truck": (240, 200, 20),
+        "bus": (230, 40, 40),
+        "train": (20, 200, 210),
+        "motorcycle": (150, 30, 240),
+        "bicycle": (250, 60, 130),
+        "window": (40, 70, 140),
+        "lane": (250, 250, 250),
+        "curb": (240, 240, 240),
+        "dark": (20, 20, 25),
+        "skin": (230, 180, 140),
+        "void": (120, 40, 160),
+        "rail": (110, 70, 40),
     },
     # Domain randomisation, as a renderer with varied materials and weather gives: every image
     # draws its own palette around the base colours and its own sky from blue to overcast, so a
     # model trained on the source cannot key on one exact colour per class.
     palette_jitter=24.0,
-    vehicle_colours=((30, 60, 220), (20, 140, 230), (200, 40, 40), (240, 240, 240), (30, 30, 36),
-                     (40, 160, 70), (230, 200, 30)),
+    vehicle_colours=(
+        (30, 60, 220),
+        (20, 140, 230),
+        (200, 40, 40),
+        (240, 240, 240),
+        (30, 30, 36),
+        (40, 160, 70),
+        (230, 200, 30),
+    ),
     photographic=False,
     ego_vehicle=False,
     overcast=(0.0, 0.9),
@@ -187,6 +239,7 @@ SOURCE_STYLE = DomainStyle(
     # amplitude and without the camera's light, haze, blur, noise and compression.
     texture=0.8,
 )
+
 
 def _photographed_palette(palette: dict[str, Rgb]) -> dict[str, Rgb]:
     """The target's palette: the source's hues at half their saturation, contrast compressed.
@@ -202,8 +255,16 @@ def _photographed_palette(palette: dict[str, Rgb]) -> dict[str, Rgb]:
         luma = float(rgb @ (0.299, 0.587, 0.114))
         grey = 118.0 + 0.7 * (luma - 118.0)
         muted[name] = tuple(int(round(grey + (c - luma) * 0.55)) for c in rgb)
-    muted.update({"sky": (200, 208, 215), "lane": (200, 200, 196), "curb": (170, 166, 160),
-                  "window": (70, 76, 84), "dark": (35, 35, 38), "skin": (190, 160, 140)})
+    muted.update(
+        {
+            "sky": (200, 208, 215),
+            "lane": (200, 200, 196),
+            "curb": (170, 166, 160),
+            "window": (70, 76, 84),
+            "dark": (35, 35, 38),
+            "skin": (190, 160, 140),
+        }
+    )
     return muted
 
 
@@ -227,8 +288,7 @@ TARGET_STYLE = DomainStyle(
     poles=7.0,
     palette=_photographed_palette(SOURCE_STYLE.palette),
     palette_jitter=14.0,
-    vehicle_colours=((90, 96, 104), (150, 150, 150), (40, 42, 48), (120, 40, 40),
-                     (200, 200, 205), (60, 70, 90)),
+    vehicle_colours=((90, 96, 104), (150, 150, 150), (40, 42, 48), (120, 40, 40), (200, 200, 205), (60, 70, 90)),
     photographic=True,
     ego_vehicle=True,
     haze=(0.0, 0.6),
@@ -241,9 +301,18 @@ SPLIT_CODES = {"train": 0, "val": 1}
 _TEXTURE_COARSE = np.full(256, 0.06, dtype=np.float32)
 _TEXTURE_FINE = np.full(256, 0.04, dtype=np.float32)
 for _name, _coarse, _fine in (
-    ("road", 0.10, 0.07), ("sidewalk", 0.08, 0.10), ("building", 0.14, 0.06), ("wall", 0.12, 0.09),
-    ("fence", 0.10, 0.10), ("vegetation", 0.28, 0.32), ("terrain", 0.22, 0.26), ("sky", 0.08, 0.0),
-    ("car", 0.03, 0.02), ("truck", 0.04, 0.03), ("bus", 0.04, 0.03), ("train", 0.05, 0.03),
+    ("road", 0.10, 0.07),
+    ("sidewalk", 0.08, 0.10),
+    ("building", 0.14, 0.06),
+    ("wall", 0.12, 0.09),
+    ("fence", 0.10, 0.10),
+    ("vegetation", 0.28, 0.32),
+    ("terrain", 0.22, 0.26),
+    ("sky", 0.08, 0.0),
+    ("car", 0.03, 0.02),
+    ("truck", 0.04, 0.03),
+    ("bus", 0.04, 0.03),
+    ("train", 0.05, 0.03),
 ):
     _TEXTURE_COARSE[ID[_name]] = _coarse
     _TEXTURE_FINE[ID[_name]] = _fine
@@ -307,7 +376,10 @@ class _Canvas:
         flat = []
         for x, y, z in corners_world:
             z = max(z, NEAR_Z)
-            flat += (camera.centre_x + camera.focal * x / z, camera.horizon_y + camera.focal * (camera.height_m - y) / z)
+            flat += (
+                camera.centre_x + camera.focal * x / z,
+                camera.horizon_y + camera.focal * (camera.height_m - y) / z,
+            )
         self._fill(flat, label, colour)
 
     def ellipse(self, x, y, z, radius_x, radius_y, label: int | None, colour: Rgb, ring: float = 0.0):
@@ -318,10 +390,8 @@ class _Canvas:
         box = [centre[0] - half_w, centre[1] - half_h, centre[0] + half_w, centre[1] + half_h]
         width = max(1, round(self.camera.focal * ring / max(z, NEAR_Z))) if ring else 0
         if label is not None:
-            self._labels.ellipse(box, fill=None if ring else label, outline=label if ring else None,
-                                 width=width or 1)
-        self._image.ellipse(box, fill=None if ring else colour, outline=colour if ring else None,
-                            width=width or 1)
+            self._labels.ellipse(box, fill=None if ring else label, outline=label if ring else None, width=width or 1)
+        self._image.ellipse(box, fill=None if ring else colour, outline=colour if ring else None, width=width or 1)
 
     def box(self, x0, x1, y0, y1, z0, z1, label: int, colour: Rgb, top_colour: Rgb, side_colour: Rgb):
         """An axis-aligned box: its visible faces (back, inner side, top) in three shades."""
@@ -359,8 +429,9 @@ class _SceneRenderer:
             for name, rgb in style.palette.items()
         }
         overcast = rng.uniform(*style.overcast)
-        self.colours["sky"] = tuple(int(round((1 - overcast) * c + overcast * o))
-                                    for c, o in zip(self.colours["sky"], OVERCAST_SKY))
+        self.colours["sky"] = tuple(
+            int(round((1 - overcast) * c + overcast * o)) for c, o in zip(self.colours["sky"], OVERCAST_SKY)
+        )
         camera = _Camera(
             focal=width * rng.uniform(*style.focal),
             centre_x=width * rng.uniform(0.42, 0.58),
@@ -404,12 +475,22 @@ class _SceneRenderer:
         while x < z * 1.2:
             block = rng.uniform(8.0, 30.0)
             if rng.random() < 0.25:
-                c.ellipse(x + block / 2, rng.uniform(3, 8), z, block / 2, rng.uniform(3, 7),
-                          ID["vegetation"], self.colour("vegetation", 6))
+                c.ellipse(
+                    x + block / 2,
+                    rng.uniform(3, 8),
+                    z,
+                    block / 2,
+                    rng.uniform(3, 7),
+                    ID["vegetation"],
+                    self.colour("vegetation", 6),
+                )
             else:
                 top = rng.uniform(6.0, 45.0)
-                c.quad([(x, 0, z), (x + block, 0, z), (x + block, top, z), (x, top, z)],
-                       ID["building"], self.colour("building", 10))
+                c.quad(
+                    [(x, 0, z), (x + block, 0, z), (x + block, top, z), (x, top, z)],
+                    ID["building"],
+                    self.colour("building", 10),
+                )
             x += block
 
     def _ground(self) -> None:
@@ -421,21 +502,29 @@ class _SceneRenderer:
         c.quad(below, ID[verge], self.colour("terrain" if verge == "terrain" else "void"))
         for side in (-1.0, 1.0):
             inner, outer = side * r, side * (r + s)
-            c.quad([(inner, 0, NEAR_Z), (outer, 0, NEAR_Z), (outer, 0, FAR_Z), (inner, 0, FAR_Z)],
-                   ID["sidewalk"], self.colour("sidewalk"))
-        c.quad([(-r, 0, NEAR_Z), (r, 0, NEAR_Z), (r, 0, FAR_Z), (-r, 0, FAR_Z)],
-               ID["road"], self.colour("road"))
+            c.quad(
+                [(inner, 0, NEAR_Z), (outer, 0, NEAR_Z), (outer, 0, FAR_Z), (inner, 0, FAR_Z)],
+                ID["sidewalk"],
+                self.colour("sidewalk"),
+            )
+        c.quad([(-r, 0, NEAR_Z), (r, 0, NEAR_Z), (r, 0, FAR_Z), (-r, 0, FAR_Z)], ID["road"], self.colour("road"))
         for side in (-1.0, 1.0):
             if rng.random() < 0.3:
                 z0 = rng.uniform(4.0, 30.0)
                 z1 = z0 + rng.uniform(8.0, 30.0)
                 edge = side * r
-                c.quad([(edge - side * 2.3, 0, z0), (edge, 0, z0), (edge, 0, z1), (edge - side * 2.3, 0, z1)],
-                       ID["parking"], _shade(self.colour("road"), 1.15))
+                c.quad(
+                    [(edge - side * 2.3, 0, z0), (edge, 0, z0), (edge, 0, z1), (edge - side * 2.3, 0, z1)],
+                    ID["parking"],
+                    _shade(self.colour("road"), 1.15),
+                )
             # Raised curb: a 15 cm face where the sidewalk meets the road, in both domains.
             edge = side * r
-            c.quad([(edge, 0, NEAR_Z), (edge, 0.15, NEAR_Z), (edge, 0.15, FAR_Z), (edge, 0, FAR_Z)],
-                   ID["sidewalk"], self.colour("curb"))
+            c.quad(
+                [(edge, 0, NEAR_Z), (edge, 0.15, NEAR_Z), (edge, 0.15, FAR_Z), (edge, 0, FAR_Z)],
+                ID["sidewalk"],
+                self.colour("curb"),
+            )
         z = rng.uniform(2.0, 6.0)
         while z < 120.0:
             c.quad([(-0.07, 0, z), (0.07, 0, z), (0.07, 0, z + 3), (-0.07, 0, z + 3)], None, self.colour("lane"))
@@ -475,8 +564,11 @@ class _SceneRenderer:
         def draw():
             c.quad([(x, 0, z0), (x, 0, z1), (x, top, z1), (x, top, z0)], ID["building"], wall_colour)
             # The end wall faces the camera where the street opens up.
-            c.quad([(x, 0, z0), (x + side * 12, 0, z0), (x + side * 12, top, z0), (x, top, z0)],
-                   ID["building"], _shade(wall_colour, 0.8))
+            c.quad(
+                [(x, 0, z0), (x + side * 12, 0, z0), (x + side * 12, top, z0), (x, top, z0)],
+                ID["building"],
+                _shade(wall_colour, 0.8),
+            )
             self._windows(x, z0, z1, top, floors)
             if side == self.sun_side:
                 inner = x - side * self.shadow_length
@@ -497,8 +589,9 @@ class _SceneRenderer:
         glass = self.colour("window")
         for y in np.arange(2.0, top - 1.0, 3.2):
             if banded:
-                c.quad([(x, y, z0 + 0.5), (x, y, z1 - 0.5), (x, y + 1.3, z1 - 0.5), (x, y + 1.3, z0 + 0.5)],
-                       None, glass)
+                c.quad(
+                    [(x, y, z0 + 0.5), (x, y, z1 - 0.5), (x, y + 1.3, z1 - 0.5), (x, y + 1.3, z0 + 0.5)], None, glass
+                )
                 continue
             for z in np.arange(z0 + 1.0, z1 - 1.5, 2.6):
                 c.quad([(x, y, z), (x, y, z + 1.2), (x, y + 1.5, z + 1.2), (x, y + 1.5, z)], None, glass)
@@ -508,8 +601,9 @@ class _SceneRenderer:
         colour = self.colour("terrain", 8)
 
         def draw():
-            self.canvas.quad([(x_inner, 0, z0), (x_outer, 0, z0), (x_outer, 0, z1), (x_inner, 0, z1)],
-                             ID["terrain"], colour)
+            self.canvas.quad(
+                [(x_inner, 0, z0), (x_outer, 0, z0), (x_outer, 0, z1), (x_inner, 0, z1)], ID["terrain"], colour
+            )
 
         return draw
 
@@ -531,14 +625,14 @@ class _SceneRenderer:
         def draw():
             c.quad([(x, 0, z0), (x, 0, z1), (x, top, z1), (x, top, z0)], ID[kind], colour)
             if kind == "wall":
-                c.quad([(x, top - 0.15, z0), (x, top - 0.15, z1), (x, top, z1), (x, top, z0)],
-                       None, _shade(colour, 1.25))
+                c.quad(
+                    [(x, top - 0.15, z0), (x, top - 0.15, z1), (x, top, z1), (x, top, z0)], None, _shade(colour, 1.25)
+                )
                 return
             dark = _shade(colour, 0.55)
             step = max(0.25, z0 / c.camera.focal * 6.0)
             for z in np.arange(z0, z1, step * 2):
-                c.quad([(x, 0.1, z), (x, 0.1, z + step), (x, top - 0.2, z + step), (x, top - 0.2, z)],
-                       None, dark)
+                c.quad([(x, 0.1, z), (x, 0.1, z + step), (x, top - 0.2, z + step), (x, top - 0.2, z)], None, dark)
 
         return draw
 
@@ -575,8 +669,11 @@ class _SceneRenderer:
     def _vehicles(self) -> list:
         rng, style = self.rng, self.style
         r = self.road_half
-        kinds = (["car"] * rng.poisson(style.cars) + ["truck"] * rng.poisson(style.trucks)
-                 + ["bus"] * rng.poisson(style.buses))
+        kinds = (
+            ["car"] * rng.poisson(style.cars)
+            + ["truck"] * rng.poisson(style.trucks)
+            + ["bus"] * rng.poisson(style.buses)
+        )
         rng.shuffle(kinds)
         lanes = [-r * 0.5, r * 0.5, -(r - 1.1), r - 1.1]
         next_free = {lane: rng.uniform(6.0, 20.0) for lane in range(len(lanes))}
@@ -589,8 +686,9 @@ class _SceneRenderer:
             z0 = next_free[lane] + rng.uniform(0.0, 12.0)
             if z0 > 60.0:
                 continue
-            length = {"car": rng.uniform(3.9, 4.8), "truck": rng.uniform(7.0, 10.0),
-                      "bus": rng.uniform(10.5, 13.0)}[kind]
+            length = {"car": rng.uniform(3.9, 4.8), "truck": rng.uniform(7.0, 10.0), "bus": rng.uniform(10.5, 13.0)}[
+                kind
+            ]
             next_free[lane] = z0 + length + 1.5
             items.append((z0, self._vehicle_drawer(kind, lanes[lane], z0, length)))
         return items
@@ -604,13 +702,19 @@ class _SceneRenderer:
         shape = rng.choice(("circle", "square", "triangle"))
 
         def draw():
-            c.quad([(x - half, 0, z), (x + half, 0, z), (x + half, top, z), (x - half, top, z)],
-                   ID["pole"], self.colour("pole"))
+            c.quad(
+                [(x - half, 0, z), (x + half, 0, z), (x + half, top, z), (x - half, top, z)],
+                ID["pole"],
+                self.colour("pole"),
+            )
             if attachment == "light":
                 lw, lh = LIGHT_SIZE
                 ly = top - lh
-                c.quad([(x - lw / 2, ly, z), (x + lw / 2, ly, z), (x + lw / 2, ly + lh, z), (x - lw / 2, ly + lh, z)],
-                       ID["traffic light"], self.colour("traffic light"))
+                c.quad(
+                    [(x - lw / 2, ly, z), (x + lw / 2, ly, z), (x + lw / 2, ly + lh, z), (x - lw / 2, ly + lh, z)],
+                    ID["traffic light"],
+                    self.colour("traffic light"),
+                )
                 for k, lamp in enumerate(((230, 40, 30), (240, 180, 20), (40, 220, 80))):
                     c.ellipse(x, ly + lh * (0.8 - 0.3 * k), z - 0.01, lw * 0.25, lw * 0.25, None, lamp)
             elif attachment == "sign":
@@ -621,12 +725,27 @@ class _SceneRenderer:
                     c.ellipse(x, height, z - 0.01, radius, radius, ID["traffic sign"], rim)
                     c.ellipse(x, height, z - 0.02, radius * 0.75, radius * 0.75, None, face)
                 elif shape == "square":
-                    c.quad([(x - radius, height - radius, z), (x + radius, height - radius, z),
-                            (x + radius, height + radius, z), (x - radius, height + radius, z)],
-                           ID["traffic sign"], face)
+                    c.quad(
+                        [
+                            (x - radius, height - radius, z),
+                            (x + radius, height - radius, z),
+                            (x + radius, height + radius, z),
+                            (x - radius, height + radius, z),
+                        ],
+                        ID["traffic sign"],
+                        face,
+                    )
                 else:
-                    c.quad([(x - radius * 1.15, height - radius * 0.85, z), (x + radius * 1.15, height - radius * 0.85, z),
-                            (x, height + radius * 1.15, z), (x, height + radius * 1.15, z)], ID["traffic sign"], rim)
+                    c.quad(
+                        [
+                            (x - radius * 1.15, height - radius * 0.85, z),
+                            (x + radius * 1.15, height - radius * 0.85, z),
+                            (x, height + radius * 1.15, z),
+                            (x, height + radius * 1.15, z),
+                        ],
+                        ID["traffic sign"],
+                        rim,
+                    )
 
         return draw
 
@@ -634,17 +753,28 @@ class _SceneRenderer:
         rng, c = self.rng, self.canvas
         crown_y = rng.uniform(3.5, 6.5)
         crown_r = rng.uniform(1.5, 3.2)
-        lobes = [(rng.uniform(-0.6, 0.6) * crown_r, rng.uniform(-0.4, 0.4) * crown_r,
-                  crown_r * rng.uniform(0.6, 0.9)) for _ in range(3)]
+        lobes = [
+            (rng.uniform(-0.6, 0.6) * crown_r, rng.uniform(-0.4, 0.4) * crown_r, crown_r * rng.uniform(0.6, 0.9))
+            for _ in range(3)
+        ]
         leaf = self.colour("vegetation", 10)
 
         def draw():
-            c.quad([(x - 0.15, 0, z), (x + 0.15, 0, z), (x + 0.15, crown_y, z), (x - 0.15, crown_y, z)],
-                   ID["vegetation"], _shade(leaf, 0.55))
+            c.quad(
+                [(x - 0.15, 0, z), (x + 0.15, 0, z), (x + 0.15, crown_y, z), (x - 0.15, crown_y, z)],
+                ID["vegetation"],
+                _shade(leaf, 0.55),
+            )
             for dx, dy, radius in lobes:
                 c.ellipse(x + dx, crown_y + dy, z, radius, radius * 0.9, ID["vegetation"], leaf)
-            c.ground_shadow([(x - crown_r, 0, z - crown_r), (x + crown_r, 0, z - crown_r),
-                             (x + crown_r, 0, z + crown_r), (x - crown_r, 0, z + crown_r)])
+            c.ground_shadow(
+                [
+                    (x - crown_r, 0, z - crown_r),
+                    (x + crown_r, 0, z - crown_r),
+                    (x + crown_r, 0, z + crown_r),
+                    (x - crown_r, 0, z + crown_r),
+                ]
+            )
 
         return draw
 
@@ -655,13 +785,16 @@ class _SceneRenderer:
         colour = self.colour("void", 10)
 
         def draw():
-            self.canvas.quad([(x - width / 2, 0, z), (x + width / 2, 0, z), (x + width / 2, top, z),
-                              (x - width / 2, top, z)], ID["static"], colour)
+            self.canvas.quad(
+                [(x - width / 2, 0, z), (x + width / 2, 0, z), (x + width / 2, top, z), (x - width / 2, top, z)],
+                ID["static"],
+                colour,
+            )
 
         return draw
 
     def _person_drawer(self, x: float, z: float):
-        rng, c = self.rng, self.canvas
+        rng = self.rng
         tall = rng.uniform(1.55, 1.95)
         clothes = self.colour("person", 40)
         legs = _shade(self.colour("person", 30), 0.6)
@@ -677,17 +810,36 @@ class _SceneRenderer:
         c, k = self.canvas, FIGURE_WIDTH
         hip = base + tall * 0.5
         shoulder = base + tall * 0.82
-        c.quad([(x - k * (0.16 + stride), base, z), (x - k * 0.02, base, z), (x - k * 0.02, hip, z),
-                (x - k * 0.17, hip, z)], label, legs)
-        c.quad([(x + k * 0.02, base, z), (x + k * (0.16 + stride), base, z), (x + k * 0.17, hip, z),
-                (x + k * 0.02, hip, z)], label, legs)
-        c.quad([(x - k * 0.22, hip, z), (x + k * 0.22, hip, z), (x + k * 0.24, shoulder, z), (x - k * 0.24, shoulder, z)],
-               label, clothes)
+        c.quad(
+            [
+                (x - k * (0.16 + stride), base, z),
+                (x - k * 0.02, base, z),
+                (x - k * 0.02, hip, z),
+                (x - k * 0.17, hip, z),
+            ],
+            label,
+            legs,
+        )
+        c.quad(
+            [
+                (x + k * 0.02, base, z),
+                (x + k * (0.16 + stride), base, z),
+                (x + k * 0.17, hip, z),
+                (x + k * 0.02, hip, z),
+            ],
+            label,
+            legs,
+        )
+        c.quad(
+            [(x - k * 0.22, hip, z), (x + k * 0.22, hip, z), (x + k * 0.24, shoulder, z), (x - k * 0.24, shoulder, z)],
+            label,
+            clothes,
+        )
         c.ellipse(x, shoulder + tall * 0.07, z, k * 0.11, tall * 0.07, label, self.colour("skin"))
 
     def _two_wheeler_drawer(self, x: float, z: float, motor: bool, ridden: bool):
         """A bicycle or motorcycle seen from the side (crossing), with a rider when ridden."""
-        rng, c = self.rng, self.canvas
+        c = self.canvas
         label = ID["motorcycle"] if motor else ID["bicycle"]
         colour = self.colour("motorcycle" if motor else "bicycle", 25)
         wheel = (0.3 if motor else 0.34) * TWO_WHEELER_SCALE
@@ -701,15 +853,32 @@ class _SceneRenderer:
                 else:
                     c.ellipse(x + dx, wheel, z, wheel, wheel, label, colour, ring=0.12)
             if motor:
-                c.quad([(x - half, wheel, z), (x + half, wheel, z), (x + half * 0.6, wheel + 0.55, z),
-                        (x - half * 0.8, wheel + 0.45, z)], label, colour)
+                c.quad(
+                    [
+                        (x - half, wheel, z),
+                        (x + half, wheel, z),
+                        (x + half * 0.6, wheel + 0.55, z),
+                        (x - half * 0.8, wheel + 0.45, z),
+                    ],
+                    label,
+                    colour,
+                )
             else:
-                c.quad([(x - half, wheel, z), (x + half, wheel, z), (x + 0.1, wheel + 0.45, z),
-                        (x - 0.1, wheel + 0.45, z)], label, colour)
+                c.quad(
+                    [
+                        (x - half, wheel, z),
+                        (x + half, wheel, z),
+                        (x + 0.1, wheel + 0.45, z),
+                        (x - 0.1, wheel + 0.45, z),
+                    ],
+                    label,
+                    colour,
+                )
             if ridden:
                 seat = wheel + (0.45 if motor else 0.5)
-                self._upright_figure(x, seat - 0.55, z - 0.01, 1.4, ID["rider"], rider_clothes,
-                                     _shade(rider_clothes, 0.6), 0.15)
+                self._upright_figure(
+                    x, seat - 0.55, z - 0.01, 1.4, ID["rider"], rider_clothes, _shade(rider_clothes, 0.6), 0.15
+                )
 
         return draw
 
@@ -747,12 +916,22 @@ class _SceneRenderer:
             else:
                 c.box(x0, x1, 0.0, 0.4, z0, z0 + length, label, *shades(dark))
                 c.box(x0, x1, 0.4, 3.2, z0, z0 + length, label, *shades(body))
-                c.quad([(x0 + 0.2, 1.5, z0), (x1 - 0.2, 1.5, z0), (x1 - 0.2, 2.6, z0), (x0 + 0.2, 2.6, z0)],
-                       None, glass)
+                c.quad(
+                    [(x0 + 0.2, 1.5, z0), (x1 - 0.2, 1.5, z0), (x1 - 0.2, 2.6, z0), (x0 + 0.2, 2.6, z0)], None, glass
+                )
                 side_x = x0 if x0 > 0 else x1
                 if x0 > 0 or x1 < 0:
-                    c.quad([(side_x, 1.4, z0 + 0.5), (side_x, 1.4, z0 + length - 0.5),
-                            (side_x, 2.6, z0 + length - 0.5), (side_x, 2.6, z0 + 0.5)], None, glass)
+                    c.quad(
+                        [
+                            (side_x, 1.4, z0 + 0.5),
+                            (side_x, 1.4, z0 + length - 0.5),
+                            (side_x, 2.6, z0 + length - 0.5),
+                            (side_x, 2.6, z0 + 0.5),
+                        ],
+                        None,
+                        glass,
+                    )
+
         return draw
 
     def _train_drawer(self, z0: float):
@@ -762,8 +941,11 @@ class _SceneRenderer:
         body = self.colour("train", 10)
 
         def draw():
-            c.quad([(-0.9, 0, NEAR_Z), (0.9, 0, NEAR_Z), (0.9, 0, FAR_Z), (-0.9, 0, FAR_Z)],
-                   ID["rail track"], self.colour("rail"))
+            c.quad(
+                [(-0.9, 0, NEAR_Z), (0.9, 0, NEAR_Z), (0.9, 0, FAR_Z), (-0.9, 0, FAR_Z)],
+                ID["rail track"],
+                self.colour("rail"),
+            )
             c.box(-1.3, 1.3, 0.0, 0.5, z0, z0 + length, ID["train"], *(self.colour("dark"),) * 3)
             c.box(-1.3, 1.3, 0.5, 3.6, z0, z0 + length, ID["train"], body, _shade(body, 1.2), _shade(body, 0.75))
             c.quad([(-1.1, 1.6, z0), (1.1, 1.6, z0), (1.1, 2.8, z0), (-1.1, 2.8, z0)], None, self.colour("window"))
@@ -820,8 +1002,14 @@ def _texture_gain(labels: np.ndarray, amplitude: float, rng: np.random.Generator
     return 1.0 + amplitude * (_TEXTURE_COARSE[labels] * coarse + _TEXTURE_FINE[labels] * fine)
 
 
-def _photograph(image: np.ndarray, labels: np.ndarray, shadow: np.ndarray, horizon_row: float,
-                haze: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+def _photograph(
+    image: np.ndarray,
+    labels: np.ndarray,
+    shadow: np.ndarray,
+    horizon_row: float,
+    haze: tuple[float, float],
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Turn a flat rendering into a camera-like photo: texture, light, shadows, haze, blur, noise, JPEG.
 
     Haze grows toward the horizon row (where things are far), with a strength drawn per image:
@@ -856,8 +1044,9 @@ def _photograph(image: np.ndarray, labels: np.ndarray, shadow: np.ndarray, horiz
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
-def render_sample(seed: int, domain: str, split: str, index: int, height: int,
-                  width: int) -> tuple[np.ndarray, np.ndarray]:
+def render_sample(
+    seed: int, domain: str, split: str, index: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one image and its label map; a pure function of its arguments.
 
     Args:
@@ -934,30 +1123,55 @@ def cityscapes_stem(city: str, sequence: int) -> str:
     return f"{city}_{sequence:06d}_{ANNOTATED_FRAME:06d}"
 
 
-def validate_arguments(*, source_images: int, target_train_images: int, target_val_images: int,
-                       height: int, width: int, seed: int, source_layout: str) -> None:
+def validate_arguments(
+    *,
+    source_images: int,
+    target_train_images: int,
+    target_val_images: int,
+    height: int,
+    width: int,
+    seed: int,
+    source_layout: str,
+) -> None:
     """Raise ``ValueError`` for arguments ``generate_benchmark`` cannot render, before any file is touched."""
     if source_layout not in SOURCE_LAYOUTS:
         raise ValueError(f"--source-layout must be one of {SOURCE_LAYOUTS}, got {source_layout!r}")
-    for name, count in (("--source-images", source_images), ("--target-train-images", target_train_images),
-                        ("--target-val-images", target_val_images)):
+    for name, count in (
+        ("--source-images", source_images),
+        ("--target-train-images", target_train_images),
+        ("--target-val-images", target_val_images),
+    ):
         if count < 0:
             raise ValueError(f"{name} must be >= 0, got {count}")
     if height < 16 or width < 16:
         raise ValueError(f"--height and --width must be at least 16 pixels, got {height}x{width}")
 
 
-def generate_benchmark(out_dir: str | Path, *, source_images: int, target_train_images: int,
-                       target_val_images: int, height: int, width: int, seed: int,
-                       source_layout: str = "gta5") -> dict:
+def generate_benchmark(
+    out_dir: str | Path,
+    *,
+    source_images: int,
+    target_train_images: int,
+    target_val_images: int,
+    height: int,
+    width: int,
+    seed: int,
+    source_layout: str = "gta5",
+) -> dict:
     """Write the source and target domains under ``out_dir``; returns what ``synth.json`` holds.
 
     Raises:
         ValueError: a count is negative, the size is too small, or the layout is unknown.
     """
-    validate_arguments(source_images=source_images, target_train_images=target_train_images,
-                       target_val_images=target_val_images, height=height, width=width, seed=seed,
-                       source_layout=source_layout)
+    validate_arguments(
+        source_images=source_images,
+        target_train_images=target_train_images,
+        target_val_images=target_val_images,
+        height=height,
+        width=width,
+        seed=seed,
+        source_layout=source_layout,
+    )
     out_dir = Path(out_dir)
 
     if source_layout == "gta5":
@@ -1037,11 +1251,16 @@ def prepare_out_dir(out_dir: Path, arguments: dict, *, force: bool) -> None:
                 if recorded is None:
                     what = f"files not written by `crossregion data synth` (no readable {SUMMARY_FILE})"
                 else:
-                    differing = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in expected.items()
-                                 if recorded.get(key) != value]
+                    differing = [
+                        f"{key} {recorded.get(key)!r} -> {value!r}"
+                        for key, value in expected.items()
+                        if recorded.get(key) != value
+                    ]
                     what = f"a benchmark of other arguments ({', '.join(differing)})"
-                raise ValueError(f"OUT_DIR {out_dir} is not empty: it holds {what}; pass --force to empty it "
-                                 "first, or choose another folder")
+                raise ValueError(
+                    f"OUT_DIR {out_dir} is not empty: it holds {what}; pass --force to empty it "
+                    "first, or choose another folder"
+                )
             logger.info("--force: emptying %s", out_dir)
             for entry in out_dir.iterdir():
                 if entry.is_dir() and not entry.is_symlink():

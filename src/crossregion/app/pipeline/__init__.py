@@ -21,6 +21,6 @@ interrupted training stage resumes from its ``last.pth``; an interrupted store r
 The pipeline config (``configs/pipelines/*.yaml``) names a training preset and overrides per
 stage. Overrides may use the placeholders ``$source_checkpoint``, ``$cda_checkpoint``,
 ``$pseudo_labels`` (the store the stage trains on) and ``$cra_checkpoint``, so the wiring
-between stages is visible in the preset (``$$`` is a literal dollar). Target-train ground truth is read only by the report
-(trusted-pixel precision, error shares), never by a training stage.
+between stages is visible in the preset (``$$`` is a literal dollar). Target-train ground truth is
+read only by the report (trusted-pixel precision, error shares), never by a training stage.
 """

@@ -11,8 +11,9 @@ import torch
 from crossregion.app.pipeline.config import PipelineConfig, pipeline_device, target_dataset
 
 
-def _trusted_map(cfg: PipelineConfig, pseudo_label: torch.Tensor, entropy: torch.Tensor,
-                 factors: torch.Tensor) -> torch.Tensor:
+def _trusted_map(
+    cfg: PipelineConfig, pseudo_label: torch.Tensor, entropy: torch.Tensor, factors: torch.Tensor
+) -> torch.Tensor:
     from crossregion.trust import region_masks, scaled_entropy
 
     trusted, _ = region_masks(scaled_entropy(entropy, pseudo_label, factors), cfg.pseudo_label.threshold)
@@ -83,8 +84,9 @@ def error_share_untrusted(cfg: PipelineConfig, checkpoint: str, store_path: str)
 
 
 @torch.no_grad()
-def write_fig3_panel(cfg: PipelineConfig, path: Path, cda_checkpoint: str, cra_checkpoint: str,
-                     store_path: str) -> Path:
+def write_fig3_panel(
+    cfg: PipelineConfig, path: Path, cda_checkpoint: str, cra_checkpoint: str, store_path: str
+) -> Path:
     """image | CDA prediction | trusted/untrusted map | CRA prediction | ground truth, for target-val images.
 
     The trusted map applies the stage-2 rule (λ, rare classes from the store's counts) to the
@@ -105,8 +107,13 @@ def write_fig3_panel(cfg: PipelineConfig, path: Path, cda_checkpoint: str, cra_c
     dataset = target_dataset(cfg, store.num_classes, labelled=True, split=cfg.target.val_split)
     palette = dataset.label_set.palette
     transform = eval_transform(size=cfg.target.input_size)
-    columns: dict[str, list] = {"image": [], "CDA": [], "trusted (white) / untrusted": [], "CDA + CRA": [],
-                                "ground truth": []}
+    columns: dict[str, list] = {
+        "image": [],
+        "CDA": [],
+        "trusted (white) / untrusted": [],
+        "CDA + CRA": [],
+        "ground truth": [],
+    }
     for index in range(min(cfg.panel_images, len(dataset))):
         raw = dataset[index]
         truth = raw["mask"]

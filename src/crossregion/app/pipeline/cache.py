@@ -8,9 +8,10 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -61,8 +62,9 @@ class Stages:
                 # Kept, not deleted: a hash can change for a reason the user did not mean (a
                 # relative path read from another folder), and a stage may have cost hours.
                 previous = folder.with_name(folder.name + PREVIOUS_SUFFIX)
-                logger.warning("stage %s: config changed, rerunning it from scratch; the old run is kept in %s",
-                               name, previous)
+                logger.warning(
+                    "stage %s: config changed, rerunning it from scratch; the old run is kept in %s", name, previous
+                )
                 if previous.exists():
                     shutil.rmtree(previous)
                 folder.rename(previous)
@@ -73,8 +75,17 @@ class Stages:
             start = time.perf_counter()
             outputs = work(folder)
             # Wall time and machine are for the report only; the hash (what decides a rerun) ignores them.
-            write_json(marker, {"hash": stage_hash, "complete": True, "outputs": outputs, "payload": payload,
-                                 "wall_seconds": time.perf_counter() - start, "environment": environment()})
+            write_json(
+                marker,
+                {
+                    "hash": stage_hash,
+                    "complete": True,
+                    "outputs": outputs,
+                    "payload": payload,
+                    "wall_seconds": time.perf_counter() - start,
+                    "environment": environment(),
+                },
+            )
             record = StageRecord(name, folder, stage_hash, False, outputs)
         self.records[name] = record
         return record

@@ -172,11 +172,15 @@ def _pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
         dataset_roots={str(k): str(v) for k, v in (data.get("dataset_roots") or {}).items()},
         common_overrides=tuple(str(o) for o in data.get("common_overrides") or ()),
         oracle=None if data.get("oracle") is None else _stage_spec(data["oracle"], "oracle"),
-        baselines={name: _stage_spec(spec, f"baselines.{name}") for name, spec in (data.get("baselines") or {}).items()},
-        baseline_methods=None if data.get("baseline_methods") is None
+        baselines={
+            name: _stage_spec(spec, f"baselines.{name}") for name, spec in (data.get("baselines") or {}).items()
+        },
+        baseline_methods=None
+        if data.get("baseline_methods") is None
         else tuple(str(name) for name in data["baseline_methods"]),
-        cra_overrides={str(name): tuple(str(o) for o in overrides)
-                       for name, overrides in (data.get("cra_overrides") or {}).items()},
+        cra_overrides={
+            str(name): tuple(str(o) for o in overrides) for name, overrides in (data.get("cra_overrides") or {}).items()
+        },
         adapted_input_size=_adapted_input_size(data.get("adapted_input_size", "same")),
         self_distill=None if data.get("self_distill") is None else _stage_spec(data["self_distill"], "self_distill"),
         pseudo_label=PseudoLabelSpec(**{k: float(v) for k, v in pseudo.items()}),
@@ -194,5 +198,6 @@ def pipeline_device(cfg: PipelineConfig) -> torch.device:
 def target_dataset(cfg: PipelineConfig, num_classes: int, *, labelled: bool, split: str | None = None):
     from crossregion.data.datasets import build_dataset
 
-    return build_dataset(cfg.target.name, cfg.target.root, split or cfg.target.train_split,
-                         num_classes=num_classes, labelled=labelled)
+    return build_dataset(
+        cfg.target.name, cfg.target.root, split or cfg.target.train_split, num_classes=num_classes, labelled=labelled
+    )

@@ -38,8 +38,9 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path) -> dict[str, Any]:
         results["oracle"] = training_stage(stages, cfg, "00_oracle", cfg.oracle, {}, []).outputs["miou"]
     for method in cfg.cda_methods:
         results["methods"][method] = _run_method(stages, cfg, method, source, output)
-    results["stages"] = {name: {"folder": str(r.folder), "hash": r.hash, "skipped": r.skipped}
-                         for name, r in stages.records.items()}
+    results["stages"] = {
+        name: {"folder": str(r.folder), "hash": r.hash, "skipped": r.skipped} for name, r in stages.records.items()
+    }
     write_json(output / "results.json", results)
     write_text_atomically(output / "results.md", results_markdown(results))
     return results
@@ -50,31 +51,50 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
     bn_target = bn_target_stage(stages, cfg, f"01_bn_target_{method}", cda)
     pseudo = pseudo_label_stage(stages, cfg, f"02_pseudo_{method}", cda)
     wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
-    cra = training_stage(stages, adapted(cfg), f"03_cra_{method}",
-                         with_overrides(cfg.cra, cfg.cra_overrides.get(method)), wiring, [cda, pseudo])
+    cra = training_stage(
+        stages,
+        adapted(cfg),
+        f"03_cra_{method}",
+        with_overrides(cfg.cra, cfg.cra_overrides.get(method)),
+        wiring,
+        [cda, pseudo],
+    )
     row: dict[str, Any] = {
         "cda": cda.outputs["miou"],
         "bn_target": bn_target.outputs["miou"],
         "cra": cra.outputs["miou"],
-        **{key: pseudo.outputs[key] for key in ("trusted_fraction", "trusted_precision", "untrusted_share",
-                                                "pseudo_label_accuracy")},
+        **{
+            key: pseudo.outputs[key]
+            for key in ("trusted_fraction", "trusted_precision", "untrusted_share", "pseudo_label_accuracy")
+        },
         "error_share_untrusted_cda": pseudo.outputs["error_share_untrusted"],
     }
     analysis = stages.run(
-        f"03_cra_{method}_analysis", {"kind": "analysis", "upstream": [cra.hash, pseudo.hash]},
-        lambda folder: {"error_share_untrusted": error_share_untrusted(cfg, cra.outputs["checkpoint"],
-                                                                        pseudo.outputs["store"])},
+        f"03_cra_{method}_analysis",
+        {"kind": "analysis", "upstream": [cra.hash, pseudo.hash]},
+        lambda folder: {
+            "error_share_untrusted": error_share_untrusted(cfg, cra.outputs["checkpoint"], pseudo.outputs["store"])
+        },
     )
     row["error_share_untrusted_cra"] = analysis.outputs["error_share_untrusted"]
     with_baselines = cfg.baseline_methods is None or method in cfg.baseline_methods
     for baseline, spec in (cfg.baselines if with_baselines else {}).items():
-        record = training_stage(stages, adapted(cfg), f"03_{baseline}_{method}",
-                                with_overrides(spec, cfg.cra_overrides.get(method)), wiring, [cda, pseudo])
+        record = training_stage(
+            stages,
+            adapted(cfg),
+            f"03_{baseline}_{method}",
+            with_overrides(spec, cfg.cra_overrides.get(method)),
+            wiring,
+            [cda, pseudo],
+        )
         row[baseline] = record.outputs["miou"]
     if cfg.self_distill is not None:
         cra_pseudo = pseudo_label_stage(stages, adapted(cfg), f"04_pseudo_cra_{method}", cra)
         distilled = training_stage(
-            stages, adapted(cfg), f"05_self_distill_{method}", cfg.self_distill,
+            stages,
+            adapted(cfg),
+            f"05_self_distill_{method}",
+            cfg.self_distill,
             {"cra_checkpoint": cra.outputs["checkpoint"], "pseudo_labels": cra_pseudo.outputs["store"]},
             [cra, cra_pseudo],
         )
@@ -97,8 +117,12 @@ def _plain(value: Any) -> Any:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="pipeline preset (e.g. demo, gta5_fada_r101) or YAML path")
     parser.add_argument("--output", required=True, type=Path, help="run folder: one sub-folder per stage, results.*")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides of the pipeline config, e.g. cda_methods=[fada] oracle=null")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides of the pipeline config, e.g. cda_methods=[fada] oracle=null",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

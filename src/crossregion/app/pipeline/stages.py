@@ -50,8 +50,14 @@ def resolve_training_config(cfg: PipelineConfig, spec: StageSpec, placeholders: 
     return config_to_dict(config_from_dict(data, source=str(find_preset(spec.preset))))
 
 
-def training_stage(stages: Stages, cfg: PipelineConfig, name: str, spec: StageSpec,
-                    placeholders: dict[str, str], upstream: list[StageRecord]) -> StageRecord:
+def training_stage(
+    stages: Stages,
+    cfg: PipelineConfig,
+    name: str,
+    spec: StageSpec,
+    placeholders: dict[str, str],
+    upstream: list[StageRecord],
+) -> StageRecord:
     from crossregion.app.train import train
 
     resolved = resolve_training_config(cfg, spec, placeholders)
@@ -60,8 +66,12 @@ def training_stage(stages: Stages, cfg: PipelineConfig, name: str, spec: StageSp
         checkpoint = train(config_from_dict(resolved, source=name), folder, resume=True)
         return {"checkpoint": str(checkpoint), **_evaluate_checkpoint(cfg, checkpoint, folder / "eval")}
 
-    payload = {"kind": "train", "config": resolved, "upstream": [r.hash for r in upstream],
-               "target": dataclasses.asdict(cfg.target)}
+    payload = {
+        "kind": "train",
+        "config": resolved,
+        "upstream": [r.hash for r in upstream],
+        "target": dataclasses.asdict(cfg.target),
+    }
     return stages.run(name, payload, work)
 
 
@@ -72,15 +82,26 @@ def pseudo_label_stage(stages: Stages, cfg: PipelineConfig, name: str, model: St
         store = folder / "store"
         rule = cfg.pseudo_label
         pseudo_label.write_pseudo_labels(
-            model.outputs["checkpoint"], dataset=cfg.target.name, root=cfg.target.root,
-            split=cfg.target.train_split, output=store, input_size=cfg.target.input_size,
-            threshold=rule.threshold, rare_share=rule.rare_share, rare_factor=rule.rare_factor,
-            device=cfg.device, workers=0,
+            model.outputs["checkpoint"],
+            dataset=cfg.target.name,
+            root=cfg.target.root,
+            split=cfg.target.train_split,
+            output=store,
+            input_size=cfg.target.input_size,
+            threshold=rule.threshold,
+            rare_share=rule.rare_share,
+            rare_factor=rule.rare_factor,
+            device=cfg.device,
+            workers=0,
         )
         return {"store": str(store), **regime_of_store(cfg, store)}
 
-    payload = {"kind": "pseudo_label", "upstream": [model.hash], "target": dataclasses.asdict(cfg.target),
-               "settings": dataclasses.asdict(cfg.pseudo_label)}
+    payload = {
+        "kind": "pseudo_label",
+        "upstream": [model.hash],
+        "target": dataclasses.asdict(cfg.target),
+        "settings": dataclasses.asdict(cfg.pseudo_label),
+    }
     return stages.run(name, payload, work)
 
 
@@ -112,8 +133,9 @@ def _evaluate_segmenter(cfg: PipelineConfig, segmenter: nn.Module, num_classes: 
     from crossregion.eval.metrics import write_metrics
 
     dataset = target_dataset(cfg, num_classes, labelled=True, split=cfg.target.val_split)
-    metrics = evaluate_segmenter(segmenter, dataset, input_size=cfg.target.input_size, device=pipeline_device(cfg),
-                                 progress=False)
+    metrics = evaluate_segmenter(
+        segmenter, dataset, input_size=cfg.target.input_size, device=pipeline_device(cfg), progress=False
+    )
     write_metrics(metrics, out_dir)
     return {"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"]}
 
@@ -127,8 +149,10 @@ def cda_stage(stages: Stages, cfg: PipelineConfig, method: str, source: StageRec
     previous = source
     for index, step in enumerate(chain, start=1):
         name = f"01_cda_{method}" if len(chain) == 1 else f"01_cda_{method}_{index}"
-        placeholders = {"source_checkpoint": source.outputs["checkpoint"],
-                        "previous_checkpoint": previous.outputs["checkpoint"]}
+        placeholders = {
+            "source_checkpoint": source.outputs["checkpoint"],
+            "previous_checkpoint": previous.outputs["checkpoint"],
+        }
         upstream = [source] if previous is source else [source, previous]
         previous = training_stage(stages, cfg, name, step, placeholders, upstream)
     return previous

@@ -34,35 +34,58 @@ def results_tables(results: dict[str, Any]) -> list[ResultsTable]:
     tables = [
         ResultsTable(
             "Regime",
-            ("CDA", "CDA mIoU", "CDA + target BN stats", "trusted fraction", "trusted precision",
-             "pseudo-label accuracy", "errors in untrusted (CDA → CRA)"),
-            [(name, _number(row["cda"]), _number(row["bn_target"]), _percent(row["trusted_fraction"]),
-              _percent(row["trusted_precision"]), _percent(row["pseudo_label_accuracy"]),
-              f"{_percent(row['error_share_untrusted_cda'])} → {_percent(row['error_share_untrusted_cra'])}")
-             for name, row in methods.items()],
+            (
+                "CDA",
+                "CDA mIoU",
+                "CDA + target BN stats",
+                "trusted fraction",
+                "trusted precision",
+                "pseudo-label accuracy",
+                "errors in untrusted (CDA → CRA)",
+            ),
+            [
+                (
+                    name,
+                    _number(row["cda"]),
+                    _number(row["bn_target"]),
+                    _percent(row["trusted_fraction"]),
+                    _percent(row["trusted_precision"]),
+                    _percent(row["pseudo_label_accuracy"]),
+                    f"{_percent(row['error_share_untrusted_cda'])} → {_percent(row['error_share_untrusted_cra'])}",
+                )
+                for name, row in methods.items()
+            ],
             lead=f"source-only {_number(results['source_only'])} · oracle {_number(results['oracle'])}",
         ),
         ResultsTable(
             "Table 1: CRA after each CDA method",
             ("CDA method", "base mIoU", "+CRA mIoU", "Δ"),
-            [(name, _number(row["cda"]), _number(row["cra"]), _delta(row["cda"], row["cra"]))
-             for name, row in methods.items()],
+            [
+                (name, _number(row["cda"]), _number(row["cra"]), _delta(row["cda"], row["cra"]))
+                for name, row in methods.items()
+            ],
         ),
     ]
     baselines = [b for b in BASELINE_TITLES if any(b in row for row in methods.values())]
     if baselines:
-        tables.append(ResultsTable(
-            "Table 3: CRA against the baselines on the same pseudo labels",
-            ("CDA", "CDA mIoU", *(BASELINE_TITLES[b] for b in baselines), "CRA"),
-            [(name, _number(row["cda"]), *(_number(row.get(b)) for b in baselines), _number(row["cra"]))
-             for name, row in methods.items()],
-        ))
+        tables.append(
+            ResultsTable(
+                "Table 3: CRA against the baselines on the same pseudo labels",
+                ("CDA", "CDA mIoU", *(BASELINE_TITLES[b] for b in baselines), "CRA"),
+                [
+                    (name, _number(row["cda"]), *(_number(row.get(b)) for b in baselines), _number(row["cra"]))
+                    for name, row in methods.items()
+                ],
+            )
+        )
     if any("self_distill" in row for row in methods.values()):
-        tables.append(ResultsTable(
-            "Self-distillation",
-            ("CDA", "+CRA", "+CRA +SD"),
-            [(name, _number(row["cra"]), _number(row.get("self_distill"))) for name, row in methods.items()],
-        ))
+        tables.append(
+            ResultsTable(
+                "Self-distillation",
+                ("CDA", "+CRA", "+CRA +SD"),
+                [(name, _number(row["cra"]), _number(row.get("self_distill"))) for name, row in methods.items()],
+            )
+        )
     return tables
 
 

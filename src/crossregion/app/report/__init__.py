@@ -58,8 +58,9 @@ def write_report(run_dirs: Sequence[Path], output: Path) -> Path:
     except ImportError as error:
         raise MissingReportDependency(f"the report needs {error.name.split('.')[0]}: {INSTALL_HINT}") from error
     runs = [load_run(Path(path), label) for path, label in zip(run_dirs, _labels(run_dirs))]
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("crossregion.app.report"), autoescape=True,
-                                     undefined=jinja2.StrictUndefined)
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("crossregion.app.report"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
     page = environment.get_template("report.html").render(**_context(runs, charts))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +89,12 @@ def _context(runs: list[Run], charts) -> dict[str, Any]:
     from crossregion.app.pipeline.tables import results_tables
 
     several = len(runs) > 1
-    curve_lines = [(f"{run.label} · {stage.name}" if several else stage.name, stage.metric_rows)
-                   for run in runs for stage in run.stages if stage.metric_rows]
+    curve_lines = [
+        (f"{run.label} · {stage.name}" if several else stage.name, stage.metric_rows)
+        for run in runs
+        for stage in run.stages
+        if stage.metric_rows
+    ]
     return {
         "sections": SECTIONS,
         "runs": runs,
@@ -113,11 +118,13 @@ def _iou_charts(runs: list[Run], charts) -> list[dict[str, Any]]:
             if method.iou_series:
                 series = {label: stage.per_class_iou for label, stage in method.iou_series.items()}
                 delta = ("CDA", "+CRA") if {"CDA", "+CRA"} <= set(series) else None
-                found.append({"title": f"{run.label} · {method.method}",
-                              "uri": charts.per_class_iou_chart(series, delta)})
+                found.append(
+                    {"title": f"{run.label} · {method.method}", "uri": charts.per_class_iou_chart(series, delta)}
+                )
         if run.kind == "training run" and run.stages[0].per_class_iou is not None:
-            found.append({"title": run.label,
-                          "uri": charts.per_class_iou_chart({run.label: run.stages[0].per_class_iou}, None)})
+            found.append(
+                {"title": run.label, "uri": charts.per_class_iou_chart({run.label: run.stages[0].per_class_iou}, None)}
+            )
     return found
 
 
@@ -132,14 +139,17 @@ def _pseudo_labels(runs: list[Run], charts) -> list[dict[str, Any]]:
             if method.panel:
                 with Image.open(method.panel) as panel:
                     panel_width = panel.width * max(1, PANEL_WIDTH // panel.width)
-            found.append({
-                "title": f"{run.label} · {method.method}",
-                "panel": charts.png_data_uri(method.panel.read_bytes()) if method.panel else None,
-                "panel_width": panel_width,
-                "histogram": charts.entropy_histogram_chart(stats) if stats else None,
-                "trusted": charts.trusted_fraction_chart(stats, method.results_row.get("trusted_precision"))
-                if stats else None,
-            })
+            found.append(
+                {
+                    "title": f"{run.label} · {method.method}",
+                    "panel": charts.png_data_uri(method.panel.read_bytes()) if method.panel else None,
+                    "panel_width": panel_width,
+                    "histogram": charts.entropy_histogram_chart(stats) if stats else None,
+                    "trusted": charts.trusted_fraction_chart(stats, method.results_row.get("trusted_precision"))
+                    if stats
+                    else None,
+                }
+            )
     return found
 
 
@@ -149,10 +159,12 @@ def _configs(runs: list[Run]) -> list[dict[str, Any]]:
         files = []
         if run.pipeline_config is not None:
             files.append(("pipeline.yaml", run.pipeline_config))
-        files += [(f"{stage.name}/config.yaml" if run.kind == "pipeline" else "config.yaml", stage.config)
-                  for stage in run.stages if stage.config is not None]
-        documents.append({"run": run, "files": [(name, yaml.safe_dump(data, sort_keys=False))
-                                                 for name, data in files]})
+        files += [
+            (f"{stage.name}/config.yaml" if run.kind == "pipeline" else "config.yaml", stage.config)
+            for stage in run.stages
+            if stage.config is not None
+        ]
+        documents.append({"run": run, "files": [(name, yaml.safe_dump(data, sort_keys=False)) for name, data in files]})
     return documents
 
 
@@ -164,17 +176,22 @@ def _stage_rows(runs: list[Run]) -> list[dict[str, Any]]:
             record = stage.record or {}
             environment = record.get("environment")
             skipped = last_invocation.get(stage.name, {}).get("skipped")
-            rows.append({
-                "run": run.label,
-                "stage": stage.name,
-                "kind": record.get("payload", {}).get("kind", "train" if run.kind == "training run" else "–"),
-                "last_run": {True: "up to date, skipped", False: "ran"}.get(skipped, "–"),
-                "wall_time": _duration(record.get("wall_seconds")),
-                "machine": f"{environment['host']} · {environment['device']} · {environment['platform']}"
-                if environment else "not recorded",
-                "versions": f"crossregion {environment['crossregion']} · torch {environment['torch']} · "
-                            f"python {environment['python']}" if environment else "not recorded",
-            })
+            rows.append(
+                {
+                    "run": run.label,
+                    "stage": stage.name,
+                    "kind": record.get("payload", {}).get("kind", "train" if run.kind == "training run" else "–"),
+                    "last_run": {True: "up to date, skipped", False: "ran"}.get(skipped, "–"),
+                    "wall_time": _duration(record.get("wall_seconds")),
+                    "machine": f"{environment['host']} · {environment['device']} · {environment['platform']}"
+                    if environment
+                    else "not recorded",
+                    "versions": f"crossregion {environment['crossregion']} · torch {environment['torch']} · "
+                    f"python {environment['python']}"
+                    if environment
+                    else "not recorded",
+                }
+            )
     return rows
 
 
@@ -188,10 +205,19 @@ def _duration(seconds: float | None) -> str:
 
 # ------------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
-                        help="pipeline folder (results.json) or training run (config.yaml, metrics.jsonl)")
-    parser.add_argument("--output", type=Path, default=Path(REPORT_FILE),
-                        help=f"HTML file to write (default {REPORT_FILE}); open it in any browser")
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        type=Path,
+        metavar="RUN_DIR",
+        help="pipeline folder (results.json) or training run (config.yaml, metrics.jsonl)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(REPORT_FILE),
+        help=f"HTML file to write (default {REPORT_FILE}); open it in any browser",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

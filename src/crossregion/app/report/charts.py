@@ -17,8 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 DPI = 96
-COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
-           "#ccb974", "#64b5cd")
+COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
 GAIN_COLOUR, LOSS_COLOUR = "#55a868", "#c44e52"
 # Lines with at most this many points get markers, so one logged point still shows.
 MARKER_LIMIT = 30
@@ -57,8 +56,9 @@ def per_class_iou_chart(series: dict[str, dict[str, float | None]], delta: tuple
         bars_axes, delta_axes = figure.subplots(1, 1), None
     for index, (label, ious) in enumerate(series.items()):
         values = [_nan(ious.get(name)) for name in classes]
-        bars_axes.bar(positions - 0.4 + width * (index + 0.5), values, width, label=label,
-                      color=COLOURS[index % len(COLOURS)])
+        bars_axes.bar(
+            positions - 0.4 + width * (index + 0.5), values, width, label=label, color=COLOURS[index % len(COLOURS)]
+        )
     bars_axes.set_ylabel("IoU (%)")
     bars_axes.set_ylim(0, 100)
     bars_axes.legend(ncols=len(series), loc="upper left", frameon=False, fontsize="small")
@@ -82,8 +82,13 @@ def _nan(value: float | None) -> float:
 
 def curve_keys(lines: Sequence[tuple[str, list[dict[str, Any]]]]) -> list[str]:
     """Every numeric key logged by any line, losses first, then learning rates, evaluation, the rest."""
-    keys = {key for _, rows in lines for row in rows for key, value in row.items()
-            if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    keys = {
+        key
+        for _, rows in lines
+        for row in rows
+        for key, value in row.items()
+        if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
     order = ("loss/", "lr/", "eval/")
     return sorted(keys, key=lambda key: (next((i for i, p in enumerate(order) if key.startswith(p)), len(order)), key))
 
@@ -102,11 +107,18 @@ def training_curves_chart(lines: Sequence[tuple[str, list[dict[str, Any]]]]) -> 
             if not points:
                 continue
             iterations, values = zip(*points)
-            axes.plot(iterations, values, label=label, color=COLOURS[index % len(COLOURS)], linewidth=1.2,
-                      marker="o" if len(points) <= MARKER_LIMIT else None, markersize=3)
+            axes.plot(
+                iterations,
+                values,
+                label=label,
+                color=COLOURS[index % len(COLOURS)],
+                linewidth=1.2,
+                marker="o" if len(points) <= MARKER_LIMIT else None,
+                markersize=3,
+            )
         axes.set_title(key, fontsize="medium")
         _style(axes)
-    for axes in axes_grid[len(keys):]:
+    for axes in axes_grid[len(keys) :]:
         axes.set_visible(False)
     for axes in axes_grid[-columns:]:
         axes.set_xlabel("iteration")
@@ -131,8 +143,13 @@ def entropy_histogram_chart(stats: dict[str, Any]) -> str:
     axes.set_xscale("log")
     threshold, rare_factor = stats["threshold"], stats["rare_factor"]
     axes.axvline(threshold, color=LOSS_COLOUR, linewidth=1.5, label=f"λ = {threshold:g}")
-    axes.axvline(threshold / rare_factor, color=COLOURS[1], linewidth=1.5, linestyle="--",
-                 label=f"λ/r = {threshold / rare_factor:g} (rare classes)")
+    axes.axvline(
+        threshold / rare_factor,
+        color=COLOURS[1],
+        linewidth=1.5,
+        linestyle="--",
+        label=f"λ/r = {threshold / rare_factor:g} (rare classes)",
+    )
     axes.set_xlabel("normalised entropy (first bar: below 1e-6)")
     axes.set_ylabel("pixels (%)")
     axes.set_title(f"{stats['num_images']} images · trusted {stats['trusted_fraction']:.1%}", fontsize="medium")
@@ -158,7 +175,11 @@ def trusted_fraction_chart(stats: dict[str, Any], precision: float | None) -> st
     if precision is not None:
         title += f" · precision {precision:.1%} (all classes, target-train ground truth)"
     axes.set_title(title, fontsize="medium")
-    axes.legend(handles=[Patch(color=COLOURS[0], label="common (λ)"), Patch(color=COLOURS[1], label="rare (λ/r)")], frameon=False,
-                fontsize="small", loc="upper right")
+    axes.legend(
+        handles=[Patch(color=COLOURS[0], label="common (λ)"), Patch(color=COLOURS[1], label="rare (λ/r)")],
+        frameon=False,
+        fontsize="small",
+        loc="upper right",
+    )
     _style(axes)
     return _figure_uri(figure)

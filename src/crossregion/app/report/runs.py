@@ -84,8 +84,14 @@ def _load_pipeline(path: Path, label: str) -> Run:
     # which break when a run folder is moved or copied.
     stages = {name: _load_stage(path / name, name) for name in results["stages"] if (path / name).is_dir()}
     pipeline_yaml = path / "pipeline.yaml"
-    run = Run(label, path, "pipeline", list(stages.values()), results=results,
-              pipeline_config=yaml.safe_load(pipeline_yaml.read_text()) if pipeline_yaml.is_file() else None)
+    run = Run(
+        label,
+        path,
+        "pipeline",
+        list(stages.values()),
+        results=results,
+        pipeline_config=yaml.safe_load(pipeline_yaml.read_text()) if pipeline_yaml.is_file() else None,
+    )
     for method, row in results["methods"].items():
         candidates = {
             "source-only": "00_source",
@@ -94,14 +100,22 @@ def _load_pipeline(path: Path, label: str) -> Run:
             "+CRA": f"03_cra_{method}",
             "+CRA +SD": f"05_self_distill_{method}",
         }
-        series = {label: stages[name] for label, name in candidates.items()
-                  if name in stages and stages[name].per_class_iou is not None}
+        series = {
+            label: stages[name]
+            for label, name in candidates.items()
+            if name in stages and stages[name].per_class_iou is not None
+        }
         stats_path = path / f"02_pseudo_{method}" / STORE_STATS_FILE
         panel = path / f"panel_{method}.png"
-        run.methods.append(MethodSeries(
-            method, series, panel if panel.is_file() else None,
-            json.loads(stats_path.read_text()) if stats_path.is_file() else None, row,
-        ))
+        run.methods.append(
+            MethodSeries(
+                method,
+                series,
+                panel if panel.is_file() else None,
+                json.loads(stats_path.read_text()) if stats_path.is_file() else None,
+                row,
+            )
+        )
     return run
 
 
