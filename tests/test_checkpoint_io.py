@@ -303,3 +303,18 @@ def test_unknown_backbone_layout_is_named(tmp_path):
         match=r"odd\.pth: 'feature_extractor' is a ResNet with 1 layer3 BasicBlock blocks",
     ):
         load_segmenter(path)
+
+
+def test_a_multi_level_checkpoint_starts_a_single_level_model(tmp_path):
+    """CRA after AdaptSegNet/ADVENT: the backbone and main head carry over, the auxiliary head is left out."""
+    from crossregion.app.train import build_model
+    from crossregion.config.schema import ModelConfig
+
+    arguments = {"backbone": "resnet18", "num_classes": 4, "multi_level": True}
+    multi = build_segmenter(**arguments)
+    path = tmp_path / "advent.pth"
+    torch.save(crossregion_checkpoint(multi, arguments), path)
+    single, _ = build_model(ModelConfig(backbone="resnet18", num_classes=4, init_checkpoint=str(path)))
+    assert single.aux_classifier is None
+    for key, value in single.state_dict().items():
+        assert torch.equal(value, multi.state_dict()[key]), key

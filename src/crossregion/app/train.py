@@ -153,6 +153,8 @@ def seed_everything(cfg: ExperimentConfig) -> None:
 
 # The segmenter's backbone parameters (what ``model.init_backbone_only`` loads).
 BACKBONE_PREFIX = "feature_extractor."
+# The auxiliary (layer3) head of a multi-level segmenter.
+AUX_PREFIX = "aux_classifier."
 
 
 def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
@@ -182,7 +184,13 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
             loaded, info = load_segmenter(
                 model.init_checkpoint, backbone=model.backbone, num_classes=model.num_classes, head=model.head
             )
-            missing, unexpected = segmenter.load_state_dict(loaded.state_dict(), strict=False)
+            state = loaded.state_dict()
+            if not model.multi_level and any(key.startswith(AUX_PREFIX) for key in state):
+                # A multi-level CDA model (AdaptSegNet, ADVENT) starts a single-level one (CRA) with
+                # its backbone and main head; the auxiliary layer3 head has no place in it.
+                state = {key: value for key, value in state.items() if not key.startswith(AUX_PREFIX)}
+                logger.info("model.init_checkpoint is multi-level: its auxiliary head is left out")
+            missing, unexpected = segmenter.load_state_dict(state, strict=False)
         # FrozenBatchNorm has no step counter: starting trainable BN from it leaves only that missing.
         missing = [key for key in missing if not key.endswith("num_batches_tracked")]
         if missing or unexpected:
@@ -192,7 +200,7 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
             )
         logger.info(
             "initialised %s from %s (%s format)",
-            "the backbone" if model.init_backbone_only else "",
+            "the backbone" if model.init_backbone_only else "the model",
             model.init_checkpoint,
             info["format"],
         )
