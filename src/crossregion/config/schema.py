@@ -2,7 +2,7 @@
 
 Every constant from the paper or the official code is a named field here or in a method's
 config class (``methods/<name>.py``). Components never read these objects; builders in
-``engine/launch.py`` turn them into keyword arguments. Cross-field rules live in
+``app/train.py`` turn them into keyword arguments. Cross-field rules live in
 ``__post_init__`` so an invalid combination fails when the config is loaded, not mid-run.
 """
 
