@@ -73,8 +73,14 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (or the module itself)."""
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+    """The module inside DistributedDataParallel and torch.compile wrappers (or the module itself)."""
+    while True:
+        inner = getattr(module, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(module, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return module
+        module = inner
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -14,6 +14,7 @@ import errno
 import io
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,22 @@ def save_torch_atomically(payload: Any, path: str | Path) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_bytes_atomically(path, buffer.getbuffer())
+
+
+def link_atomically(source: Path, target: Path) -> None:
+    """``target`` becomes the same file as ``source``, replaced atomically."""
+    temp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, temp)
+        except OSError:
+            shutil.copyfile(source, temp)
+        os.replace(temp, target)
+    except OSError as error:
+        raise WriteFailedError(f"cannot write {target}: {describe_write_failure(error)}") from error
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def append_text(path: str | Path, text: str) -> None:

@@ -9,10 +9,8 @@ the end, ``final.pth`` are hard links to the newest one (a copy where links are 
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossregion.files import WriteFailedError, describe_write_failure, save_torch_atomically
+from crossregion.files import link_atomically, save_torch_atomically
 
 FORMAT = "crossregion"
 FORMAT_VERSION = 1
@@ -47,22 +45,6 @@ def code_version() -> str:
     return f"{__version__}+git.{described}" if described else __version__
 
 
-def _atomic_link(source: Path, target: Path) -> None:
-    """``target`` becomes the same file as ``source``, replaced atomically."""
-    temp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(source, temp)
-        except OSError:
-            shutil.copyfile(source, temp)
-        os.replace(temp, target)
-    except OSError as error:
-        raise WriteFailedError(f"cannot write {target}: {describe_write_failure(error)}") from error
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def periodic_checkpoints(run_dir: str | Path) -> list[Path]:
     """The ``model_iter*.pth`` files of a run, oldest first."""
     found = [(int(m.group(1)), p) for p in Path(run_dir).glob("model_iter*.pth") if (m := _PERIODIC.search(p.name))]
@@ -77,9 +59,9 @@ def write_checkpoint(state: dict[str, Any], run_dir: str | Path, *, keep_last: i
     run_dir = Path(run_dir)
     path = run_dir / f"model_iter{state['iteration']:06d}.pth"
     save_torch_atomically(state, path)
-    _atomic_link(path, run_dir / LAST_NAME)
+    link_atomically(path, run_dir / LAST_NAME)
     if final:
-        _atomic_link(path, run_dir / FINAL_NAME)
+        link_atomically(path, run_dir / FINAL_NAME)
     for old in periodic_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossregion.dist import unwrap
 from crossregion.files import save_torch_atomically
 from crossregion.models.deeplabv2 import Segmenter, build_segmenter
 from crossregion.models.weights import (
@@ -79,17 +80,6 @@ _FINE_GRAINED_DISCRIMINATOR_KEYS = frozenset(
     f"{layer}.{kind}" for layer in ("D.0", "D.2", "cls1", "cls2") for kind in ("weight", "bias")
 )
 _LAYER3_BLOCK = re.compile(r"^backbone\.layer3\.(\d+)\.")
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        inner = getattr(module, "module", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(module, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return module
-        module = inner
 
 
 def detect_format(checkpoint: Any, path: str | Path) -> str:
@@ -448,7 +438,7 @@ def export_official(
         iteration: stored as ``iteration``.
         ddp_prefix: prefix keys with ``module.``.
     """
-    segmenter = _unwrap(segmenter)
+    segmenter = unwrap(segmenter)
     if getattr(segmenter, "head", "aspp") != "aspp":
         raise ValueError(
             f"cannot write {path}: the official FADA/CRA format holds a DeepLab-v2 ASPP head, "
