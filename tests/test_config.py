@@ -88,3 +88,12 @@ def test_oracle_is_config_only():
     oracle = load_config("demo_oracle")
     assert oracle.method.name == "source_only"
     assert oracle.data.source.name == "cityscapes" and oracle.data.source.labelled
+
+
+def test_synthia_presets_of_iast_and_proda_carry_the_official_synthia_constants():
+    warmup, round_one = load_config("synthia_iast_warmup"), load_config("synthia_iast")
+    assert (warmup.model.num_classes, warmup.method.adv_main_weight, warmup.data.source.name) == (16, 0.001, "synthia")
+    assert round_one.model.num_classes == 16 and round_one.method.proportion == 0.2
+    proda = load_config("synthia_proda")
+    assert (proda.model.num_classes, proda.method.regular_weight, proda.model.head) == (16, 0.0, "proda")
+    assert load_config("synthia_proda_warmup").data.source.name == "synthia"
