@@ -8,6 +8,7 @@ from crossregion.methods import (  # noqa: F401  (importing a method registers i
     fada,
     iast,
     proda,
+    proda_distill,
     pseudo_label_only,
     self_distill,
     source_only,
