@@ -107,6 +107,13 @@ def run_subprocess(argv: list[str], *, file_size_limit: int | None = None, timeo
     return done.returncode, done.stdout + done.stderr
 
 
+def _default_signal_handling() -> None:
+    """In the child before exec: Ctrl-C acts as in a terminal, even when pytest itself runs in the
+    background (a non-interactive shell starts background jobs with SIGINT ignored, and the
+    child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_when(
     argv: list[str], ready, *, sig: int, delay: float, output: Path, timeout: float = 300, attempts: int = 5
 ) -> tuple[int, str]:
@@ -119,7 +126,12 @@ def interrupt_when(
     """
     for _ in range(attempts):
         process = subprocess.Popen(
-            cli_command(argv), env=cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cli_command(argv),
+            env=cli_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=_default_signal_handling,
         )
         deadline = time.monotonic() + timeout
         while not ready() and process.poll() is None and time.monotonic() < deadline:
