@@ -60,24 +60,5 @@ def tiny_store(tiny_benchmark, tiny_checkpoint, tmp_path_factory) -> Path:
     from crossregion.cli import main
 
     store = tmp_path_factory.mktemp("fault_store") / "store"
-    assert (
-        main(
-            [
-                "pseudo-label",
-                "--checkpoint",
-                str(tiny_checkpoint),
-                "--dataset",
-                "cityscapes",
-                "--root",
-                str(tiny_benchmark / "cityscapes"),
-                "--output",
-                str(store),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert main(faults.pseudo_label_argv(tiny_benchmark, tiny_checkpoint, store)) == 0
     return store

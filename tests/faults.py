@@ -229,3 +229,22 @@ def tiny_training(benchmark: Path, iterations: int = 2, batch: str = "source") -
         f"data.{batch}.root={root}",
         f"data.target_val.root={benchmark / 'cityscapes'}",
     ]
+
+
+def pseudo_label_argv(benchmark: Path, checkpoint: Path, store: Path) -> list[str]:
+    """``crossregion pseudo-label`` of ``checkpoint`` on the tiny benchmark's target train, on the CPU."""
+    return [
+        "pseudo-label",
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        "cityscapes",
+        "--root",
+        str(benchmark / "cityscapes"),
+        "--output",
+        str(store),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]

@@ -18,6 +18,7 @@ from faults import (
     SIGKILL,
     interrupt_when,
     judge,
+    pseudo_label_argv,
     run_subprocess,
     tiny_training,
     tree_digest,
@@ -45,24 +46,6 @@ def train_argv(benchmark: Path, run: Path) -> list:
         run,
         *tiny_training(benchmark, KILL_ITERATIONS),
         "engine.checkpoint_period=2",
-    ]
-
-
-def pseudo_label_argv(benchmark: Path, checkpoint: Path, store: Path) -> list:
-    return [
-        "pseudo-label",
-        "--checkpoint",
-        checkpoint,
-        "--dataset",
-        "cityscapes",
-        "--root",
-        benchmark / "cityscapes",
-        "--output",
-        store,
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 
+import faults
 import pytest
 import torch
 import torch.nn.functional as F
@@ -205,26 +206,7 @@ def test_round_cli_then_pseudo_labels_and_cra(tiny_benchmark, warmup_checkpoint,
     assert not torch.equal(selector["thresholds"], torch.full((19,), 0.9, dtype=torch.float64))
 
     store = tmp_path / "store"
-    assert (
-        main(
-            [
-                "pseudo-label",
-                "--checkpoint",
-                str(run / "final.pth"),
-                "--dataset",
-                "cityscapes",
-                "--root",
-                str(tiny_benchmark / "cityscapes"),
-                "--output",
-                str(store),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert main(faults.pseudo_label_argv(tiny_benchmark, run / "final.pth", store)) == 0
     cra = tmp_path / "cra"
     cityscapes = tiny_benchmark / "cityscapes"
     assert (

@@ -220,26 +220,7 @@ def test_resume_restores_the_prototypes_exactly(proda_run, tiny_benchmark, warmu
 def test_pseudo_labels_and_cra_from_the_proda_checkpoint(proda_run, tiny_benchmark, tmp_path):
     run, _ = proda_run
     store = tmp_path / "store"
-    assert (
-        main(
-            [
-                "pseudo-label",
-                "--checkpoint",
-                str(run / "final.pth"),
-                "--dataset",
-                "cityscapes",
-                "--root",
-                str(tiny_benchmark / "cityscapes"),
-                "--output",
-                str(store),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert main(faults.pseudo_label_argv(tiny_benchmark, run / "final.pth", store)) == 0
     cra = tmp_path / "cra"
     assert (
         main(

@@ -109,7 +109,7 @@ class InstanceAdaptiveSelector:
         self.num_updates = 0
 
     def update(self, probs: torch.Tensor) -> torch.Tensor:
-        """Moves the thresholds with one batch; returns the new thresholds (float64, CPU).
+        """Moves the thresholds with one batch; returns the new thresholds (float64, on the batch's device).
 
         Shape:
             - probs: (N, K, H, W) softmax probabilities
@@ -131,7 +131,9 @@ class InstanceAdaptiveSelector:
         batch_term = (1.0 - self.momentum) * batch_thresholds.float()
         thresholds = self.momentum * previous + batch_term.double()
         thresholds = torch.where(thresholds >= 1.0, torch.full_like(thresholds, self.cap), thresholds)
-        self.thresholds = thresholds.cpu()
+        # Kept on the batch's device: the next step needs them there, and a copy to the host would
+        # wait for the GPU every iteration. state_dict() copies them to the host.
+        self.thresholds = thresholds
         self.num_updates += 1
         return self.thresholds.clone()
 
@@ -153,7 +155,7 @@ class InstanceAdaptiveSelector:
     def state_dict(self) -> dict[str, Any]:
         """The thresholds and the hyper-parameters they were computed with."""
         return {
-            "thresholds": self.thresholds.clone(),
+            "thresholds": self.thresholds.cpu().clone(),
             "num_updates": self.num_updates,
             "num_classes": self.num_classes,
             "proportion": self.proportion,

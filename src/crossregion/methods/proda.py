@@ -67,7 +67,38 @@ from crossregion.methods.proda_losses import (
 
 
 @dataclass(frozen=True)
-class ProdaConfig(MethodConfig):
+class ProdaViewConfig(MethodConfig):
+    """What ProDA's stages share: the loss resolution and the weak and strong views."""
+
+    name: str
+    # Target losses at 1/label_downsample of the input resolution (official: 4).
+    label_downsample: int = 4
+    # Weak view: per-image horizontal flip probability.
+    weak_flip_prob: float = 0.5
+    # Strong view: brightness offset ~ U(-b, b) and contrast factor ~ U(1 - c, 1 + c) per image (on
+    # normalised images), Gaussian noise std, one cutout box of this fraction of each side.
+    strong_brightness: float = 0.4
+    strong_contrast: float = 0.4
+    strong_noise_std: float = 0.1
+    strong_cutout: float = 0.3
+
+    def check_views(self) -> None:
+        """Raise ``ValueError`` naming the field when a view setting is out of range."""
+        for key in ("strong_brightness", "strong_noise_std"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.weak_flip_prob <= 1.0:
+            raise ValueError(f"method.weak_flip_prob must be in [0, 1], got {self.weak_flip_prob}")
+        if not 0.0 <= self.strong_contrast < 1.0:
+            raise ValueError(f"method.strong_contrast must be in [0, 1), got {self.strong_contrast}")
+        if not 0.0 <= self.strong_cutout < 1.0:
+            raise ValueError(f"method.strong_cutout must be in [0, 1), got {self.strong_cutout}")
+        if self.label_downsample < 1:
+            raise ValueError(f"method.label_downsample must be >= 1, got {self.label_downsample}")
+
+
+@dataclass(frozen=True)
+class ProdaConfig(ProdaViewConfig):
     """ProDA stage-1 constants; defaults are the official GTA5 stage-1 command's (docs/proda.md)."""
 
     name: str = "proda"
@@ -90,18 +121,8 @@ class ProdaConfig(MethodConfig):
     rectify_threshold: float = RECTIFY_THRESHOLD
     # EMA teacher decay (hard-coded 0.999 in the official step).
     ema_decay: float = EMA_DECAY
-    # Target losses at 1/label_downsample of the input resolution (official: 4).
-    label_downsample: int = 4
     # Epochs of the initial-prototype pass over un-augmented target train (calc_prototype.py: 4).
     prototype_epochs: int = 4
-    # Weak view: per-image horizontal flip probability.
-    weak_flip_prob: float = 0.5
-    # Strong view: brightness offset ~ U(-b, b) and contrast factor ~ U(1 - c, 1 + c) per image (on
-    # normalised images), Gaussian noise std, one cutout box of this fraction of each side.
-    strong_brightness: float = 0.4
-    strong_contrast: float = 0.4
-    strong_noise_std: float = 0.1
-    strong_cutout: float = 0.3
 
     def __post_init__(self) -> None:
         for key in (
@@ -110,8 +131,6 @@ class ProdaConfig(MethodConfig):
             "rce_beta",
             "regular_weight",
             "consistency_weight",
-            "strong_brightness",
-            "strong_noise_std",
         ):
             if getattr(self, key) < 0:
                 raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
@@ -121,20 +140,15 @@ class ProdaConfig(MethodConfig):
             raise ValueError(f"method.regular_type must be one of {REGULAR_TYPES}, got {self.regular_type!r}")
         if self.proto_temperature <= 0:
             raise ValueError(f"method.proto_temperature must be positive, got {self.proto_temperature}")
-        for key in ("proto_momentum", "ema_decay", "weak_flip_prob", "rectify_threshold"):
+        for key in ("proto_momentum", "ema_decay", "rectify_threshold"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"method.{key} must be in [0, 1], got {getattr(self, key)}")
-        if not 0.0 <= self.strong_contrast < 1.0:
-            raise ValueError(f"method.strong_contrast must be in [0, 1), got {self.strong_contrast}")
-        if not 0.0 <= self.strong_cutout < 1.0:
-            raise ValueError(f"method.strong_cutout must be in [0, 1), got {self.strong_cutout}")
-        if self.label_downsample < 1:
-            raise ValueError(f"method.label_downsample must be >= 1, got {self.label_downsample}")
+        self.check_views()
         if self.prototype_epochs < 1:
             raise ValueError(f"method.prototype_epochs must be >= 1, got {self.prototype_epochs}")
 
 
-def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_aligned(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear, ``align_corners=True`` (the official ``F.interpolate`` calls)."""
     if tuple(tensor.shape[-2:]) == size:
         return tensor
@@ -148,7 +162,7 @@ def flip_where(tensor: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 
 def strong_view(
-    images: torch.Tensor, cfg: ProdaConfig, generator: torch.Generator | None = None
+    images: torch.Tensor, cfg: ProdaViewConfig, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The strong view of (normalised) images and its valid-pixel mask (False in the cutout box).
 
@@ -303,10 +317,10 @@ class Proda(Method):
         with torch.no_grad():
             warmup.eval()
             ema.eval()
-            soft_labels = F.softmax(_resize(warmup(weak)["logits"].float(), size), dim=1)
+            soft_labels = F.softmax(resize_aligned(warmup(weak)["logits"].float(), size), dim=1)
             ema_out = ema(full)
-            ema_features = _resize(ema_out["features"].float(), size)
-            ema_logits = _resize(ema_out["logits"].float(), size)
+            ema_features = resize_aligned(ema_out["features"].float(), size)
+            ema_logits = resize_aligned(ema_out["logits"].float(), size)
             self._cached = (ema_features, ema_logits)
             prototypes = self._require_prototypes(ema_features)
             # full2weak: the EMA's features in the weak view's geometry (a flip here).
@@ -318,14 +332,14 @@ class Proda(Method):
 
         # (3) Student on the weak view: symmetric CE on the rectified labels + regulariser.
         outputs_weak = segmenter(weak)
-        logits_weak = _resize(outputs_weak["logits"], size).float()
+        logits_weak = resize_aligned(outputs_weak["logits"], size).float()
         loss_pseudo = symmetric_cross_entropy(logits_weak, labels, alpha=cfg.rce_alpha, beta=cfg.rce_beta)
         loss_reg = confidence_regularizer(logits_weak, cfg.regular_type)
         loss = loss_pseudo + cfg.regular_weight * loss_reg
 
         # (4) Structure learning: student's strong-view assignments vs the EMA's weak-view ones.
         if cfg.consistency_weight > 0:
-            student_features = _resize(segmenter(strong)["features"], size).float()
+            student_features = resize_aligned(segmenter(strong)["features"], size).float()
             student_distances = prototypes.distances(student_features)
             loss_consist = prototype_consistency_loss(
                 student_distances, teacher_distances, temperature=cfg.proto_temperature, valid=valid

@@ -34,20 +34,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossregion.config.schema import ExperimentConfig, MethodConfig
+from crossregion.config.schema import ExperimentConfig
+from crossregion.data.labels import IGNORE_INDEX
 from crossregion.engine.trainer import StepContext
 from crossregion.methods.base import Method, register_method
 from crossregion.methods.losses import segmentation_cross_entropy, upsample_logits
-from crossregion.methods.proda import _resize, flip_where, strong_view
+from crossregion.methods.proda import ProdaViewConfig, flip_where, resize_aligned, strong_view
 from crossregion.methods.proda_losses import DISTILL_PSEUDO_THRESHOLD, DISTILL_WEIGHT
 
 # The teacher term's two forms (docs/proda.md, difference 12).
 KL_FORMS = ("official", "true_kl")
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
-class ProdaDistillConfig(MethodConfig):
+class ProdaDistillConfig(ProdaViewConfig):
     """ProDA stage-2/3 constants; defaults are the official README stage-2/3 commands'."""
 
     name: str = "proda_distill"
@@ -68,37 +68,24 @@ class ProdaDistillConfig(MethodConfig):
     # p_t (log p_t - p_s); "true_kl": the same reduction of p_t (log p_t - log p_s), i.e. the
     # per-pixel KL(teacher || student) / K (docs/proda.md, difference 12).
     kl_form: str = "official"
-    # Target losses at 1/label_downsample of the input resolution (official: 4).
-    label_downsample: int = 4
-    # Views as in stage 1 (methods/proda.py): per-image flip, then the strong view's photometric
+    # The views are stage 1's (ProdaViewConfig): per-image flip, then the strong view's photometric
     # jitter, noise and cutout (official S_pseudo 1: student and teacher on the strong view).
-    weak_flip_prob: float = 0.5
-    strong_brightness: float = 0.4
-    strong_contrast: float = 0.4
-    strong_noise_std: float = 0.1
-    strong_cutout: float = 0.3
 
     def __post_init__(self) -> None:
         if self.teacher_checkpoint is None or not str(self.teacher_checkpoint).strip():
             raise ValueError(
                 "method.teacher_checkpoint is required: the previous ProDA stage's checkpoint (the frozen teacher)"
             )
-        for key in ("source_weight", "pseudo_weight", "distill_weight", "strong_brightness", "strong_noise_std"):
+        for key in ("source_weight", "pseudo_weight", "distill_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
         if self.pseudo_weight + self.distill_weight <= 0:
             raise ValueError("method.pseudo_weight + method.distill_weight must be positive (else no target loss)")
-        for key in ("pseudo_threshold", "weak_flip_prob"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"method.{key} must be in [0, 1], got {getattr(self, key)}")
+        if not 0.0 <= self.pseudo_threshold <= 1.0:
+            raise ValueError(f"method.pseudo_threshold must be in [0, 1], got {self.pseudo_threshold}")
         if self.kl_form not in KL_FORMS:
             raise ValueError(f"method.kl_form must be one of {KL_FORMS}, got {self.kl_form!r}")
-        if not 0.0 <= self.strong_contrast < 1.0:
-            raise ValueError(f"method.strong_contrast must be in [0, 1), got {self.strong_contrast}")
-        if not 0.0 <= self.strong_cutout < 1.0:
-            raise ValueError(f"method.strong_cutout must be in [0, 1), got {self.strong_cutout}")
-        if self.label_downsample < 1:
-            raise ValueError(f"method.label_downsample must be >= 1, got {self.label_downsample}")
+        self.check_views()
 
 
 def flip_averaged_pseudo_labels(
@@ -220,10 +207,10 @@ class ProdaDistill(Method):
         with torch.no_grad():
             teacher.eval()
             probs = F.softmax(teacher(full)["logits"].float(), dim=1)
-            probs = _resize(probs, (h, w))
+            probs = resize_aligned(probs, (h, w))
             flipped = None
             if cfg.pseudo_flip:
-                flipped = _resize(F.softmax(teacher(full.flip(-1))["logits"].float(), dim=1), (h, w))
+                flipped = resize_aligned(F.softmax(teacher(full.flip(-1))["logits"].float(), dim=1), (h, w))
             labels, _ = flip_averaged_pseudo_labels(probs, flipped, threshold=cfg.pseudo_threshold)
             # (3) To the label resolution (nearest, as the official scale_factor 0.25), into the
             # strong view: the flip, and the cutout box ignored.
@@ -233,10 +220,10 @@ class ProdaDistill(Method):
             labels = labels.masked_fill(~valid, IGNORE_INDEX)
             teacher_probs = None
             if cfg.distill_weight > 0:
-                teacher_probs = F.softmax(_resize(teacher(strong)["logits"].float(), size), dim=1)
+                teacher_probs = F.softmax(resize_aligned(teacher(strong)["logits"].float(), size), dim=1)
 
         # (4) Student on the strong view.
-        logits = _resize(segmenter(strong)["logits"], size).float()
+        logits = resize_aligned(segmenter(strong)["logits"], size).float()
         loss_pseudo = _masked_cross_entropy(logits, labels)
         loss = cfg.pseudo_weight * loss_pseudo
         if teacher_probs is not None:
