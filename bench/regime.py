@@ -77,7 +77,7 @@ SECTION_TITLE = "## The regime of the embedded benchmark (`bench/regime.py`)"
 
 def command_line(cfg: PipelineConfig, spec: StageSpec, folder: Path, placeholders: dict[str, str]) -> str:
     """The ``crossregion train`` call that trains what the stage trains (roots given as overrides)."""
-    resolved = resolve_training_config(cfg, spec, placeholders)
+    resolved, _ = resolve_training_config(cfg, spec, placeholders)
     roots = [
         f"data.{key}.root={resolved['data'][key]['root']}"
         for key in ("source", "target", "target_val")

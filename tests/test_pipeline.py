@@ -144,13 +144,13 @@ def test_every_cda_stage_starts_from_weights_its_model_can_load():
     source_checkpoint = "SOURCE_CHECKPOINT.pth"
     for name in available_presets(PIPELINE_PRESET_DIR):
         cfg = load_pipeline_config(name)
-        source = resolve_training_config(cfg, cfg.source, {})["model"]
+        source = resolve_training_config(cfg, cfg.source, {})[0]["model"]
         for method, chain in cfg.cda.items():
             # A chain (IAST): each stage must load the previous stage's weights (the source model's first).
             previous_model, previous_checkpoint = source, source_checkpoint
             for index, spec in enumerate(chain if isinstance(chain, tuple) else (chain,), start=1):
                 placeholders = {"source_checkpoint": source_checkpoint, "previous_checkpoint": previous_checkpoint}
-                model = resolve_training_config(cfg, spec, placeholders)["model"]
+                model = resolve_training_config(cfg, spec, placeholders)[0]["model"]
                 where = f"pipeline {name}, cda.{method} stage {index} ({spec.preset})"
                 started_from = {source_checkpoint: source, previous_checkpoint: previous_model}.get(
                     model["init_checkpoint"]
@@ -175,7 +175,7 @@ def test_a_substituted_path_is_one_value_even_with_a_hash():
     cfg = load_pipeline_config("demo")
     path = "runs/demo #1/01_cda_fada/final.pth"
     spec = StageSpec("demo_cra", ("model.init_checkpoint=$cda_checkpoint",))
-    resolved = resolve_training_config(cfg, spec, {"cda_checkpoint": path})
+    resolved, _ = resolve_training_config(cfg, spec, {"cda_checkpoint": path})
     assert resolved["model"]["init_checkpoint"] == path
 
 

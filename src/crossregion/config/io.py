@@ -243,6 +243,26 @@ def config_to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def config_identity(cfg: Any) -> Any:
+    """``config_to_dict`` without the fields left at their defaults: what makes two runs differ.
+
+    A cached pipeline stage is keyed by this, so a new config field whose default keeps the old
+    behaviour does not invalidate stages that took hours.
+    """
+    if not dataclasses.is_dataclass(cfg):
+        return config_to_dict(cfg)
+    identity = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            identity[f.name] = config_identity(value)
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if default is dataclasses.MISSING or config_to_dict(value) != config_to_dict(default):
+            identity[f.name] = config_to_dict(value)
+    return identity
+
+
 def config_to_yaml(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML, sections in schema order."""
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -21,6 +21,7 @@ from crossregion.app.pipeline.config import (
 from crossregion.config.io import (
     apply_overrides,
     config_from_dict,
+    config_identity,
     config_to_dict,
     find_preset,
     load_raw,
@@ -28,8 +29,12 @@ from crossregion.config.io import (
 from crossregion.eval.batchnorm import reestimate_batchnorm
 
 
-def resolve_training_config(cfg: PipelineConfig, spec: StageSpec, placeholders: dict[str, str]) -> dict[str, Any]:
-    """The stage's resolved training config as plain data: preset, roots, common then own overrides."""
+def resolve_training_config(
+    cfg: PipelineConfig, spec: StageSpec, placeholders: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stage's resolved training config as plain data (preset, roots, common then own
+    overrides), and its identity (the values that differ from the defaults; what the stage's hash
+    reads)."""
     raw = load_raw(spec.preset)
     data_section = raw.get("data") or {}
     for key in ("source", "target", "target_val"):
@@ -46,8 +51,8 @@ def resolve_training_config(cfg: PipelineConfig, spec: StageSpec, placeholders: 
                 f"override {text!r} of preset {spec.preset} uses placeholder ${error.args[0]}, which this "
                 f"stage does not have; available here: {sorted(placeholders) or 'none'}"
             ) from error
-    data = apply_overrides(raw, overrides)
-    return config_to_dict(config_from_dict(data, source=str(find_preset(spec.preset))))
+    resolved = config_from_dict(apply_overrides(raw, overrides), source=str(find_preset(spec.preset)))
+    return config_to_dict(resolved), config_identity(resolved)
 
 
 def training_stage(
@@ -60,7 +65,7 @@ def training_stage(
 ) -> StageRecord:
     from crossregion.app.train import train
 
-    resolved = resolve_training_config(cfg, spec, placeholders)
+    resolved, identity = resolve_training_config(cfg, spec, placeholders)
 
     def work(folder: Path) -> dict[str, Any]:
         checkpoint = train(config_from_dict(resolved, source=name), folder, resume=True)
@@ -68,7 +73,7 @@ def training_stage(
 
     payload = {
         "kind": "train",
-        "config": resolved,
+        "config": identity,
         "upstream": [r.hash for r in upstream],
         "target": dataclasses.asdict(cfg.target),
     }
