@@ -438,19 +438,20 @@ class _LossWindow:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        # Per key: a diagnostic logged only every few iterations is averaged over those.
+        self.counts: dict[str, int] = {}
         self.first_bad: dict[str, torch.Tensor] = {}
 
     def add(self, losses: Mapping[str, torch.Tensor], iteration: int) -> None:
         for key, value in losses.items():
             value = value.detach().float()
             self.sums[key] = self.sums.get(key, 0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
             first = self.first_bad.get(key)
             if first is None:
                 first = self.first_bad[key] = torch.full((), -1, dtype=torch.long, device=self.device)
             # Stays on the device: no sync here, checked at the log and checkpoint periods.
             first.masked_fill_(~torch.isfinite(value) & (first < 0), iteration)
-        self.count += 1
 
     def check_finite(self) -> None:
         """Raise naming the first iteration (1-based) and loss that was NaN or infinite."""
@@ -472,9 +473,9 @@ class _LossWindow:
         if not self.sums:
             return {}
         keys = list(self.sums)
-        means = torch.stack([self.sums[k] for k in keys]) / self.count
+        means = torch.stack([self.sums[k] / self.counts[k] for k in keys])
         if get_world_size() > 1:
             torch.distributed.all_reduce(means)
             means /= get_world_size()
-        self.sums, self.count = {}, 0
+        self.sums, self.counts = {}, {}
         return dict(zip(keys, means.tolist()))

@@ -37,12 +37,18 @@ from crossregion.methods.base import frozen, register_method
 from crossregion.methods.cra_losses import (
     SOURCE_DOMAIN,
     TARGET_DOMAIN,
+    discriminator_region_accuracy,
     domain_targets,
     soft_domain_labels,
     soft_label_cross_entropy,
 )
 from crossregion.methods.losses import upsample_logits
-from crossregion.methods.self_training import RegionConfig, RegionMethod, trusted_cross_entropy
+from crossregion.methods.self_training import (
+    RegionConfig,
+    RegionMethod,
+    gradient_norm_ratio,
+    trusted_cross_entropy,
+)
 
 UPDATE_MODES = ("summed", "successive")
 
@@ -153,6 +159,7 @@ class CRA(RegionMethod):
         self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
     ) -> dict[str, torch.Tensor]:
         cfg = self.cfg
+        self.prepare_segmenter(models["segmenter"])
         target = batches["target"]
         pseudo_label = target["pseudo_mask"]
         crop_size = tuple(pseudo_label.shape[-2:])
@@ -174,6 +181,11 @@ class CRA(RegionMethod):
         with frozen(models["discriminator"]) as discriminator:
             disc_logits = upsample_logits(discriminator(outputs["features"]), crop_size)
             loss_adv = soft_label_cross_entropy(disc_logits, domain_targets(soft_labels, SOURCE_DOMAIN), untrusted)
+        diagnostics = {}
+        if cfg.update_mode == "summed" and self.diagnostics_due(ctx):
+            diagnostics["diag/grad_ratio"] = gradient_norm_ratio(
+                cfg.adv_weight * loss_adv, loss_seg, models["segmenter"]
+            )
         if cfg.update_mode == "successive":
             ctx.backward(cfg.adv_weight * loss_adv)
             ctx.step("segmenter_adv")
@@ -189,9 +201,13 @@ class CRA(RegionMethod):
         )
         ctx.backward(cfg.disc_weight_trusted * loss_disc_trusted + cfg.disc_weight_untrusted * loss_disc_untrusted)
         ctx.step("discriminator")
+        accuracy_trusted, accuracy_untrusted = discriminator_region_accuracy(disc_logits.detach(), trusted, untrusted)
         return {
             "loss/seg_trusted": loss_seg.detach(),
             "loss/adv_untrusted": loss_adv.detach(),
             "loss/disc_trusted": loss_disc_trusted.detach(),
             "loss/disc_untrusted": loss_disc_untrusted.detach(),
+            "diag/disc_acc_trusted": accuracy_trusted,
+            "diag/disc_acc_untrusted": accuracy_untrusted,
+            **diagnostics,
         }

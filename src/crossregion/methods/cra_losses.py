@@ -54,6 +54,27 @@ def domain_targets(soft_labels: torch.Tensor, domain: int) -> torch.Tensor:
     raise ValueError(f"domain must be SOURCE_DOMAIN ({SOURCE_DOMAIN}) or TARGET_DOMAIN ({TARGET_DOMAIN}), got {domain}")
 
 
+def discriminator_region_accuracy(
+    disc_logits: torch.Tensor, trusted: torch.Tensor, untrusted: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How well the fine-grained D tells the regions apart: the share of trusted pixels it calls
+    trusted (probability mass on channels [0, K) above 1/2) and of untrusted pixels it calls
+    untrusted. 0.5/0.5 is a D that cannot separate them; an empty region gives 0.
+
+    Shape:
+        - disc_logits: (N, 2K, H, W)
+        - trusted, untrusted: (N, H, W) bool
+        - outputs: scalars
+    """
+    num_classes = disc_logits.shape[1] // 2
+    says_trusted = F.softmax(disc_logits.float(), dim=1)[:, :num_classes].sum(dim=1) > 0.5
+
+    def share(hits: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        return (hits & region).sum() / region.sum().clamp(min=1)
+
+    return share(says_trusted, trusted), share(~says_trusted, untrusted)
+
+
 def soft_label_cross_entropy(
     disc_logits: torch.Tensor,
     soft_targets: torch.Tensor,

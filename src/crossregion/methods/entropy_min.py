@@ -73,3 +73,6 @@ class EntropyMin(RegionMethod):
             "loss/seg_trusted": loss_seg,
             "loss/ent_untrusted": loss_entropy,
         }
+
+    def weighted_region_loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.cfg.entropy_weight * terms["loss/ent_untrusted"]

@@ -77,8 +77,19 @@ class RegionConfig(PseudoLabelConfig):
     # same with one crop per GPU and DDP averaging (every crop has the same size), so they have
     # no such field.
     trusted_ce_weighting: str = "per_image"
+    # True: BatchNorm normalises with the starting (CDA) model's running statistics and keeps
+    # them (its layers stay in eval mode while training; the affine parameters still train).
+    # False (official): statistics move with the target crops at bn_momentum.
+    freeze_bn_statistics: bool = False
+    # Every this many iterations, log diag/grad_ratio = ||grad of the weighted region term|| /
+    # ||grad of the trusted CE|| over the segmenter's parameters (how much the untrusted-region
+    # term can steer the model). Costs two extra backward passes on those iterations; 0 = never.
+    # Not measured under DDP (its gradient hooks fire on every backward pass).
+    diagnostics_period: int = 0
 
     def __post_init__(self) -> None:
+        if self.diagnostics_period < 0:
+            raise ValueError(f"method.diagnostics_period must be >= 0 (0 = off), got {self.diagnostics_period}")
         if self.trusted_ce_weighting not in TRUSTED_CE_WEIGHTINGS:
             raise ValueError(
                 f"method.trusted_ce_weighting must be one of {TRUSTED_CE_WEIGHTINGS}, got {self.trusted_ce_weighting!r}"
@@ -140,6 +151,31 @@ def trusted_cross_entropy(
         image_counts = (targets != IGNORE_INDEX).flatten(1).sum(dim=1).clamp(min=1)
         return (image_sums / image_counts).mean()
     raise ValueError(f"weighting must be one of {TRUSTED_CE_WEIGHTINGS}, got {weighting!r}")
+
+
+def gradient_norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """||d numerator / d θ|| / ||d denominator / d θ|| over ``model``'s trainable parameters θ.
+
+    Both graphs are kept (``retain_graph``) and no ``.grad`` is touched, so the step's own
+    backward pass runs afterwards as usual. A denominator with no gradient gives 0.
+    """
+    parameters = [p for p in model.parameters() if p.requires_grad]
+
+    def norm(loss: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+        squares = [g.float().pow(2).sum() for g in grads if g is not None]
+        return torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(())
+
+    denominator_norm = norm(denominator)
+    return torch.where(denominator_norm > 0, norm(numerator) / denominator_norm.clamp(min=1e-30), 0.0)
+
+
+def hold_batchnorm_statistics(model: nn.Module) -> None:
+    """Put every BatchNorm layer of ``model`` in eval mode: it normalises with its running
+    statistics and does not update them; the rest of the model keeps its mode."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 class PseudoLabelMethod(Method):
@@ -224,6 +260,38 @@ class RegionMethod(PseudoLabelMethod):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.momentum = self.cfg.bn_momentum
         return super().build_models(segmenter)
+
+    def training_step(
+        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
+    ) -> dict[str, torch.Tensor]:
+        """``PseudoLabelMethod``'s one phase, with the BatchNorm rule and the gradient-ratio diagnostic."""
+        segmenter = models["segmenter"]
+        self.prepare_segmenter(segmenter)
+        total, terms = self.target_losses(segmenter, batches["target"])
+        logged = {name: value.detach() for name, value in terms.items()}
+        region = self.weighted_region_loss(terms)
+        if region is not None and self.diagnostics_due(ctx):
+            logged["diag/grad_ratio"] = gradient_norm_ratio(region, terms["loss/seg_trusted"], segmenter)
+        ctx.backward(total)
+        ctx.step("segmenter")
+        return logged
+
+    def weighted_region_loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """The untrusted-region part of ``target_losses``' total, as weighted there; None = none."""
+        return None
+
+    def prepare_segmenter(self, segmenter: nn.Module) -> None:
+        """Called at the start of every step: holds BatchNorm statistics if configured (the
+        trainer puts every model back in train mode after an evaluation)."""
+        if self.cfg.freeze_bn_statistics:
+            hold_batchnorm_statistics(segmenter)
+
+    def diagnostics_due(self, ctx: StepContext) -> bool:
+        """Whether this iteration logs the (costly) gradient-ratio diagnostic."""
+        from crossregion.dist import get_world_size
+
+        period = self.cfg.diagnostics_period
+        return period > 0 and (ctx.iteration + 1) % period == 0 and get_world_size() == 1
 
     def region_masks(self, target: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(trusted, untrusted)`` bool masks of a target batch, on its device.

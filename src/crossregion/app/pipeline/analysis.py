@@ -54,6 +54,88 @@ def regime_of_store(cfg: PipelineConfig, store_path: Path) -> dict[str, Any]:
     }
 
 
+def per_class_regime(cfg: PipelineConfig, store_path: str) -> dict[str, dict[str, float | None]]:
+    """Per class, against target-train ground truth (report only): the share of its pixels that are
+    trusted, the precision of the trusted pixels pseudo-labelled with it, and the share of its pixels
+    on a class border (3×3). None where a class has no pixel (or no trusted pixel)."""
+    from crossregion.data.pseudo_labels import PseudoLabelStore
+    from crossregion.eval.alignment import touches_other_class
+    from crossregion.trust import rare_class_factors
+
+    store = PseudoLabelStore(store_path)
+    factors = rare_class_factors(store.class_pixel_counts, cfg.pseudo_label.rare_share, cfg.pseudo_label.rare_factor)
+    dataset = target_dataset(cfg, store.num_classes, labelled=True)
+    k = store.num_classes
+    # Per class: pixels, trusted pixels, border pixels (by ground truth); trusted pixels labelled
+    # with it and the correct ones among them (by pseudo label).
+    counts = np.zeros((5, k), dtype=np.int64)
+    for index, name in enumerate(dataset.names):
+        pseudo, entropy = store.load(name)
+        truth = dataset.load_label(index).astype(np.int64)
+        pseudo = pseudo.astype(np.int64)
+        trusted = _trusted_map(cfg, torch.from_numpy(pseudo), torch.from_numpy(entropy), factors).numpy()
+        valid = truth != 255
+        border = touches_other_class(truth)
+        counts[0] += np.bincount(truth[valid], minlength=k)
+        counts[1] += np.bincount(truth[valid & trusted], minlength=k)
+        counts[2] += np.bincount(truth[border], minlength=k)
+        counts[3] += np.bincount(pseudo[valid & trusted], minlength=k)[:k]
+        counts[4] += np.bincount(pseudo[valid & trusted & (pseudo == truth)], minlength=k)[:k]
+
+    def ratio(top: int, bottom: int) -> float | None:
+        return top / bottom if bottom else None
+
+    return {
+        class_name: {
+            "pixel_share": ratio(counts[0, c], counts[0].sum()),
+            "trusted_share": ratio(counts[1, c], counts[0, c]),
+            "trusted_precision": ratio(counts[4, c], counts[3, c]),
+            "border_share": ratio(counts[2, c], counts[0, c]),
+        }
+        for c, class_name in enumerate(dataset.label_set.class_names[:k])
+    }
+
+
+@torch.no_grad()
+def feature_gap(cfg: PipelineConfig, checkpoint: str, store_path: str, min_cells: int = 20) -> dict[str, Any]:
+    """How far a model's untrusted features lie from its trusted features of the same pseudo class.
+
+    On target-train images (no augmentation), for each class c of the store's pseudo labels with at
+    least ``min_cells`` feature cells in each region: ||μ_trusted − μ_untrusted|| / s, where s is
+    the RMS distance of the trusted cells' features to μ_trusted (the class's own spread). The
+    regions and classes are the store's (the CDA model's), so every model is measured on the same
+    pixels. CRA's alignment should shrink this; training on trusted pixels alone need not.
+    Returns the mean over the classes that qualify and the per-class values (report only).
+    """
+    from crossregion.data.pseudo_labels import PseudoLabelStore
+    from crossregion.data.transforms import eval_transform
+    from crossregion.eval.alignment import FeatureGap
+    from crossregion.models.checkpoint_io import load_segmenter
+    from crossregion.trust import rare_class_factors
+
+    device = pipeline_device(cfg)
+    segmenter, _ = load_segmenter(checkpoint, device=device)
+    segmenter.eval()
+    store = PseudoLabelStore(store_path)
+    factors = rare_class_factors(store.class_pixel_counts, cfg.pseudo_label.rare_share, cfg.pseudo_label.rare_factor)
+    dataset = target_dataset(cfg, store.num_classes, labelled=True)
+    dataset.transform = eval_transform(size=cfg.target.input_size)
+    gap = FeatureGap(store.num_classes)
+    for index, name in enumerate(dataset.names):
+        features = segmenter(dataset[index]["image"].unsqueeze(0).to(device))["features"][0].cpu()
+        pseudo, entropy = store.load(name)
+        pseudo_label = torch.from_numpy(pseudo.astype(np.int64))
+        trusted = _trusted_map(cfg, pseudo_label, torch.from_numpy(entropy), factors)
+        # The label and region at each feature cell (nearest), so both regions are sampled alike.
+        grid = tuple(features.shape[-2:])
+        cell_label = torch.nn.functional.interpolate(pseudo_label[None, None].float(), size=grid, mode="nearest")
+        cell_trusted = torch.nn.functional.interpolate(trusted[None, None].float(), size=grid, mode="nearest")
+        gap.add(features, cell_label[0, 0].long(), cell_trusted[0, 0] > 0.5)
+    per_class = dict(zip(dataset.label_set.class_names, gap.per_class(min_cells)))
+    values = [v for v in per_class.values() if v is not None]
+    return {"mean": sum(values) / len(values) if values else None, "per_class": per_class}
+
+
 @torch.no_grad()
 def error_share_untrusted(cfg: PipelineConfig, checkpoint: str, store_path: str) -> float:
     """Share of a model's target-train errors that lie in the store's untrusted region (report only)."""
