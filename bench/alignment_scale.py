@@ -114,8 +114,8 @@ def measure(model: torch.nn.Module, image: torch.Tensor, num_classes: int) -> di
     loss_ent = masked_entropy_loss(logits, untrusted)
     return {
         "trusted_fraction": float(trusted.float().mean()),
-        "loss_seg": float(loss_seg),
-        "loss_adv": float(loss_adv),
+        "loss_seg": float(loss_seg.detach()),
+        "loss_adv": float(loss_adv.detach()),
         "ratio_cra": float(gradient_norm_ratio(WEIGHT * loss_adv, loss_seg, model)),
         "ratio_entropy_min": float(gradient_norm_ratio(WEIGHT * loss_ent, loss_seg, model)),
     }

@@ -165,6 +165,39 @@ def error_share_untrusted(cfg: PipelineConfig, checkpoint: str, store_path: str)
     return errors_untrusted / max(errors, 1)
 
 
+def alignment_course(metrics_file: Path) -> dict[str, list[tuple[int, float]]]:
+    """The diagnostics a region method logged (``diag/*`` in its ``metrics.jsonl``): per key,
+    (iteration, value) in order."""
+    import json
+
+    course: dict[str, list[tuple[int, float]]] = {}
+    if not metrics_file.exists():
+        return course
+    for line in metrics_file.read_text().splitlines():
+        row = json.loads(line)
+        for key, value in row.items():
+            if key.startswith("diag/"):
+                course.setdefault(key.removeprefix("diag/"), []).append((row["iteration"], value))
+    return course
+
+
+def cra_mechanism(
+    cfg: PipelineConfig, cda_checkpoint: str, store_path: str, trained: dict[str, tuple[str, Path]]
+) -> dict[str, Any]:
+    """What shows CRA's mechanism at work (report only): the share of the CRA model's errors in
+    the untrusted region, per-class trusted coverage of the store, the trusted/untrusted feature gap of
+    the CDA model and of each trained model (``trained``: name -> (checkpoint, run folder)), and
+    the diagnostics each logged over its iterations (D accuracy per region, gradient ratio)."""
+    gaps = {"cda": feature_gap(cfg, cda_checkpoint, store_path)["mean"]}
+    gaps.update({name: feature_gap(cfg, checkpoint, store_path)["mean"] for name, (checkpoint, _) in trained.items()})
+    return {
+        "error_share_untrusted": error_share_untrusted(cfg, trained["cra"][0], store_path),
+        "per_class_regime": per_class_regime(cfg, store_path),
+        "feature_gap": gaps,
+        "alignment": {name: alignment_course(folder / "metrics.jsonl") for name, (_, folder) in trained.items()},
+    }
+
+
 @torch.no_grad()
 def write_fig3_panel(
     cfg: PipelineConfig, path: Path, cda_checkpoint: str, cra_checkpoint: str, store_path: str

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from crossregion.app.pipeline.analysis import error_share_untrusted, write_fig3_panel
+from crossregion.app.pipeline.analysis import cra_mechanism, write_fig3_panel
 from crossregion.app.pipeline.cache import StageRecord, Stages, write_json
 from crossregion.app.pipeline.config import PipelineConfig, adapted, load_pipeline_config
 from crossregion.app.pipeline.stages import (
@@ -69,14 +69,8 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
         },
         "error_share_untrusted_cda": pseudo.outputs["error_share_untrusted"],
     }
-    analysis = stages.run(
-        f"03_cra_{method}_analysis",
-        {"kind": "analysis", "upstream": [cra.hash, pseudo.hash]},
-        lambda folder: {
-            "error_share_untrusted": error_share_untrusted(cfg, cra.outputs["checkpoint"], pseudo.outputs["store"])
-        },
-    )
-    row["error_share_untrusted_cra"] = analysis.outputs["error_share_untrusted"]
+    trained = {"cra": (cra.outputs["checkpoint"], cra.folder)}
+    trained_hashes = [cra.hash]
     with_baselines = cfg.baseline_methods is None or method in cfg.baseline_methods
     for baseline, spec in (cfg.baselines if with_baselines else {}).items():
         record = training_stage(
@@ -88,6 +82,16 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
             [cda, pseudo],
         )
         row[baseline] = record.outputs["miou"]
+        trained[baseline] = (record.outputs["checkpoint"], record.folder)
+        trained_hashes.append(record.hash)
+    # After every model of the method is trained: their feature gaps side by side.
+    analysis = stages.run(
+        f"03_cra_{method}_analysis",
+        {"kind": "analysis", "version": 2, "upstream": [pseudo.hash, *trained_hashes]},
+        lambda folder: cra_mechanism(cfg, cda.outputs["checkpoint"], pseudo.outputs["store"], trained),
+    )
+    row["error_share_untrusted_cra"] = analysis.outputs["error_share_untrusted"]
+    row["mechanism"] = {key: analysis.outputs[key] for key in ("per_class_regime", "feature_gap", "alignment")}
     if cfg.self_distill is not None:
         cra_pseudo = pseudo_label_stage(stages, adapted(cfg), f"04_pseudo_cra_{method}", cra)
         distilled = training_stage(
