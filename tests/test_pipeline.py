@@ -85,6 +85,11 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, benchmark):
     markdown = (output / "results.md").read_text()
     assert "| CDA method | base mIoU | +CRA mIoU | Δ |" in markdown
     assert "pseudo-label only" in markdown
+    # The mechanism: every trained model's feature gap on the same pixels, per-class coverage.
+    mechanism = row["mechanism"]
+    assert set(mechanism["feature_gap"]) == {"cda", "cra", "pseudo_label_only"}
+    assert len(mechanism["per_class_regime"]) == 19
+    assert "Mechanism: does the alignment act?" in markdown and "Per-class trusted coverage" in markdown
 
     again = run_pipeline(load_pipeline_config(str(config_path)), output)
     assert all(stage["skipped"] for stage in again["stages"].values())

@@ -78,12 +78,79 @@ def results_tables(results: dict[str, Any]) -> list[ResultsTable]:
                 ],
             )
         )
+    mechanism = {name: row["mechanism"] for name, row in methods.items() if row.get("mechanism")}
+    if mechanism:
+        tables += mechanism_tables(mechanism)
     if any("self_distill" in row for row in methods.values()):
         tables.append(
             ResultsTable(
                 "Self-distillation",
                 ("CDA", "+CRA", "+CRA +SD"),
                 [(name, _number(row["cra"]), _number(row.get("self_distill"))) for name, row in methods.items()],
+            )
+        )
+    return tables
+
+
+def _first_last(course: list | None, percent: bool = False) -> str:
+    """``first → last`` of a logged diagnostic's (iteration, value) pairs."""
+    if not course:
+        return "–"
+    show = _percent if percent else (lambda v: f"{v:.1e}")
+    return f"{show(course[0][1])} → {show(course[-1][1])}"
+
+
+def mechanism_tables(mechanism: dict[str, dict[str, Any]]) -> list[ResultsTable]:
+    """CRA's mechanism per CDA method: the alignment over the stage and the feature gap, then the
+    per-class trusted coverage of the pseudo labels."""
+    trained = [name for name in ("cra", *BASELINE_TITLES) if any(name in m["feature_gap"] for m in mechanism.values())]
+    titles = {"cra": "+CRA", **BASELINE_TITLES}
+    tables = [
+        ResultsTable(
+            "Mechanism: does the alignment act?",
+            (
+                "CDA",
+                "D accuracy, trusted (first → last log)",
+                "D accuracy, untrusted",
+                "gradient ratio, CRA's adversarial term / trusted CE",
+                "gradient ratio, entropy term / trusted CE",
+                "feature gap, CDA",
+                *(f"feature gap, {titles[name]}" for name in trained),
+            ),
+            [
+                (
+                    name,
+                    _first_last(m["alignment"].get("cra", {}).get("disc_acc_trusted"), percent=True),
+                    _first_last(m["alignment"].get("cra", {}).get("disc_acc_untrusted"), percent=True),
+                    _first_last(m["alignment"].get("cra", {}).get("grad_ratio")),
+                    _first_last(m["alignment"].get("entropy_min", {}).get("grad_ratio")),
+                    _number(m["feature_gap"]["cda"]),
+                    *(_number(m["feature_gap"].get(trained_name)) for trained_name in trained),
+                )
+                for name, m in mechanism.items()
+            ],
+            lead="D accuracy: share of each region's pixels the fine-grained discriminator assigns to it (50% = it "
+            "cannot tell them apart). Gradient ratio: norm of the weighted region term's gradient over the trusted "
+            "CE's, on the segmenter's parameters. Feature gap: distance between the untrusted and trusted class "
+            "means of the features over the trusted within-class spread, on target train (CRA's alignment should "
+            "shrink it).",
+        )
+    ]
+    for name, m in mechanism.items():
+        tables.append(
+            ResultsTable(
+                f"Per-class trusted coverage ({name}'s pseudo labels, target train)",
+                ("class", "share of pixels", "trusted", "trusted precision", "on a class border"),
+                [
+                    (
+                        class_name,
+                        _percent(stats["pixel_share"]),
+                        _percent(stats["trusted_share"]),
+                        _percent(stats["trusted_precision"]),
+                        _percent(stats["border_share"]),
+                    )
+                    for class_name, stats in m["per_class_regime"].items()
+                ],
             )
         )
     return tables
