@@ -248,7 +248,7 @@ def rank_checkpoints(
             pixels_per_image=pixels_per_image,
             seed=seed,
         )
-        logger.info(
+        logger.debug(
             "%s: %s", path, ", ".join(f"{name} {scores[name]:.4f} ({seconds[name]:.1f} s)" for name in criteria)
         )
         rows.append({"path": str(path), "iteration": info["iteration"], "scores": scores, "seconds": seconds})
