@@ -22,8 +22,8 @@ from pathlib import Path
 
 from common import add_benchmark_arguments, cell, mean_std, prepared_benchmark, with_seed
 
-from crossregion.app.pipeline.cache import Stages
-from crossregion.app.pipeline.config import StageSpec
+from crossregion.app.pipeline.cache import StageRecord, Stages
+from crossregion.app.pipeline.config import PipelineConfig, StageSpec
 from crossregion.app.pipeline.stages import cda_stage, pseudo_label_stage, training_stage
 
 METHOD = "fada"
@@ -44,15 +44,22 @@ def run_seed(output: Path, cfg, seed: int) -> dict[str, float]:
     source = training_stage(stages, cfg, "00_source", cfg.source, {}, [])
     cda = cda_stage(stages, cfg, METHOD, source)
     results = {"cda": cda.outputs["miou"]}
-    for index, (variant, (overrides, rule)) in enumerate(VARIANTS.items()):
-        variant_cfg = dataclasses.replace(cfg, pseudo_label=dataclasses.replace(cfg.pseudo_label, **rule))
-        store_name = f"02_pseudo_{METHOD}" if not rule else f"02_pseudo_{METHOD}_ablation{index}"
-        pseudo = pseudo_label_stage(stages, variant_cfg, store_name, cda)
-        wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
-        spec = StageSpec(cfg.cra.preset, (*cfg.cra.overrides, *overrides))
-        name = f"03_cra_{METHOD}" if not (overrides or rule) else f"03_ablation{index}_{METHOD}"
-        results[variant] = training_stage(stages, variant_cfg, name, spec, wiring, [cda, pseudo]).outputs["miou"]
+    for variant in VARIANTS:
+        results[variant] = variant_stage(stages, cfg, cda, variant).outputs["miou"]
     return results
+
+
+def variant_stage(stages: Stages, cfg: PipelineConfig, cda: StageRecord, variant: str) -> StageRecord:
+    """The CRA stage of ``variant`` after the CDA model ``cda`` (trained unless it is up to date)."""
+    index = list(VARIANTS).index(variant)
+    overrides, rule = VARIANTS[variant]
+    variant_cfg = dataclasses.replace(cfg, pseudo_label=dataclasses.replace(cfg.pseudo_label, **rule))
+    store_name = f"02_pseudo_{METHOD}" if not rule else f"02_pseudo_{METHOD}_ablation{index}"
+    pseudo = pseudo_label_stage(stages, variant_cfg, store_name, cda)
+    wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
+    spec = StageSpec(cfg.cra.preset, (*cfg.cra.overrides, *overrides))
+    name = f"03_cra_{METHOD}" if not (overrides or rule) else f"03_ablation{index}_{METHOD}"
+    return training_stage(stages, variant_cfg, name, spec, wiring, [cda, pseudo])
 
 
 def main() -> int:

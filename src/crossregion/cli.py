@@ -24,6 +24,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("evaluate-predictions", "crossregion.app.evaluate_predictions", "score saved prediction PNGs"),
     ("predict", "crossregion.app.predict", "write predictions for images"),
     ("pseudo-label", "crossregion.app.pseudo_label", "pseudo labels + entropy maps for target train"),
+    ("select", "crossregion.app.select", "rank checkpoints by label-free criteria on unlabelled target images"),
     ("pipeline", "crossregion.app.pipeline.run", "source -> CDA -> pseudo-label -> CRA -> evaluation"),
     ("export-checkpoint", "crossregion.app.export_checkpoint", "convert a checkpoint to the official FADA/CRA format"),
     ("dump-config", "crossregion.app.dump_config", "print a preset with every default filled in"),

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from crossregion.data.datasets import DATASETS, build_dataset
 from crossregion.data.pseudo_labels import PseudoLabelWriter
-from crossregion.data.transforms import eval_transform
+from crossregion.data.transforms import WithOriginalSize, eval_transform
 from crossregion.eval.inference import predict_probs
 from crossregion.files import check_output_folder
 from crossregion.trust import (
@@ -30,19 +30,6 @@ from crossregion.trust import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class _WithOriginalSize:
-    """Runs a transform and records the image's size before it, the size the maps are stored at."""
-
-    def __init__(self, transform) -> None:
-        self.transform = transform
-
-    def __call__(self, sample: dict) -> dict:
-        height, width = sample["image"].shape[-2:]
-        sample = self.transform(sample)
-        sample["original_size"] = torch.tensor([height, width])
-        return sample
 
 
 def file_sha256(path: Path) -> str:
@@ -186,7 +173,7 @@ def write_pseudo_labels(
         len(indices),
         len(images),
     )
-    images.transform = _WithOriginalSize(eval_transform(size=input_size))
+    images.transform = WithOriginalSize(eval_transform(size=input_size))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, indices), batch_size=1, num_workers=workers)
     segmenter.eval()
     progress = tqdm(loader, desc="pseudo-label", unit="img", total=len(images), initial=len(images) - len(indices))

@@ -205,6 +205,20 @@ def train_transform(spec: DatasetSpec) -> Compose:
     return Compose(steps)
 
 
+class WithOriginalSize:
+    """Runs a transform and records the image's size before it as ``original_size`` (height, width):
+    the size that per-pixel outputs (pseudo labels, entropy, selection scores) are computed at."""
+
+    def __init__(self, transform: Callable[[Sample], Sample]) -> None:
+        self.transform = transform
+
+    def __call__(self, sample: Sample) -> Sample:
+        height, width = sample["image"].shape[-2:]
+        sample = self.transform(sample)
+        sample["original_size"] = torch.tensor([height, width])
+        return sample
+
+
 def eval_transform(*, size: tuple[int, int] | None = None, resize_mask: bool = False) -> Compose:
     """Evaluation input: optional resize of the image to (height, width), then normalisation.
 

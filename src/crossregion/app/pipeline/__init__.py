@@ -9,6 +9,7 @@ Stages, each in its own folder of ``DIR``::
     02_pseudo_<m>             pseudo-label store of the CDA model on target train (stage 2)
     03_cra_<m>                CRA from the CDA model and its store (stage 3)
     03_<baseline>_<m>         Table-3 baselines (pseudo_label_only, entropy_min) on the same store (optional)
+    03_<...>_select           with select: <criterion>, the checkpoint of CRA / a baseline that the criterion picks
     04_pseudo_cra_<m>         pseudo labels of the CRA model (optional, for self-distillation)
     05_self_distill_<m>       self-distillation on them (optional, stage 4)
 

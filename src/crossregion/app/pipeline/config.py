@@ -9,9 +9,12 @@ from typing import Any
 import torch
 
 from crossregion.config.io import PIPELINE_PRESET_DIR, apply_overrides, load_raw
+from crossregion.eval.selection import CRITERIA, TARGET_CRITERIA
 from crossregion.trust import OFFICIAL_RARE_FACTOR, OFFICIAL_RARE_SHARE, OFFICIAL_THRESHOLD
 
 BASELINE_TITLES = {"pseudo_label_only": "pseudo-label only", "entropy_min": "entropy min."}
+# ``select:`` value that keeps each run's last checkpoint (the paper's choice).
+FINAL_CHECKPOINT = "final"
 
 
 # ------------------------------------------------------------------------------------ config
@@ -79,6 +82,9 @@ class PipelineConfig:
     device: str = "auto"
     # Target-val images in the Fig.-3-style panel.
     panel_images: int = 3
+    # Which saved checkpoint of CRA and of each baseline goes on: "final", or the label-free
+    # criterion (crossregion.eval.selection) that picks one on unlabelled target train.
+    select: str = FINAL_CHECKPOINT
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.cda_methods if name not in self.cda]
@@ -98,6 +104,12 @@ class PipelineConfig:
             raise ValueError(f"unknown baselines {unknown}; known: {sorted(BASELINE_TITLES)}")
         if self.panel_images < 0:
             raise ValueError(f"panel_images must be >= 0, got {self.panel_images}")
+        if self.select != FINAL_CHECKPOINT and self.select not in TARGET_CRITERIA:
+            reason = "needs labelled source images, which the pipeline does not pass; "
+            reason = reason if self.select in CRITERIA else ""
+            raise ValueError(
+                f"select: {self.select!r} {reason}choose {FINAL_CHECKPOINT} or one of {', '.join(TARGET_CRITERIA)}"
+            )
 
 
 def load_pipeline_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
@@ -186,6 +198,7 @@ def _pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
         pseudo_label=PseudoLabelSpec(**{k: float(v) for k, v in pseudo.items()}),
         device=str(data.get("device", "auto")),
         panel_images=int(data.get("panel_images", 3)),
+        select=str(data.get("select", FINAL_CHECKPOINT)),
     )
 
 

@@ -13,6 +13,7 @@ import yaml
 from crossregion.app.pipeline.analysis import cra_mechanism, write_fig3_panel
 from crossregion.app.pipeline.cache import StageRecord, Stages, write_json
 from crossregion.app.pipeline.config import PipelineConfig, adapted, load_pipeline_config
+from crossregion.app.pipeline.selection import select_checkpoint
 from crossregion.app.pipeline.stages import (
     bn_target_stage,
     cda_stage,
@@ -59,6 +60,7 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
         wiring,
         [cda, pseudo],
     )
+    cra = select_checkpoint(stages, adapted(cfg), cra, pseudo)
     row: dict[str, Any] = {
         "cda": cda.outputs["miou"],
         "bn_target": bn_target.outputs["miou"],
@@ -81,6 +83,7 @@ def _run_method(stages: Stages, cfg: PipelineConfig, method: str, source: StageR
             wiring,
             [cda, pseudo],
         )
+        record = select_checkpoint(stages, adapted(cfg), record, pseudo)
         row[baseline] = record.outputs["miou"]
         trained[baseline] = (record.outputs["checkpoint"], record.folder)
         trained_hashes.append(record.hash)

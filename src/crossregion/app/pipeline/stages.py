@@ -69,7 +69,7 @@ def training_stage(
 
     def work(folder: Path) -> dict[str, Any]:
         checkpoint = train(config_from_dict(resolved, source=name), folder, resume=True)
-        return {"checkpoint": str(checkpoint), **_evaluate_checkpoint(cfg, checkpoint, folder / "eval")}
+        return {"checkpoint": str(checkpoint), **evaluate_checkpoint(cfg, checkpoint, folder / "eval")}
 
     payload = {
         "kind": "train",
@@ -126,7 +126,7 @@ def bn_target_stage(stages: Stages, cfg: PipelineConfig, name: str, model: Stage
 
 
 # ------------------------------------------------------------------------------------ evaluation
-def _evaluate_checkpoint(cfg: PipelineConfig, checkpoint: Path, out_dir: Path) -> dict[str, Any]:
+def evaluate_checkpoint(cfg: PipelineConfig, checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     from crossregion.models.checkpoint_io import load_segmenter
 
     segmenter, info = load_segmenter(checkpoint, device=pipeline_device(cfg))
