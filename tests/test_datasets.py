@@ -199,3 +199,22 @@ def test_corrupt_or_colour_label_names_the_file(tmp_path):
         dataset.load_label(0)
     with pytest.raises(ValueError, match=r"00002.png: expected a single-channel label image, got mode 'RGB'"):
         dataset[1]
+
+
+def test_small_split_is_decoded_once_and_large_split_read_every_time(tmp_path, monkeypatch):
+    from crossregion.data import datasets
+
+    root = write_gta5(tmp_path / "gta5", n=3, size=(8, 12))
+    dataset = build_dataset("gta5", root, "all")
+    first = dataset[2]
+    # Overwrite the files on disk: a cached split keeps serving what it decoded.
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(dataset.image_paths[2])
+    again = dataset[2]
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["mask"], again["mask"])
+    assert again["mask"] is not first["mask"]  # a training transform may change its sample in place
+
+    monkeypatch.setattr(datasets, "DECODED_CACHE_BYTES", 100)  # 3 samples of 8x12x4 bytes do not fit
+    uncached = build_dataset("gta5", root, "all")
+    assert int(uncached[2]["image"].sum()) == 0
+    Image.fromarray(np.full((8, 12, 3), 7, np.uint8)).save(dataset.image_paths[2])
+    assert int(uncached[2]["image"].max()) == 7
