@@ -15,6 +15,10 @@ DEVICES = ("auto", "cpu", "cuda")
 SEGMENTER_OPTIMIZERS = ("sgd", "adam")
 # Segmentation heads, as crossregion.models.HEADS (the config does not import the models).
 MODEL_HEADS = ("aspp", "proda")
+# How a segmenter's input images are scaled (crossregion.data.transforms.INPUT_NORM_STATS holds the
+# numbers): "imagenet" = RGB/255 minus the ImageNet mean, divided by its std (FADA/CRA, IAST and
+# every preset but ProDA's); "unit" = RGB/255 only (ProDA's loaders: mean 0, no std).
+INPUT_NORMS = ("imagenet", "unit")
 
 # The class counts each dataset's labels can be mapped to (docs/spec.md §5). GTA5, Synscapes and
 # Cityscapes store Cityscapes label IDs, so both the 19-class and the 16-class SYNTHIA setting
@@ -115,8 +119,13 @@ class ModelConfig:
     # initialised head(s): starts a model with another head (ProDA's) from a checkpoint with
     # DeepLab-v2's ASPP (the demo ProDA warm-up from demo_source_only). Off: every key must fit.
     init_backbone_only: bool = False
+    # The input scaling the model is trained and run with (INPUT_NORMS). Saved in its checkpoints,
+    # which every command that feeds it images follows; official ProDA files load as "unit".
+    input_norm: str = "imagenet"
 
     def __post_init__(self) -> None:
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"model.input_norm must be one of {INPUT_NORMS}, got {self.input_norm!r}")
         if self.init_backbone_only and self.init_checkpoint is None:
             raise ValueError("model.init_backbone_only: true needs model.init_checkpoint")
         if self.num_classes < 2:

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from crossregion.config.schema import ExperimentConfig, MethodConfig
+from crossregion.data.transforms import INPUT_NORM_STATS
 from crossregion.dist import get_world_size, unwrap
 from crossregion.engine.trainer import StepContext
 from crossregion.methods.base import Method, register_method
@@ -162,17 +163,35 @@ def flip_where(tensor: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 
 def strong_view(
-    images: torch.Tensor, cfg: ProdaViewConfig, generator: torch.Generator | None = None
+    images: torch.Tensor,
+    cfg: ProdaViewConfig,
+    generator: torch.Generator | None = None,
+    *,
+    input_norm: str = "imagenet",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The strong view of (normalised) images and its valid-pixel mask (False in the cutout box).
 
     Per image: contrast factor around the image mean, brightness offset, Gaussian noise, and one
-    cutout box (set to 0, the normalised mean) of ``strong_cutout`` times each side.
+    cutout box (set to 0, the normalised mean) of ``strong_cutout`` times each side. The
+    constants are in ImageNet-normalised units: images of another ``input_norm`` (ProDA's RGB/255)
+    are mapped there, changed, and mapped back, so a preset's view does not depend on it.
 
     Shape:
         - images: (N, 3, H, W)
         - outputs: (N, 3, H, W), (N, H, W) bool
     """
+    if input_norm != "imagenet":
+        own_mean, own_std = (
+            torch.tensor(v, device=images.device, dtype=images.dtype).view(3, 1, 1)
+            for v in INPUT_NORM_STATS[input_norm]
+        )
+        imagenet_mean, imagenet_std = (
+            torch.tensor(v, device=images.device, dtype=images.dtype).view(3, 1, 1)
+            for v in INPUT_NORM_STATS["imagenet"]
+        )
+        rgb = images * own_std + own_mean
+        out, valid = strong_view((rgb - imagenet_mean) / imagenet_std, cfg, generator)
+        return ((out * imagenet_std + imagenet_mean) - own_mean) / own_std, valid
     n, _, h, w = images.shape
     device, dtype = images.device, images.dtype
 
@@ -257,7 +276,7 @@ class Proda(Method):
                 spec.root,
                 spec.split,
                 num_classes=self.num_classes,
-                transform=eval_transform(size=spec.resize),
+                transform=eval_transform(size=spec.resize, input_norm=warmup.input_norm),
                 labelled=False,
             )
         loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
@@ -310,7 +329,7 @@ class Proda(Method):
         size = (max(1, h // cfg.label_downsample), max(1, w // cfg.label_downsample))
         flip = torch.rand(n) < cfg.weak_flip_prob
         weak = flip_where(full, flip.to(full.device))
-        strong, strong_valid = strong_view(weak, cfg)
+        strong, strong_valid = strong_view(weak, cfg, input_norm=unwrap(segmenter).input_norm)
         flip = flip.to(full.device)
 
         # (2) Teachers, no grad, eval mode (the trainer put every model in train mode).
