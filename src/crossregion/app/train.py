@@ -199,8 +199,10 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
                 state = {key: value for key, value in state.items() if not key.startswith(AUX_PREFIX)}
                 logger.info("model.init_checkpoint is multi-level: its auxiliary head is left out")
             missing, unexpected = segmenter.load_state_dict(state, strict=False)
-        # FrozenBatchNorm has no step counter: starting trainable BN from it leaves only that missing.
+        # FrozenBatchNorm has no step counter: starting trainable BN from it leaves only that
+        # missing, starting FrozenBatchNorm from trainable BN (ProDA's frozen-BN warm-up) only that left over.
         missing = [key for key in missing if not key.endswith("num_batches_tracked")]
+        unexpected = [key for key in unexpected if not key.endswith("num_batches_tracked")]
         if missing or unexpected:
             raise ValueError(
                 f"model.init_checkpoint {model.init_checkpoint} does not fit model {model_args}: "

@@ -67,6 +67,10 @@ from crossregion.methods.proda_losses import (
 )
 
 
+# Module modes of the EMA teacher (ProdaConfig.ema_mode).
+EMA_MODES = ("train", "eval")
+
+
 @dataclass(frozen=True)
 class ProdaViewConfig(MethodConfig):
     """What ProDA's stages share: the loss resolution and the weak and strong views."""
@@ -122,6 +126,10 @@ class ProdaConfig(ProdaViewConfig):
     rectify_threshold: float = RECTIFY_THRESHOLD
     # EMA teacher decay (hard-coded 0.999 in the official step).
     ema_decay: float = EMA_DECAY
+    # The EMA teacher's module mode in the step: "train" as the official code, which never puts
+    # it in eval mode (dropout on its prototype features, BatchNorm on batch statistics); "eval"
+    # (dropout off, running statistics) is this project's earlier choice.
+    ema_mode: str = "train"
     # Epochs of the initial-prototype pass over un-augmented target train (calc_prototype.py: 4).
     prototype_epochs: int = 4
 
@@ -137,6 +145,8 @@ class ProdaConfig(ProdaViewConfig):
                 raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
         if self.rce_alpha + self.rce_beta <= 0:
             raise ValueError("method.rce_alpha + method.rce_beta must be positive (else no pseudo-label loss)")
+        if self.ema_mode not in EMA_MODES:
+            raise ValueError(f"method.ema_mode must be one of {EMA_MODES}, got {self.ema_mode!r}")
         if self.regular_type not in REGULAR_TYPES:
             raise ValueError(f"method.regular_type must be one of {REGULAR_TYPES}, got {self.regular_type!r}")
         if self.proto_temperature <= 0:
@@ -332,11 +342,14 @@ class Proda(Method):
         strong, strong_valid = strong_view(weak, cfg, input_norm=unwrap(segmenter).input_norm)
         flip = flip.to(full.device)
 
-        # (2) Teachers, no grad, eval mode (the trainer put every model in train mode).
+        # (2) Teachers, no grad. The warm-up model in eval mode (the official soft labels are made
+        # offline by the model in eval mode); the EMA in the configured mode (the trainer put
+        # every model in train mode, the official one).
         with torch.no_grad():
             warmup.eval()
-            ema.eval()
-            soft_labels = F.softmax(resize_aligned(warmup(weak)["logits"].float(), size), dim=1)
+            ema.train(cfg.ema_mode == "train")
+            # Officially stored as the softmax of the stride-8 logits, resized as probabilities.
+            soft_labels = resize_aligned(F.softmax(warmup(weak)["logits"].float(), dim=1), size)
             ema_out = ema(full)
             ema_features = resize_aligned(ema_out["features"].float(), size)
             ema_logits = resize_aligned(ema_out["logits"].float(), size)
