@@ -66,7 +66,6 @@ from crossregion.methods.proda_losses import (
     update_ema_model,
 )
 
-
 # Module modes of the EMA teacher (ProdaConfig.ema_mode).
 EMA_MODES = ("train", "eval")
 
