@@ -81,7 +81,7 @@ class OutputSpaceDiscriminator(nn.Module):
 
 
 class ProdaDiscriminator(nn.Module):
-    """ProDA's warm-up discriminator (microsoft/ProDA ``models/discriminator.py``, ``FCDiscriminator``).
+    """ProDA's warm-up discriminator (microsoft/ProDA's ``FCDiscriminator``).
 
     Four 3x3 convs with stride 2 (K -> ndf -> 2ndf -> 4ndf -> 8ndf), ReLU after the first three
     and LeakyReLU(0.2) after the fourth, then a 1x1 conv to one channel.
