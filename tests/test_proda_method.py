@@ -278,3 +278,40 @@ def test_official_proda_pkl_starts_a_cra_run(tiny_benchmark, tiny_store, tmp_pat
     )
     final = load_checkpoint(cra / "final.pth")
     assert final["model"]["backbone"] == "resnet101_deeplab" and final["model"]["head"] == "proda"
+
+
+def test_proda_warmup_is_the_least_squares_step_with_prodas_discriminator():
+    from crossregion.methods.adaptsegnet import domain_mse
+    from crossregion.methods.proda_warmup import ProdaWarmup, ProdaWarmupConfig
+    from crossregion.models import ProdaDiscriminator
+
+    method = ProdaWarmup(ProdaWarmupConfig(), num_classes=NUM_CLASSES)
+    models = method.build_models(build_segmenter("resnet18", NUM_CLASSES, head="proda"))
+    discriminator = models["discriminator_main"]
+    assert sorted(models) == ["discriminator_main", "segmenter"] and isinstance(discriminator, ProdaDiscriminator)
+    # Four stride-2 3x3 convs then a 1x1: a 32x64 map gives 2x4 scores.
+    assert discriminator(torch.rand(1, NUM_CLASSES, 32, 64)).shape == (1, 1, 2, 4)
+    assert (method.cfg.adv_main_weight, method.cfg.disc_domain_weight) == (0.01, 1.0)
+    scores = torch.randn(2, 1, 3, 5)
+    assert method.domain_loss(scores, 1.0) == domain_mse(scores, 1.0) == ((scores - 1) ** 2).mean()
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.randint(0, NUM_CLASSES, (2, 32, 64), generator=generator)
+    batches = {
+        "source": {"image": torch.randn(2, 3, 32, 64, generator=generator), "mask": mask},
+        "target": {"image": torch.randn(2, 3, 32, 64, generator=generator)},
+    }
+    optimizers = method.build_optimizers(models, ExperimentConfig(method=method.cfg).optim)
+    ctx = StepContext(iteration=0, device=CPU, optimizers=optimizers, scaler=build_grad_scaler(CPU, "none"))
+    losses = method.training_step(models, batches, ctx)
+    assert ctx.stepped == ["segmenter", "discriminator_main"]
+    assert {"loss/seg_src", "loss/adv_tgt", "loss/disc_src", "loss/disc_tgt"} <= set(losses)
+
+
+def test_iast_discriminator_has_a_3x3_first_conv():
+    from crossregion.methods.iast import IastWarmup, IastWarmupConfig
+
+    models = IastWarmup(IastWarmupConfig(), num_classes=NUM_CLASSES).build_models(
+        build_segmenter("resnet18", NUM_CLASSES)
+    )
+    assert models["discriminator_main"].conv1.kernel_size == (3, 3)
+    assert models["discriminator_main"].conv2.kernel_size == (4, 4)
