@@ -59,7 +59,7 @@ def benchmark_image(workdir: Path, size: tuple[int, int]) -> tuple[torch.Tensor,
             root, source_images=2, target_train_images=2, target_val_images=1, height=80, width=160, seed=0
         )
     dataset = build_dataset("cityscapes", root / "cityscapes", "val", num_classes=19, labelled=True)
-    sample = eval_transform(size=size, resize_mask=True)(dict(dataset[0]))
+    sample = eval_transform(size=size, resize_mask=True, input_norm="imagenet")(dict(dataset[0]))
     return sample["image"], sample["mask"].long()
 
 

@@ -91,9 +91,36 @@ def test_oracle_is_config_only():
 
 
 def test_synthia_presets_of_iast_and_proda_carry_the_official_synthia_constants():
-    warmup, round_one = load_config("synthia_iast_warmup"), load_config("synthia_iast")
-    assert (warmup.model.num_classes, warmup.method.adv_main_weight, warmup.data.source.name) == (16, 0.001, "synthia")
-    assert round_one.model.num_classes == 16 and round_one.method.proportion == 0.2
+    source, warmup, round_one = (load_config(f"synthia_iast{stage}") for stage in ("_source_only", "_warmup", ""))
+    # IAST trains 19 outputs on SYNTHIA too (official NUM_CLASSES 19).
+    assert (warmup.model.num_classes, warmup.method.adv_main_weight, warmup.data.source.name) == (19, 0.001, "synthia")
+    assert round_one.model.num_classes == source.model.num_classes == 19 and round_one.method.proportion == 0.2
+    assert warmup.model.init_checkpoint == "runs/synthia_iast_source_only/final.pth"
     proda = load_config("synthia_proda")
     assert (proda.model.num_classes, proda.method.regular_weight, proda.model.head) == (16, 0.0, "proda")
     assert load_config("synthia_proda_warmup").data.source.name == "synthia"
+
+
+def test_the_official_recipes_of_iast_and_proda():
+    source = load_config("gta5_iast_source_only")
+    assert (source.optim.name, source.optim.lr * source.optim.head_lr_mult, source.optim.schedule) == (
+        "adam",
+        1e-4,
+        "cosine",
+    )
+    assert not source.model.freeze_bn and source.data.source.scale_range == (0.54, 1.50)
+    assert load_config("gta5_iast_warmup").data.source.scale_range == (0.54, 1.50)
+    warmup = load_config("gta5_proda_warmup")
+    assert (warmup.method.name, warmup.method.adv_main_weight, warmup.method.disc_domain_weight) == (
+        "proda_warmup",
+        0.01,
+        1.0,
+    )
+    assert warmup.model.freeze_bn and warmup.data.source.flip and warmup.data.target.flip
+    assert (warmup.optim.lr, warmup.optim.max_iters, warmup.optim.stop_iter) == (2.5e-4, 90000, 62500)
+    for name in ("gta5_proda_warmup", "gta5_proda", "gta5_proda_distill", "gta5_proda_stage3", "demo_proda"):
+        assert load_config(name).model.input_norm == "unit", name
+    stage2, stage3 = load_config("gta5_proda_distill"), load_config("gta5_proda_stage3")
+    assert stage2.model.pretrained == "pretrained/simclr/r101_1x_sk0.pth" and stage2.model.init_checkpoint is None
+    assert stage3.model.init_checkpoint == stage3.method.teacher_checkpoint == "runs/gta5_proda_distill/final.pth"
+    assert stage3.model.pretrained is None and not stage3.model.init_backbone_only

@@ -49,7 +49,9 @@ def test_transform_is_applied(tmp_path):
         "gta5",
         root,
         "train",
-        transform=train_transform(DatasetSpec(name="gta5", root=str(root), crop=(8, 8), flip=True)),
+        transform=train_transform(
+            DatasetSpec(name="gta5", root=str(root), crop=(8, 8), flip=True), input_norm="imagenet"
+        ),
     )
     sample = dataset[0]
     assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, 8, 8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from crossregion.app.train import build_method, run_training, seed_everything
 from crossregion.config.schema import OptimConfig
 from crossregion.engine import trainer
 from crossregion.engine.checkpoint import load_checkpoint
-from crossregion.engine.optim import build_poly_scheduler, build_segmenter_optimizer, poly_factor
+from crossregion.engine.optim import build_scheduler, build_segmenter_optimizer, cosine_factor, poly_factor
 from crossregion.engine.trainer import (
     InfiniteLoader,
     NonFiniteLossError,
@@ -33,7 +34,7 @@ def test_poly_factor_matches_the_official_stop_value():
 def test_segmenter_optimizer_keeps_head_multiplier_and_poly_schedule(name, optimizer_class):
     optim = OptimConfig(name=name, lr=1e-3, head_lr_mult=10.0, max_iters=10, poly_power=0.9)
     optimizer = build_segmenter_optimizer(TinySegmenter(), optim)
-    scheduler = build_poly_scheduler(optimizer, optim)
+    scheduler = build_scheduler(optimizer, optim)
     assert isinstance(optimizer, optimizer_class)
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
     for _ in range(5):
@@ -41,6 +42,24 @@ def test_segmenter_optimizer_keeps_head_multiplier_and_poly_schedule(name, optim
         scheduler.step()
     factor = poly_factor(5, 10, 0.9)
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3 * factor, 1e-2 * factor])
+
+
+def test_cosine_schedule_anneals_every_group_to_the_floor():
+    """IAST's CosineAnnealingLR_with_Restart over one cycle: lr, half-way the mean, then 0.001 lr."""
+    optim = OptimConfig(name="adam", lr=1e-3, head_lr_mult=10.0, max_iters=10, schedule="cosine")
+    optimizer = build_segmenter_optimizer(TinySegmenter(), optim)
+    scheduler = build_scheduler(optimizer, optim)
+    lrs = []
+    for _ in range(12):
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx([1e-3, 1e-2])
+    assert lrs[5] == pytest.approx([1e-3 * (1 + 0.001) / 2, 1e-2 * (1 + 0.001) / 2])
+    assert lrs[10] == lrs[11] == pytest.approx([1e-6, 1e-5])
+    assert cosine_factor(3, 10, 0.0) == pytest.approx(0.5 * (1 + math.cos(0.3 * math.pi)))
+    with pytest.raises(ValueError, match="optim.schedule must be one of"):
+        OptimConfig(schedule="step")
 
 
 def test_unknown_optimizer_name_lists_the_choices():

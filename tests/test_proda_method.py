@@ -45,8 +45,9 @@ def _clone(module):
     return {key: value.detach().clone() for key, value in module.state_dict().items()}
 
 
-def test_one_step_trains_only_the_student_then_updates_ema_and_prototypes_once():
-    cfg = ProdaConfig(proto_momentum=0.5, ema_decay=0.9, prototype_epochs=1)
+@pytest.mark.parametrize("ema_mode", ["train", "eval"])
+def test_one_step_trains_only_the_student_then_updates_ema_and_prototypes_once(ema_mode):
+    cfg = ProdaConfig(proto_momentum=0.5, ema_decay=0.9, prototype_epochs=1, ema_mode=ema_mode)
     method, models, batches = _tiny_models(cfg)
     optimizers = method.build_optimizers(models, ExperimentConfig(method=cfg).optim)
     assert sorted(optimizers) == ["segmenter"]  # the EMA teacher and warm-up model get none
@@ -59,8 +60,14 @@ def test_one_step_trains_only_the_student_then_updates_ema_and_prototypes_once()
     for name in ("ema", "warmup"):
         assert all(p.grad is None and not p.requires_grad for p in models[name].parameters()), name
         after = _clone(models[name])
-        # Buffers (BN statistics) may not move either: the teachers ran in eval mode.
-        assert all(torch.equal(after[k], before[name][k]) for k in after), name
+        moved = [k for k in after if not torch.equal(after[k], before[name][k])]
+        if name == "ema" and ema_mode == "train":
+            # The official EMA teacher runs in train mode: BatchNorm on batch statistics, which
+            # also moves its running statistics (after_step overwrites them with the student's).
+            assert moved and all("running" in k or "num_batches_tracked" in k for k in moved)
+        else:
+            # Eval mode: not even the BN statistics move.
+            assert not moved, name
     student = _clone(models["segmenter"])
     changed = [k for k in student if not torch.equal(student[k], before["segmenter"][k])]
     assert any(k.startswith("feature_extractor.") for k in changed)
@@ -90,6 +97,7 @@ def test_one_step_trains_only_the_student_then_updates_ema_and_prototypes_once()
         ("ema_decay", 1.5, "method.ema_decay"),
         ("label_downsample", 0, "method.label_downsample"),
         ("proto_temperature", 0.0, "method.proto_temperature"),
+        ("ema_mode", "frozen", "method.ema_mode must be one of"),
     ],
 )
 def test_bad_config_values_are_clear_errors(key, value, message):
@@ -232,6 +240,7 @@ def test_pseudo_labels_and_cra_from_the_proda_checkpoint(proda_run, tiny_benchma
                 str(cra),
                 *faults.tiny_training(tiny_benchmark, batch="target"),
                 "model.head=proda",
+                "model.input_norm=unit",
                 f"model.init_checkpoint={run / 'final.pth'}",
                 f"method.pseudo_label_store={store}",
             ]
@@ -260,6 +269,7 @@ def test_official_proda_pkl_starts_a_cra_run(tiny_benchmark, tiny_store, tmp_pat
                 *faults.tiny_training(tiny_benchmark, batch="target", iterations=1),
                 "model.backbone=resnet101_deeplab",
                 "model.head=proda",
+                "model.input_norm=unit",
                 f"model.init_checkpoint={path}",
                 f"method.pseudo_label_store={tiny_store}",
             ]
@@ -268,3 +278,40 @@ def test_official_proda_pkl_starts_a_cra_run(tiny_benchmark, tiny_store, tmp_pat
     )
     final = load_checkpoint(cra / "final.pth")
     assert final["model"]["backbone"] == "resnet101_deeplab" and final["model"]["head"] == "proda"
+
+
+def test_proda_warmup_is_the_least_squares_step_with_prodas_discriminator():
+    from crossregion.methods.adaptsegnet import domain_mse
+    from crossregion.methods.proda_warmup import ProdaWarmup, ProdaWarmupConfig
+    from crossregion.models import ProdaDiscriminator
+
+    method = ProdaWarmup(ProdaWarmupConfig(), num_classes=NUM_CLASSES)
+    models = method.build_models(build_segmenter("resnet18", NUM_CLASSES, head="proda"))
+    discriminator = models["discriminator_main"]
+    assert sorted(models) == ["discriminator_main", "segmenter"] and isinstance(discriminator, ProdaDiscriminator)
+    # Four stride-2 3x3 convs then a 1x1: a 32x64 map gives 2x4 scores.
+    assert discriminator(torch.rand(1, NUM_CLASSES, 32, 64)).shape == (1, 1, 2, 4)
+    assert (method.cfg.adv_main_weight, method.cfg.disc_domain_weight) == (0.01, 1.0)
+    scores = torch.randn(2, 1, 3, 5)
+    assert method.domain_loss(scores, 1.0) == domain_mse(scores, 1.0) == ((scores - 1) ** 2).mean()
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.randint(0, NUM_CLASSES, (2, 32, 64), generator=generator)
+    batches = {
+        "source": {"image": torch.randn(2, 3, 32, 64, generator=generator), "mask": mask},
+        "target": {"image": torch.randn(2, 3, 32, 64, generator=generator)},
+    }
+    optimizers = method.build_optimizers(models, ExperimentConfig(method=method.cfg).optim)
+    ctx = StepContext(iteration=0, device=CPU, optimizers=optimizers, scaler=build_grad_scaler(CPU, "none"))
+    losses = method.training_step(models, batches, ctx)
+    assert ctx.stepped == ["segmenter", "discriminator_main"]
+    assert {"loss/seg_src", "loss/adv_tgt", "loss/disc_src", "loss/disc_tgt"} <= set(losses)
+
+
+def test_iast_discriminator_has_a_3x3_first_conv():
+    from crossregion.methods.iast import IastWarmup, IastWarmupConfig
+
+    models = IastWarmup(IastWarmupConfig(), num_classes=NUM_CLASSES).build_models(
+        build_segmenter("resnet18", NUM_CLASSES)
+    )
+    assert models["discriminator_main"].conv1.kernel_size == (3, 3)
+    assert models["discriminator_main"].conv2.kernel_size == (4, 4)

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from crossregion.config.schema import DatasetSpec
+from crossregion.config.schema import INPUT_NORMS, DatasetSpec
 from crossregion.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    INPUT_NORM_STATS,
     ColorJitter,
     Normalize,
     RandomCrop,
@@ -12,6 +13,7 @@ from crossregion.data.transforms import (
     RandomScale,
     Resize,
     eval_transform,
+    normalize_for,
     train_transform,
 )
 
@@ -82,7 +84,7 @@ def test_resize_and_eval_transform():
     out = Resize(8, 12)(striped_sample(height=16, width=24, column=10))
     assert out["mask"].shape == (8, 12) and out["entropy"].shape == (8, 12)
     assert stripe_columns(out)[1] == {5}
-    evaluated = eval_transform(size=(8, 12))(striped_sample(height=16, width=24))
+    evaluated = eval_transform(size=(8, 12), input_norm="imagenet")(striped_sample(height=16, width=24))
     assert evaluated["image"].shape == (3, 8, 12) and evaluated["image"].dtype == torch.float32
     assert evaluated["mask"].shape == (16, 24)  # scored at full label resolution
     with pytest.raises(ValueError, match="image_interpolation"):
@@ -105,11 +107,27 @@ def test_normalize_converts_uint8():
     assert torch.allclose(out["image"][:, 0, 0], expected)
 
 
+def test_each_input_norm_has_its_scaling():
+    pixels = torch.tensor([0, 51, 255], dtype=torch.uint8).view(3, 1, 1).expand(3, 2, 2)
+    imagenet = normalize_for("imagenet")({"image": pixels})["image"][:, 0, 0]
+    unit = normalize_for("unit")({"image": pixels})["image"][:, 0, 0]
+    torch.testing.assert_close(unit, torch.tensor([0.0, 0.2, 1.0]))  # ProDA: RGB / 255, nothing else
+    torch.testing.assert_close(
+        imagenet, (torch.tensor([0.0, 0.2, 1.0]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    )
+    assert tuple(INPUT_NORM_STATS) == INPUT_NORMS
+    spec = DatasetSpec(name="gta5", root="unused")
+    torch.testing.assert_close(train_transform(spec, input_norm="unit")({"image": pixels})["image"][:, 0, 0], unit)
+    torch.testing.assert_close(eval_transform(input_norm="unit")({"image": pixels})["image"][:, 0, 0], unit)
+    with pytest.raises(ValueError, match="unknown input normalisation 'caffe'"):
+        normalize_for("caffe")
+
+
 def test_train_preset_output_and_determinism():
     spec = DatasetSpec(
         name="gta5", root="unused", crop=(8, 12), scale_range=(0.5, 1.5), flip=True, color_jitter=(0.5, 0.5, 0.5, 0.2)
     )
-    preset = train_transform(spec)
+    preset = train_transform(spec, input_norm="imagenet")
     # The official CRA order: jitter on the whole image first, normalisation last.
     assert [type(step).__name__ for step in preset.transforms] == [
         "ColorJitter",

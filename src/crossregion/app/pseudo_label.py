@@ -173,7 +173,7 @@ def write_pseudo_labels(
         len(indices),
         len(images),
     )
-    images.transform = WithOriginalSize(eval_transform(size=input_size))
+    images.transform = WithOriginalSize(eval_transform(size=input_size, input_norm=segmenter.input_norm))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, indices), batch_size=1, num_workers=workers)
     segmenter.eval()
     progress = tqdm(loader, desc="pseudo-label", unit="img", total=len(images), initial=len(images) - len(indices))

@@ -190,9 +190,11 @@ def store_rule(store: Path) -> TrustRule:
     return TrustRule(float(manifest["threshold"]), float(manifest["rare_share"]), float(manifest["rare_factor"]))
 
 
-def _loader(images: ImageSet, num_classes: int, *, labelled: bool, workers: int) -> torch.utils.data.DataLoader:
+def _loader(
+    images: ImageSet, num_classes: int, *, labelled: bool, workers: int, input_norm: str
+) -> torch.utils.data.DataLoader:
     dataset = build_dataset(images.dataset, images.root, images.split, num_classes=num_classes, labelled=labelled)
-    dataset.transform = WithOriginalSize(eval_transform(size=images.input_size))
+    dataset.transform = WithOriginalSize(eval_transform(size=images.input_size, input_norm=input_norm))
     count = min(images.images, len(dataset))
     chosen = torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()
     return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, chosen), batch_size=1, num_workers=workers)
@@ -231,13 +233,17 @@ def rank_checkpoints(
         raise ValueError("no candidate checkpoints to rank")
     num_classes = _check_candidates(checkpoints)
     torch_device = select_device(device)
-    target_loader = _loader(target, num_classes, labelled=False, workers=workers)
-    source_loader = None
-    if source is not None and any(CRITERIA[name].needs_source for name in criteria):
-        source_loader = _loader(source, num_classes, labelled=True, workers=workers)
+    with_source = source is not None and any(CRITERIA[name].needs_source for name in criteria)
     rows = []
     for path in tqdm(checkpoints, desc="select", unit="ckpt", disable=not progress):
         segmenter, info = load_segmenter(path, num_classes=num_classes, device=torch_device)
+        # Each candidate sees the images scaled as its own model expects (model.input_norm).
+        target_loader = _loader(target, num_classes, labelled=False, workers=workers, input_norm=segmenter.input_norm)
+        source_loader = (
+            _loader(source, num_classes, labelled=True, workers=workers, input_norm=segmenter.input_norm)
+            if with_source
+            else None
+        )
         scores, seconds = score_segmenter(
             segmenter,
             criteria,

@@ -168,6 +168,7 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
         "freeze_bn": model.freeze_bn,
         "multi_level": model.multi_level,
         "head": model.head,
+        "input_norm": model.input_norm,
     }
     segmenter = build_segmenter(**model_args)
     if model.init_checkpoint is not None:
@@ -184,6 +185,13 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
             loaded, info = load_segmenter(
                 model.init_checkpoint, backbone=model.backbone, num_classes=model.num_classes, head=model.head
             )
+            if info["input_norm"] != model.input_norm:
+                # The whole model continues from the file: fed other input it would start from
+                # wrong predictions (a backbone alone is re-trained with a new head, so it may).
+                raise ValueError(
+                    f"model.init_checkpoint {model.init_checkpoint} expects {info['input_norm']}-normalised "
+                    f"input but model.input_norm is {model.input_norm}; set model.input_norm={info['input_norm']}"
+                )
             state = loaded.state_dict()
             if not model.multi_level and any(key.startswith(AUX_PREFIX) for key in state):
                 # A multi-level CDA model (AdaptSegNet, ADVENT) starts a single-level one (CRA) with
@@ -191,8 +199,10 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
                 state = {key: value for key, value in state.items() if not key.startswith(AUX_PREFIX)}
                 logger.info("model.init_checkpoint is multi-level: its auxiliary head is left out")
             missing, unexpected = segmenter.load_state_dict(state, strict=False)
-        # FrozenBatchNorm has no step counter: starting trainable BN from it leaves only that missing.
+        # FrozenBatchNorm has no step counter: starting trainable BN from it leaves only that
+        # missing, starting FrozenBatchNorm from trainable BN (ProDA's frozen-BN warm-up) only that left over.
         missing = [key for key in missing if not key.endswith("num_batches_tracked")]
+        unexpected = [key for key in unexpected if not key.endswith("num_batches_tracked")]
         if missing or unexpected:
             raise ValueError(
                 f"model.init_checkpoint {model.init_checkpoint} does not fit model {model_args}: "
@@ -219,14 +229,16 @@ def build_train_datasets(cfg: ExperimentConfig, method: Method) -> dict[str, Dat
         spec: DatasetSpec = getattr(cfg.data, kind)
         if kind == "target" and method.pseudo_label_store is not None:
             images = build_dataset(spec.name, spec.root, spec.split, num_classes=cfg.model.num_classes, labelled=False)
-            datasets[kind] = PseudoLabelledDataset(images, method.pseudo_label_store, train_transform(spec))
+            transform = train_transform(spec, input_norm=cfg.model.input_norm)
+            datasets[kind] = PseudoLabelledDataset(images, method.pseudo_label_store, transform)
         else:
-            datasets[kind] = build_train_dataset(spec, cfg.model.num_classes)
+            datasets[kind] = build_train_dataset(spec, cfg.model.num_classes, cfg.model.input_norm)
     return datasets
 
 
-def build_train_dataset(spec: DatasetSpec, num_classes: int) -> Dataset:
-    """A training dataset with ``spec``'s transforms, in the official CRA order (docs/spec.md §1.7)."""
+def build_train_dataset(spec: DatasetSpec, num_classes: int, input_norm: str) -> Dataset:
+    """A training dataset with ``spec``'s transforms, in the official CRA order (docs/spec.md §1.7),
+    normalised for a model whose ``input_norm`` is given."""
     from crossregion.data.datasets import build_dataset
 
     return build_dataset(
@@ -234,7 +246,7 @@ def build_train_dataset(spec: DatasetSpec, num_classes: int) -> Dataset:
         spec.root,
         spec.split,
         num_classes=num_classes,
-        transform=train_transform(spec),
+        transform=train_transform(spec, input_norm=input_norm),
         labelled=spec.labelled,
     )
 

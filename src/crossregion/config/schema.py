@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 SEGMENTER_OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("poly", "cosine")
 # Segmentation heads, as crossregion.models.HEADS (the config does not import the models).
 MODEL_HEADS = ("aspp", "proda")
+# How a segmenter's input images are scaled (crossregion.data.transforms.INPUT_NORM_STATS holds the
+# numbers): "imagenet" = RGB/255 minus the ImageNet mean, divided by its std (FADA/CRA, IAST and
+# every preset but ProDA's); "unit" = RGB/255 only (ProDA's loaders: mean 0, no std).
+INPUT_NORMS = ("imagenet", "unit")
 
 # The class counts each dataset's labels can be mapped to (docs/spec.md §5). GTA5, Synscapes and
 # Cityscapes store Cityscapes label IDs, so both the 19-class and the 16-class SYNTHIA setting
@@ -115,8 +120,13 @@ class ModelConfig:
     # initialised head(s): starts a model with another head (ProDA's) from a checkpoint with
     # DeepLab-v2's ASPP (the demo ProDA warm-up from demo_source_only). Off: every key must fit.
     init_backbone_only: bool = False
+    # The input scaling the model is trained and run with (INPUT_NORMS). Saved in its checkpoints,
+    # which every command that feeds it images follows; official ProDA files load as "unit".
+    input_norm: str = "imagenet"
 
     def __post_init__(self) -> None:
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"model.input_norm must be one of {INPUT_NORMS}, got {self.input_norm!r}")
         if self.init_backbone_only and self.init_checkpoint is None:
             raise ValueError("model.init_backbone_only: true needs model.init_checkpoint")
         if self.num_classes < 2:
@@ -141,8 +151,12 @@ class OptimConfig:
     momentum: float = 0.9
     # Official code: 5e-4 (the CRA paper's text says 1e-4). Adam adds it to the gradient (L2).
     weight_decay: float = 5e-4
-    # lr_t = lr * (1 - t / max_iters) ** poly_power, for every optimiser.
+    # lr_t = lr * (1 - t / max_iters) ** poly_power, for every optimiser ("poly", FADA/CRA, ProDA),
+    # or cosine annealing from lr to lr * cosine_min_ratio over max_iters ("cosine", IAST's
+    # CosineAnnealingLR_with_Restart with eta_min 0.001 * lr, one cycle).
+    schedule: str = "poly"
     poly_power: float = 0.9
+    cosine_min_ratio: float = 0.001
     # Poly horizon.
     max_iters: int = 62_500
     # Training stops here; None = max_iters. Official CRA/FADA: 40k of a 62.5k horizon.
@@ -152,6 +166,10 @@ class OptimConfig:
     disc_betas: tuple[float, float] = (0.9, 0.99)
 
     def __post_init__(self) -> None:
+        if self.schedule not in LR_SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {LR_SCHEDULES}, got {self.schedule!r}")
+        if not 0.0 <= self.cosine_min_ratio <= 1.0:
+            raise ValueError(f"optim.cosine_min_ratio must be in [0, 1], got {self.cosine_min_ratio}")
         if self.name not in SEGMENTER_OPTIMIZERS:
             raise ValueError(f"optim.name must be one of {SEGMENTER_OPTIMIZERS}, got {self.name!r}")
         if self.max_iters <= 0:

@@ -16,7 +16,7 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from crossregion.config.schema import DatasetSpec
+from crossregion.config.schema import INPUT_NORMS, DatasetSpec
 from crossregion.data.labels import IGNORE_INDEX
 from crossregion.trust import ENTROPY_IGNORE_VALUE
 
@@ -24,6 +24,13 @@ Sample = dict[str, object]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# (mean, std) of each model.input_norm, applied to RGB scaled to [0, 1].
+INPUT_NORM_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    # ProDA's loaders: RGB / 255 with mean 0 and no std (microsoft/ProDA data/*_dataset.py).
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+assert tuple(INPUT_NORM_STATS) == INPUT_NORMS, "one (mean, std) per config.schema.INPUT_NORMS"
 FLOAT_IGNORE = ENTROPY_IGNORE_VALUE  # pad value of float maps (entropy): neither trusted nor untrusted
 
 IMAGE_INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
@@ -170,7 +177,8 @@ class ColorJitter:
 
 
 class Normalize:
-    """Converts a uint8 image to float in [0, 1] and normalises it with ``mean`` and ``std``."""
+    """Converts a uint8 image to float in [0, 1] and normalises it with ``mean`` and ``std``
+    (``normalize_for`` builds the one of a model's ``input_norm``)."""
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -183,8 +191,20 @@ class Normalize:
         return {**sample, "image": (image - self.mean) / self.std}
 
 
-def train_transform(spec: DatasetSpec) -> Compose:
-    """``spec``'s training augmentation in the official CRA order (docs/spec.md §1.7), then normalisation.
+def normalize_for(input_norm: str) -> Normalize:
+    """The normalisation of a model's ``input_norm`` (``"imagenet"`` or ``"unit"``).
+
+    Raises:
+        ValueError: unknown ``input_norm``.
+    """
+    if input_norm not in INPUT_NORM_STATS:
+        raise ValueError(f"unknown input normalisation {input_norm!r}; choose one of {', '.join(INPUT_NORM_STATS)}")
+    return Normalize(*INPUT_NORM_STATS[input_norm])
+
+
+def train_transform(spec: DatasetSpec, *, input_norm: str) -> Compose:
+    """``spec``'s training augmentation in the official CRA order (docs/spec.md §1.7), then the
+    normalisation of the model's ``input_norm``.
 
     Colour jitter (image only) -> resize -> random scale -> random crop -> flip -> normalise; each
     step only where ``spec`` asks for it. Crop padding fills float maps (entropy) with
@@ -201,7 +221,7 @@ def train_transform(spec: DatasetSpec) -> Compose:
         steps.append(RandomCrop(*spec.crop))
     if spec.flip:
         steps.append(RandomHorizontalFlip(0.5))
-    steps.append(Normalize())
+    steps.append(normalize_for(input_norm))
     return Compose(steps)
 
 
@@ -219,8 +239,9 @@ class WithOriginalSize:
         return sample
 
 
-def eval_transform(*, size: tuple[int, int] | None = None, resize_mask: bool = False) -> Compose:
-    """Evaluation input: optional resize of the image to (height, width), then normalisation.
+def eval_transform(*, input_norm: str, size: tuple[int, int] | None = None, resize_mask: bool = False) -> Compose:
+    """Evaluation input: optional resize of the image to (height, width), then the normalisation
+    of the model's ``input_norm`` (a segmenter's ``input_norm`` attribute).
 
     By default the ``mask`` keeps its full resolution (the protocol scores predictions
     upsampled to the label, docs/spec.md §5.2); ``resize_mask`` resizes it too (nearest).
@@ -228,5 +249,5 @@ def eval_transform(*, size: tuple[int, int] | None = None, resize_mask: bool = F
     transforms: list[Callable[[Sample], Sample]] = []
     if size is not None:
         transforms.append(Resize(*size, image_only=not resize_mask))
-    transforms.append(Normalize())
+    transforms.append(normalize_for(input_norm))
     return Compose(transforms)

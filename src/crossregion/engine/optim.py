@@ -1,12 +1,14 @@
-"""Optimisers and the poly learning-rate schedule (docs/spec.md §1.6, §2.4, §4.1).
+"""Optimisers and the learning-rate schedules (docs/spec.md §1.6, §2.4, §4.1; docs/iast.md).
 
-Every optimiser follows lr_t = base_lr * (1 - t / max_iters) ** power, with t the number of
-finished iterations. The schedule scales each parameter group's own base lr, so the head's
+Every optimiser follows lr_t = base_lr * factor(t), with t the number of finished iterations:
+poly, (1 - t / max_iters) ** power (FADA/CRA, ProDA), or cosine annealing to ``cosine_min_ratio``
+over max_iters (IAST). The schedule scales each parameter group's own base lr, so the head's
 x10 group keeps its ratio without anything indexing ``param_groups[1]``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -20,8 +22,18 @@ def poly_factor(iteration: int, max_iters: int, power: float) -> float:
     return max(0.0, 1.0 - iteration / max_iters) ** power
 
 
-def build_poly_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR with the poly factor over ``optim.max_iters``; step it once per iteration."""
+def cosine_factor(iteration: int, max_iters: int, min_ratio: float) -> float:
+    """min_ratio + (1 - min_ratio) (1 + cos(pi t / max_iters)) / 2, held at min_ratio past the horizon."""
+    progress = min(1.0, iteration / max_iters)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR with ``optim.schedule``'s factor over ``optim.max_iters``; step it once per iteration."""
+    if optim.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda iteration: cosine_factor(iteration, optim.max_iters, optim.cosine_min_ratio)
+        )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda iteration: poly_factor(iteration, optim.max_iters, optim.poly_power)
     )

@@ -29,7 +29,7 @@ from crossregion.dist import all_gather_objects, barrier, get_rank, get_world_si
 from crossregion.engine import checkpoint as ckpt
 from crossregion.engine.amp import autocast, build_grad_scaler
 from crossregion.engine.logging import MetricWriter, ProgressBar
-from crossregion.engine.optim import build_poly_scheduler
+from crossregion.engine.optim import build_scheduler
 from crossregion.errors import CrossregionError
 
 logger = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ class Trainer:
         self.method = method
         self.models = dict(models)
         self.optimizers = dict(optimizers)
-        self.schedulers = {name: build_poly_scheduler(opt, cfg.optim) for name, opt in self.optimizers.items()}
+        self.schedulers = {name: build_scheduler(opt, cfg.optim) for name, opt in self.optimizers.items()}
         self.scaler = build_grad_scaler(device, cfg.engine.amp)
         self.loaders = dict(loaders)
         self.device = device

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from crossregion.data.datasets import SegmentationDataset
 from crossregion.data.transforms import eval_transform
+from crossregion.dist import unwrap
 from crossregion.eval.inference import (
     predict_probs,
 )
@@ -42,11 +43,13 @@ def evaluate_segmenter(
     """Scores ``segmenter`` on every labelled image of ``dataset``.
 
     The dataset's own transform is replaced for the run by the evaluation preset (resize the
-    image to ``input_size``, normalise; the label keeps its full resolution) and restored after.
+    image to ``input_size``, normalise as the segmenter's ``input_norm`` says; the label keeps its
+    full resolution) and restored after.
 
     Args:
-        segmenter: returns ``logits`` (the Segmenter contract); moved to ``device``, put in eval
-            mode and restored to its previous mode afterwards.
+        segmenter: returns ``logits`` (the Segmenter contract) and has ``input_norm`` (possibly
+            wrapped by DDP); moved to ``device``, put in eval mode and restored to its previous
+            mode afterwards.
         dataset: a labelled dataset whose label set matches the segmenter's classes.
         input_size: ``(height, width)`` the image is resized to; None keeps the image size.
         flip, scales, window, stride: inference options (see ``predict_probs``).
@@ -65,7 +68,7 @@ def evaluate_segmenter(
     confusion = ConfusionMatrix(dataset.num_classes, device=device)
     was_training = segmenter.training
     saved_transform = dataset.transform
-    dataset.transform = eval_transform(size=input_size)
+    dataset.transform = eval_transform(size=input_size, input_norm=unwrap(segmenter).input_norm)
     segmenter.to(device).eval()
     try:
         for sample in tqdm(loader, desc="evaluate", unit="img", disable=not progress or rank != 0):

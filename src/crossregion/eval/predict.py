@@ -22,6 +22,7 @@ from tqdm import tqdm
 from crossregion.data.datasets import IMAGE_SUFFIXES
 from crossregion.data.labels import label_set_for
 from crossregion.data.transforms import eval_transform
+from crossregion.dist import unwrap
 from crossregion.eval.inference import predict_probs
 from crossregion.eval.visualize import colorize, overlay, save_png
 
@@ -69,7 +70,7 @@ def predict_image(
     """Train IDs of one image at its own size.
 
     Args:
-        segmenter: in eval mode, on ``device``.
+        segmenter: in eval mode, on ``device``; its ``input_norm`` says how the image is normalised.
         image: an RGB image.
         input_size: ``(height, width)`` the image is resized to for inference; None keeps it.
         inference: ``flip``, ``scales``, ``window``, ``stride`` for ``predict_probs``.
@@ -78,7 +79,7 @@ def predict_image(
         uint8 H×W train IDs.
     """
     pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
-    sample = eval_transform(size=input_size)({"image": pixels})
+    sample = eval_transform(size=input_size, input_norm=unwrap(segmenter).input_norm)({"image": pixels})
     probs = predict_probs(
         segmenter,
         sample["image"][None].to(device),

@@ -9,6 +9,7 @@ from crossregion.methods import (  # noqa: F401  (importing a method registers i
     iast,
     proda,
     proda_distill,
+    proda_warmup,
     pseudo_label_only,
     self_distill,
     source_only,

@@ -2,7 +2,8 @@
 
 *Learning to Adapt Structured Output Space for Semantic Segmentation*, Tsai et al., CVPR 2018,
 arXiv:1802.10349. ``OutputSpaceAdaptation`` holds the step shared with ADVENT's AdvEnt
-(``methods/advent.py``), which only changes what the discriminators see.
+(``methods/advent.py``), which only changes what the discriminators see, and with the
+least-squares warm-ups of IAST and ProDA (``LeastSquaresAdaptation``, ``domain_mse``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossregion.config.schema import MethodConfig
+from crossregion.config.schema import ExperimentConfig, MethodConfig
 from crossregion.engine.trainer import StepContext
 from crossregion.methods.base import Method, frozen, register_method
 from crossregion.methods.losses import segmentation_cross_entropy, upsample_logits
@@ -39,6 +40,17 @@ def domain_bce(disc_logits: torch.Tensor, label: float) -> torch.Tensor:
     """
     disc_logits = disc_logits.float()
     return F.binary_cross_entropy_with_logits(disc_logits, torch.full_like(disc_logits, label))
+
+
+def domain_mse(disc_outputs: torch.Tensor, label: float) -> torch.Tensor:
+    """Least-squares GAN loss (IAST's and ProDA's warm-ups): mean of (D(x) − label)² over the map.
+
+    Shape:
+        - disc_outputs: (N, 1, h, w) raw discriminator outputs (no sigmoid)
+        - output: scalar, float32
+    """
+    disc_outputs = disc_outputs.float()
+    return F.mse_loss(disc_outputs, torch.full_like(disc_outputs, label))
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,7 @@ class OutputSpaceAdaptation(Method):
 
     def domain_loss(self, disc_outputs: torch.Tensor, label: float) -> torch.Tensor:
         """The GAN loss of discriminator outputs against a domain label: BCE-with-logits here
-        (AdaptSegNet, ADVENT); IAST's warm-up uses least squares (``methods/iast.py``).
+        (AdaptSegNet, ADVENT); ``LeastSquaresAdaptation`` uses least squares.
 
         Shape:
             - disc_outputs: (N, 1, h, w)
@@ -106,11 +118,12 @@ class OutputSpaceAdaptation(Method):
     def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
         """The segmenter plus ``discriminator_main`` (and ``discriminator_aux`` when multi-level)."""
         levels = ("main", "aux") if segmenter.multi_level else ("main",)
-        discriminators = {
-            f"discriminator_{level}": OutputSpaceDiscriminator(self.num_classes, ndf=self.cfg.disc_width)
-            for level in levels
-        }
+        discriminators = {f"discriminator_{level}": self.build_discriminator() for level in levels}
         return {"segmenter": segmenter, **discriminators}
+
+    def build_discriminator(self) -> nn.Module:
+        """One output-space discriminator: AdaptSegNet's (``disc_width`` base channels)."""
+        return OutputSpaceDiscriminator(self.num_classes, ndf=self.cfg.disc_width)
 
     def _maps(
         self, outputs: Mapping[str, torch.Tensor], size: tuple[int, int], levels: list[str]
@@ -194,3 +207,27 @@ class AdaptSegNet(OutputSpaceAdaptation):
 
     def adversarial_weights(self) -> dict[str, float]:
         return {"main": self.cfg.adv_main_weight, "aux": self.cfg.adv_aux_weight}
+
+
+class LeastSquaresAdaptation(OutputSpaceAdaptation):
+    """The single-level output-space step with the least-squares GAN loss (``domain_mse``) on
+    softmax maps: the warm-ups of IAST (``iast_warmup``) and ProDA (``proda_warmup``), which
+    differ in their discriminator and weights. Their configs are ``AdaptSegNetConfig``s whose aux
+    fields are unused.
+    """
+
+    def check_config(self, cfg: ExperimentConfig) -> None:
+        super().check_config(cfg)
+        if cfg.model.multi_level:
+            raise ValueError(
+                f"method {self.cfg.name} is single-level (one discriminator); set model.multi_level: false"
+            )
+
+    def discriminator_input(self, probs: torch.Tensor) -> torch.Tensor:
+        return probs
+
+    def adversarial_weights(self) -> dict[str, float]:
+        return {"main": self.cfg.adv_main_weight}
+
+    def domain_loss(self, disc_outputs: torch.Tensor, label: float) -> torch.Tensor:
+        return domain_mse(disc_outputs, label)

@@ -4,8 +4,8 @@
 arXiv:2008.12197. The pure pieces (selector, regularisers, LSGAN loss, constants) live in
 ``methods/iast_losses.py``; this file puts them on the method API:
 
-- ``iast_warmup``: AdaptSegNet's single-level output-space adversarial step
-  (``OutputSpaceAdaptation``) with IAST's least-squares loss ``domain_mse`` and IAST's λ_adv.
+- ``iast_warmup``: the single-level least-squares output-space step (``LeastSquaresAdaptation``,
+  shared with ProDA's warm-up) with IAST's discriminator (3x3 first conv) and λ_adv.
 - ``iast``: one self-training round, online. A frozen teacher (the round's starting model, a copy
   of the segmenter as ``model.init_checkpoint`` loaded it) predicts each target batch; the
   ``InstanceAdaptiveSelector`` (the method's per-run state) turns its softmax into hard pseudo
@@ -30,7 +30,7 @@ from crossregion.data.labels import IGNORE_INDEX
 from crossregion.dist import unwrap
 from crossregion.engine.trainer import StepContext
 from crossregion.methods import adaptsegnet
-from crossregion.methods.adaptsegnet import AdaptSegNetConfig, OutputSpaceAdaptation
+from crossregion.methods.adaptsegnet import AdaptSegNetConfig, LeastSquaresAdaptation
 from crossregion.methods.base import Method, register_method
 from crossregion.methods.iast_losses import (
     ENTROPY_REGULARISATION_WEIGHT,
@@ -44,10 +44,13 @@ from crossregion.methods.iast_losses import (
     THRESHOLD_MOMENTUM,
     WARMUP_ADVERSARIAL_WEIGHTS,
     InstanceAdaptiveSelector,
-    domain_mse,
     region_guided_regularisation,
 )
 from crossregion.methods.losses import upsample_logits
+from crossregion.models import OutputSpaceDiscriminator
+
+# IAST's FCDiscriminator: AdaptSegNet's with a 3x3 first conv.
+IAST_DISCRIMINATOR_FIRST_KERNEL = 3
 
 # The shared step labels domains as AdaptSegNet does; IAST's LSGAN uses the same 0/1.
 assert (adaptsegnet.SOURCE_LABEL, adaptsegnet.TARGET_LABEL) == (SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL)
@@ -73,24 +76,15 @@ class IastWarmupConfig(AdaptSegNetConfig):
 
 
 @register_method
-class IastWarmup(OutputSpaceAdaptation):
-    """AdaptSegNet's single-level step with IAST's least-squares loss and weight."""
+class IastWarmup(LeastSquaresAdaptation):
+    """The single-level least-squares step with IAST's discriminator and weight."""
 
     config_class = IastWarmupConfig
 
-    def check_config(self, cfg: ExperimentConfig) -> None:
-        super().check_config(cfg)
-        if cfg.model.multi_level:
-            raise ValueError("method iast_warmup is single-level (one discriminator); set model.multi_level: false")
-
-    def discriminator_input(self, probs: torch.Tensor) -> torch.Tensor:
-        return probs
-
-    def adversarial_weights(self) -> dict[str, float]:
-        return {"main": self.cfg.adv_main_weight}
-
-    def domain_loss(self, disc_outputs: torch.Tensor, label: float) -> torch.Tensor:
-        return domain_mse(disc_outputs, label)
+    def build_discriminator(self) -> nn.Module:
+        return OutputSpaceDiscriminator(
+            self.num_classes, ndf=self.cfg.disc_width, first_kernel=IAST_DISCRIMINATOR_FIRST_KERNEL
+        )
 
 
 # -------------------------------------------------------------------- self-training round
@@ -191,13 +185,18 @@ class Iast(Method):
     def pseudo_labels(self, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The teacher's hard labels of ``images`` (255 = ignored); moves the thresholds once.
 
+        The teacher runs in float32 with autocast off, whatever ``engine.amp`` says: the official
+        code generates its labels before apex (O1, fp16) wraps the model, so in fp32, and the
+        selector's quantiles are sensitive to the confidences' precision.
+
         Shape:
             - images: (N, 3, H, W)
             - output: (N, H, W) int64
         """
         teacher = unwrap(teacher)
         teacher.eval()  # the trainer puts every model in train mode
-        logits = teacher(images)["logits"]
+        with torch.autocast(images.device.type, enabled=False):
+            logits = teacher(images.float())["logits"]
         probs = F.softmax(upsample_logits(logits.float(), tuple(images.shape[-2:])), dim=1)
         return self.selector.select(probs)
 

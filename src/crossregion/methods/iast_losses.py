@@ -16,6 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from crossregion.data.labels import IGNORE_INDEX
+
+# The warm-up's least-squares GAN loss, shared with ProDA's warm-up: D learns the average of
+# domain_mse(D(source), SOURCE_DOMAIN_LABEL) and domain_mse(D(target), TARGET_DOMAIN_LABEL); the
+# segmenter's adversarial term is λ_adv · domain_mse(D(target), SOURCE_DOMAIN_LABEL).
+from crossregion.methods.adaptsegnet import domain_mse
 from crossregion.methods.losses import upsample_logits
 
 # --- Instance-adaptive selector (pseudo-label generation at the start of each round) ---------
@@ -307,22 +312,6 @@ def region_guided_regularisation(
         "kld_reg_loss": kld_weight * kld_regularisation(logits, pseudo_label, ignore_index),
         "entropy_reg_loss": entropy_weight * entropy_regularisation(logits, pseudo_label, ignore_index),
     }
-
-
-def domain_mse(disc_outputs: torch.Tensor, label: float) -> torch.Tensor:
-    """Least-squares GAN loss of the warm-up stage: mean of (D(x) − label)² over the map.
-
-    The discriminator is AdaptSegNet's output-space one (``OutputSpaceDiscriminator``, 64 base
-    channels) on softmax maps at image resolution; its loss is the average of
-    ``domain_mse(D(source), SOURCE_DOMAIN_LABEL)`` and ``domain_mse(D(target), TARGET_DOMAIN_LABEL)``;
-    the segmenter's adversarial term is ``λ_adv · domain_mse(D(target), SOURCE_DOMAIN_LABEL)``.
-
-    Shape:
-        - disc_outputs: (N, 1, h, w) raw discriminator outputs (no sigmoid)
-        - output: scalar, float32
-    """
-    disc_outputs = disc_outputs.float()
-    return F.mse_loss(disc_outputs, torch.full_like(disc_outputs, label))
 
 
 def proportion_for_round(round_index: int) -> float:

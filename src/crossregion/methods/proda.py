@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from crossregion.config.schema import ExperimentConfig, MethodConfig
+from crossregion.data.transforms import INPUT_NORM_STATS
 from crossregion.dist import get_world_size, unwrap
 from crossregion.engine.trainer import StepContext
 from crossregion.methods.base import Method, register_method
@@ -64,6 +65,9 @@ from crossregion.methods.proda_losses import (
     symmetric_cross_entropy,
     update_ema_model,
 )
+
+# Module modes of the EMA teacher (ProdaConfig.ema_mode).
+EMA_MODES = ("train", "eval")
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,10 @@ class ProdaConfig(ProdaViewConfig):
     rectify_threshold: float = RECTIFY_THRESHOLD
     # EMA teacher decay (hard-coded 0.999 in the official step).
     ema_decay: float = EMA_DECAY
+    # The EMA teacher's module mode in the step: "train" as the official code, which never puts
+    # it in eval mode (dropout on its prototype features, BatchNorm on batch statistics); "eval"
+    # (dropout off, running statistics) is this project's earlier choice.
+    ema_mode: str = "train"
     # Epochs of the initial-prototype pass over un-augmented target train (calc_prototype.py: 4).
     prototype_epochs: int = 4
 
@@ -136,6 +144,8 @@ class ProdaConfig(ProdaViewConfig):
                 raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
         if self.rce_alpha + self.rce_beta <= 0:
             raise ValueError("method.rce_alpha + method.rce_beta must be positive (else no pseudo-label loss)")
+        if self.ema_mode not in EMA_MODES:
+            raise ValueError(f"method.ema_mode must be one of {EMA_MODES}, got {self.ema_mode!r}")
         if self.regular_type not in REGULAR_TYPES:
             raise ValueError(f"method.regular_type must be one of {REGULAR_TYPES}, got {self.regular_type!r}")
         if self.proto_temperature <= 0:
@@ -162,17 +172,35 @@ def flip_where(tensor: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 
 def strong_view(
-    images: torch.Tensor, cfg: ProdaViewConfig, generator: torch.Generator | None = None
+    images: torch.Tensor,
+    cfg: ProdaViewConfig,
+    generator: torch.Generator | None = None,
+    *,
+    input_norm: str = "imagenet",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The strong view of (normalised) images and its valid-pixel mask (False in the cutout box).
 
     Per image: contrast factor around the image mean, brightness offset, Gaussian noise, and one
-    cutout box (set to 0, the normalised mean) of ``strong_cutout`` times each side.
+    cutout box (set to 0, the normalised mean) of ``strong_cutout`` times each side. The
+    constants are in ImageNet-normalised units: images of another ``input_norm`` (ProDA's RGB/255)
+    are mapped there, changed, and mapped back, so a preset's view does not depend on it.
 
     Shape:
         - images: (N, 3, H, W)
         - outputs: (N, 3, H, W), (N, H, W) bool
     """
+    if input_norm != "imagenet":
+        own_mean, own_std = (
+            torch.tensor(v, device=images.device, dtype=images.dtype).view(3, 1, 1)
+            for v in INPUT_NORM_STATS[input_norm]
+        )
+        imagenet_mean, imagenet_std = (
+            torch.tensor(v, device=images.device, dtype=images.dtype).view(3, 1, 1)
+            for v in INPUT_NORM_STATS["imagenet"]
+        )
+        rgb = images * own_std + own_mean
+        out, valid = strong_view((rgb - imagenet_mean) / imagenet_std, cfg, generator)
+        return ((out * imagenet_std + imagenet_mean) - own_mean) / own_std, valid
     n, _, h, w = images.shape
     device, dtype = images.device, images.dtype
 
@@ -257,7 +285,7 @@ class Proda(Method):
                 spec.root,
                 spec.split,
                 num_classes=self.num_classes,
-                transform=eval_transform(size=spec.resize),
+                transform=eval_transform(size=spec.resize, input_norm=warmup.input_norm),
                 labelled=False,
             )
         loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
@@ -310,14 +338,17 @@ class Proda(Method):
         size = (max(1, h // cfg.label_downsample), max(1, w // cfg.label_downsample))
         flip = torch.rand(n) < cfg.weak_flip_prob
         weak = flip_where(full, flip.to(full.device))
-        strong, strong_valid = strong_view(weak, cfg)
+        strong, strong_valid = strong_view(weak, cfg, input_norm=unwrap(segmenter).input_norm)
         flip = flip.to(full.device)
 
-        # (2) Teachers, no grad, eval mode (the trainer put every model in train mode).
+        # (2) Teachers, no grad. The warm-up model in eval mode (the official soft labels are made
+        # offline by the model in eval mode); the EMA in the configured mode (the trainer put
+        # every model in train mode, the official one).
         with torch.no_grad():
             warmup.eval()
-            ema.eval()
-            soft_labels = F.softmax(resize_aligned(warmup(weak)["logits"].float(), size), dim=1)
+            ema.train(cfg.ema_mode == "train")
+            # Officially stored as the softmax of the stride-8 logits, resized as probabilities.
+            soft_labels = resize_aligned(F.softmax(warmup(weak)["logits"].float(), dim=1), size)
             ema_out = ema(full)
             ema_features = resize_aligned(ema_out["features"].float(), size)
             ema_logits = resize_aligned(ema_out["logits"].float(), size)

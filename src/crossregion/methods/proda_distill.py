@@ -36,6 +36,7 @@ from torch import nn
 
 from crossregion.config.schema import ExperimentConfig
 from crossregion.data.labels import IGNORE_INDEX
+from crossregion.dist import unwrap
 from crossregion.engine.trainer import StepContext
 from crossregion.methods.base import Method, register_method
 from crossregion.methods.losses import segmentation_cross_entropy, upsample_logits
@@ -163,9 +164,15 @@ class ProdaDistill(Method):
         model = self._model_cfg
         expected = {} if model is None else {"backbone": model.backbone, "head": model.head}
         try:
-            loaded, _ = load_segmenter(path, num_classes=self.num_classes, **expected)
+            loaded, info = load_segmenter(path, num_classes=self.num_classes, **expected)
         except (FileNotFoundError, ValueError) as error:
             raise ValueError(f"method.teacher_checkpoint: {error}") from error
+        if info["input_norm"] != segmenter.input_norm:
+            # The teacher sees the student's batches, so both must expect the same input scaling.
+            raise ValueError(
+                f"method.teacher_checkpoint {path} expects {info['input_norm']}-normalised input but the "
+                f"student is fed {segmenter.input_norm}-normalised input; set model.input_norm={info['input_norm']}"
+            )
         teacher = copy.deepcopy(segmenter)
         state = loaded.state_dict()
         own = teacher.state_dict()
@@ -201,7 +208,7 @@ class ProdaDistill(Method):
         size = (max(1, h // cfg.label_downsample), max(1, w // cfg.label_downsample))
         flip = (torch.rand(n) < cfg.weak_flip_prob).to(full.device)
         weak = flip_where(full, flip)
-        strong, strong_valid = strong_view(weak, cfg)
+        strong, strong_valid = strong_view(weak, cfg, input_norm=unwrap(models["segmenter"]).input_norm)
 
         # (2) Teacher, no grad, eval mode (the trainer put every model in train mode).
         with torch.no_grad():

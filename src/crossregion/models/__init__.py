@@ -8,7 +8,11 @@ from crossregion.models.backbones import (
 )
 from crossregion.models.checkpoint_io import export_official, load_segmenter
 from crossregion.models.deeplabv2 import HEADS, ASPPClassifier, Segmenter, build_segmenter
-from crossregion.models.discriminators import FineGrainedDiscriminator, OutputSpaceDiscriminator
+from crossregion.models.discriminators import (
+    FineGrainedDiscriminator,
+    OutputSpaceDiscriminator,
+    ProdaDiscriminator,
+)
 from crossregion.models.proda_head import ProDAClassifier
 from crossregion.models.weights import strip_wrapper_prefixes
 
@@ -20,6 +24,7 @@ __all__ = [
     "FrozenBatchNorm2d",
     "OutputSpaceDiscriminator",
     "ProDAClassifier",
+    "ProdaDiscriminator",
     "Segmenter",
     "build_feature_extractor",
     "build_segmenter",

@@ -311,14 +311,24 @@ def _pretrained_to_backbone_keys(
     return renamed
 
 
-def load_pretrained_backbone(feature_extractor: nn.Module, path: str | Path) -> None:
+# ProDA's SimCLR ResNet-101 (``pretrained/simclr/r101_1x_sk0.pth``): ``{"state_dict": ...}`` with
+# torchvision key names, trained on RGB / 255 without mean or std (its stages 2 and 3 feed it that).
+_SIMCLR_CONTAINER_KEY = "state_dict"
+
+
+def load_pretrained_backbone(feature_extractor: nn.Module, path: str | Path) -> str:
     """Loads a torchvision-format ImageNet state dict file into ``feature_extractor.backbone``.
 
     Works with torchvision's ``resnet*-*.pth`` and ``vgg16-397923af.pth`` files (and state dicts
     with the same keys, e.g. the caffe-converted ``vgg16-00b39a1b.pth`` of the FADA configs, which
-    expects BGR 0-255 input minus the caffe mean instead of torchvision's normalisation). The
-    classification head is dropped; ``num_batches_tracked`` entries are ignored; VGG's fc6/fc7
-    stay randomly initialised. Nothing downloads.
+    expects BGR 0-255 input minus the caffe mean instead of torchvision's normalisation), and
+    ProDA's SimCLR file (the same keys inside ``{"state_dict": ...}``). The classification head
+    is dropped; ``num_batches_tracked`` entries are ignored; VGG's fc6/fc7 stay randomly
+    initialised. Nothing downloads.
+
+    Returns:
+        The input normalisation the weights were trained with (``config.schema.INPUT_NORMS``):
+        ``"unit"`` for ProDA's SimCLR file, ``"imagenet"`` for a plain state dict.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -331,8 +341,14 @@ def load_pretrained_backbone(feature_extractor: nn.Module, path: str | Path) -> 
             "(e.g. resnet101-5d3b4d8f.pth or vgg16-397923af.pth) or set pretrained to null"
         )
     state_dict = read_torch_file(path, what="ImageNet weights")
+    weights_norm = "imagenet"
+    if isinstance(state_dict, dict) and set(state_dict) == {_SIMCLR_CONTAINER_KEY}:
+        state_dict, weights_norm = state_dict[_SIMCLR_CONTAINER_KEY], "unit"
     if not is_state_dict(state_dict):
-        raise ValueError(f"ImageNet weights {path} are not a state dict (a mapping of names to tensors)")
+        raise ValueError(
+            f"ImageNet weights {path} are not a state dict (a mapping of names to tensors) nor ProDA's "
+            "SimCLR file ({'state_dict': state dict})"
+        )
 
     def without_counters(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {key: value for key, value in tensors.items() if not key.endswith("num_batches_tracked")}
@@ -349,3 +365,4 @@ def load_pretrained_backbone(feature_extractor: nn.Module, path: str | Path) -> 
     if mismatch:
         raise ValueError(f"ImageNet weights {path} do not fit this backbone: {mismatch}")
     feature_extractor.backbone.load_state_dict(found, strict=False)
+    return weights_norm

@@ -174,6 +174,8 @@ def infer_official_architecture(
         "freeze_bn": freeze_bn,
         "multi_level": False,
         "head": "aspp",
+        # FADA/CRA and IAST normalise with the ImageNet mean and std (docs/spec.md §1.2, docs/iast.md).
+        "input_norm": "imagenet",
     }
 
 
@@ -252,6 +254,8 @@ def _read_proda(
         "freeze_bn": False,
         "multi_level": False,
         "head": "proda",
+        # ProDA's loaders feed RGB / 255 (mean 0, no std): its models expect that input.
+        "input_norm": "unit",
     }
     prototypes = entry.get("objective_vectors")
     extras = {
@@ -313,6 +317,8 @@ def _read_crossregion(
         "multi_level": bool(model_arguments.get("multi_level", False)),
         # Checkpoints written before the ProDA head existed hold no head: DeepLab-v2's ASPP.
         "head": str(model_arguments.get("head", "aspp")),
+        # Checkpoints written before input_norm existed were all trained on ImageNet-normalised input.
+        "input_norm": str(model_arguments.get("input_norm", "imagenet")),
     }
     others = {name: state for name, state in models.items() if name != "segmenter"}
     extras = {
@@ -351,7 +357,9 @@ def load_segmenter(
 
     Returns:
         (segmenter in eval mode, info) with info keys ``path``, ``format``, ``backbone``,
-        ``num_classes``, ``freeze_bn``, ``multi_level``, ``head``, ``iteration``,
+        ``num_classes``, ``freeze_bn``, ``multi_level``, ``head``, ``input_norm`` (the input scaling
+        the model expects, also ``segmenter.input_norm``: ``"unit"`` for ProDA files, ``"imagenet"``
+        for FADA/CRA and IAST ones, what ours record), ``iteration``,
         ``discriminator_state`` (the FADA discriminator's prefix-free state dict: official
         ``model_D``, or ours when the checkpoint holds exactly one; else None) and ``prototypes``
         (ProDA's class prototypes, (K, 256), from a ProDA file; else None).
@@ -443,6 +451,11 @@ def export_official(
         raise ValueError(
             f"cannot write {path}: the official FADA/CRA format holds a DeepLab-v2 ASPP head, "
             f"not the {segmenter.head} head"
+        )
+    if getattr(segmenter, "input_norm", "imagenet") != "imagenet":
+        raise ValueError(
+            f"cannot write {path}: the official FADA/CRA code feeds ImageNet-normalised images, and this "
+            f"model expects {segmenter.input_norm}-normalised ones"
         )
     if getattr(segmenter, "aux_classifier", None) is not None:
         logger.warning("the official format has no auxiliary classifier; %s keeps the main one only", path)

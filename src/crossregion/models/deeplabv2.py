@@ -5,13 +5,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from crossregion.config.schema import INPUT_NORMS
 from crossregion.models.backbones import build_feature_extractor, load_pretrained_backbone
 from crossregion.models.proda_head import ProDAClassifier
+
+logger = logging.getLogger(__name__)
 
 ASPP_DILATIONS: tuple[int, ...] = (6, 12, 18, 24)
 ASPP_INIT_STD = 0.01
@@ -63,6 +67,9 @@ class Segmenter(nn.Module):
         feature_extractor: a module with ``backbone`` and ``feature_channels``.
         classifier: head on the final features.
         aux_classifier: head on layer3 (AdaptSegNet/ADVENT multi-level), or None.
+        input_norm: how its input images are scaled (``config.schema.INPUT_NORMS``): ``"imagenet"``
+            or ``"unit"`` (ProDA's RGB/255). Not applied here: whoever turns images into tensors
+            for this model reads it (``data.transforms.normalize_for``); checkpoints store it.
     """
 
     def __init__(
@@ -70,10 +77,14 @@ class Segmenter(nn.Module):
         feature_extractor: nn.Module,
         classifier: ASPPClassifier | ProDAClassifier,
         aux_classifier: ASPPClassifier | None = None,
+        input_norm: str = "imagenet",
     ) -> None:
         super().__init__()
         if isinstance(classifier, ProDAClassifier) and aux_classifier is not None:
             raise ValueError("the ProDA head has no multi-level variant")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {input_norm!r}; choose one of {', '.join(INPUT_NORMS)}")
+        self.input_norm = input_norm
         self.feature_extractor = feature_extractor
         self.classifier = classifier
         self.aux_classifier = aux_classifier
@@ -137,6 +148,7 @@ def build_segmenter(
     freeze_bn: bool = False,
     multi_level: bool = False,
     head: str = "aspp",
+    input_norm: str = "imagenet",
 ) -> Segmenter:
     """DeepLabv2 with the named backbone.
 
@@ -149,6 +161,7 @@ def build_segmenter(
         multi_level: add the auxiliary ASPP on layer3 (ResNets only) and return ``aux_logits``.
         head: ``"aspp"`` (DeepLab-v2) or ``"proda"`` (ProDA's head; ``features`` are then its
             prototype features). ProDA's official model is ``resnet101_deeplab`` + ``"proda"``.
+        input_norm: the input scaling the model is trained and run with (``Segmenter``).
 
     Raises:
         KeyError: unknown backbone.
@@ -166,11 +179,20 @@ def build_segmenter(
     if multi_level and not hasattr(feature_extractor, "forward_with_intermediate"):
         raise ValueError(f"multi_level needs a ResNet backbone (layer3 features); {backbone!r} has none")
     if pretrained is not None:
-        load_pretrained_backbone(feature_extractor, pretrained)
+        weights_norm = load_pretrained_backbone(feature_extractor, pretrained)
+        if weights_norm != input_norm:
+            # Not an error: official ProDA feeds RGB/255 to torchvision's ImageNet weights, whose
+            # BatchNorm adapts during training.
+            logger.info(
+                "pretrained weights %s were trained on %s-normalised input; the model is fed %s-normalised input",
+                pretrained,
+                weights_norm,
+                input_norm,
+            )
     classifier: ASPPClassifier | ProDAClassifier = (
         ProDAClassifier(feature_extractor.feature_channels, num_classes)
         if head == "proda"
         else ASPPClassifier(feature_extractor.feature_channels, num_classes)
     )
     aux_classifier = ASPPClassifier(feature_extractor.intermediate_channels, num_classes) if multi_level else None
-    return Segmenter(feature_extractor, classifier, aux_classifier)
+    return Segmenter(feature_extractor, classifier, aux_classifier, input_norm=input_norm)

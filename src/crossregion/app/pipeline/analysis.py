@@ -119,7 +119,7 @@ def feature_gap(cfg: PipelineConfig, checkpoint: str, store_path: str, min_cells
     store = PseudoLabelStore(store_path)
     factors = rare_class_factors(store.class_pixel_counts, cfg.pseudo_label.rare_share, cfg.pseudo_label.rare_factor)
     dataset = target_dataset(cfg, store.num_classes, labelled=True)
-    dataset.transform = eval_transform(size=cfg.target.input_size)
+    dataset.transform = eval_transform(size=cfg.target.input_size, input_norm=segmenter.input_norm)
     gap = FeatureGap(store.num_classes)
     for index, name in enumerate(dataset.names):
         features = segmenter(dataset[index]["image"].unsqueeze(0).to(device))["features"][0].cpu()
@@ -150,7 +150,7 @@ def error_share_untrusted(cfg: PipelineConfig, checkpoint: str, store_path: str)
     store = PseudoLabelStore(store_path)
     factors = rare_class_factors(store.class_pixel_counts, cfg.pseudo_label.rare_share, cfg.pseudo_label.rare_factor)
     dataset = target_dataset(cfg, store.num_classes, labelled=True)
-    dataset.transform = eval_transform(size=cfg.target.input_size)
+    dataset.transform = eval_transform(size=cfg.target.input_size, input_norm=segmenter.input_norm)
     errors = errors_untrusted = 0
     for index, name in enumerate(dataset.names):
         sample = dataset[index]
@@ -221,7 +221,8 @@ def write_fig3_panel(
     factors = rare_class_factors(store.class_pixel_counts, cfg.pseudo_label.rare_share, cfg.pseudo_label.rare_factor)
     dataset = target_dataset(cfg, store.num_classes, labelled=True, split=cfg.target.val_split)
     palette = dataset.label_set.palette
-    transform = eval_transform(size=cfg.target.input_size)
+    cda_transform = eval_transform(size=cfg.target.input_size, input_norm=cda.input_norm)
+    cra_transform = eval_transform(size=cfg.target.input_size, input_norm=cra.input_norm)
     columns: dict[str, list] = {
         "image": [],
         "CDA": [],
@@ -232,11 +233,13 @@ def write_fig3_panel(
     for index in range(min(cfg.panel_images, len(dataset))):
         raw = dataset[index]
         truth = raw["mask"]
-        image = transform(dict(raw))["image"].unsqueeze(0).to(device)
-        cda_probs = predict_probs(cda, image, output_size=tuple(truth.shape))
+        cda_probs = predict_probs(
+            cda, cda_transform(dict(raw))["image"].unsqueeze(0).to(device), output_size=tuple(truth.shape)
+        )
         cda_label = cda_probs.argmax(dim=1)[0]
         trusted = _trusted_map(cfg, cda_label.cpu(), normalized_entropy(cda_probs)[0].cpu(), factors)
-        cra_label = predict_probs(cra, image, output_size=tuple(truth.shape)).argmax(dim=1)[0]
+        cra_image = cra_transform(dict(raw))["image"].unsqueeze(0).to(device)
+        cra_label = predict_probs(cra, cra_image, output_size=tuple(truth.shape)).argmax(dim=1)[0]
         columns["image"].append(raw["image"])
         columns["CDA"].append(colorize(cda_label, palette))
         columns["trusted (white) / untrusted"].append(render_trusted(trusted))
