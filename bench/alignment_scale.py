@@ -10,9 +10,10 @@ weight 0.001) — and the ratio of gradient norms over the segmenter's parameter
 computed by the same functions the methods use. No ImageNet or Cityscapes weights may be
 downloaded, so the weights are "trained-looking" by a quick fit: the R101 is trained from scratch
 with Adam on random 128×256 crops of one benchmark target-val image and its label, upscaled to
-512×1024, until 30% of the full image is confident enough to be trusted; its own prediction on the full crop (BatchNorm on
-the crop's statistics, as in the step) is the pseudo label (no rare-class scaling). The benchmark's own ratio is logged by every self-training
-run (``method.diagnostics_period``; bench/cra_diagnosis.py tabulates it).
+512×1024, until 30% of the full image is confident enough to be trusted; its own prediction on
+the full crop (BatchNorm on the crop's statistics, as in the step) is the pseudo label (no
+rare-class scaling). The benchmark's own ratio is logged by every self-training run
+(``method.diagnostics_period``; bench/cra_diagnosis.py tabulates it).
 
     python bench/alignment_scale.py                  # ~5 min and ~12 GB on 2 CPU cores
     python bench/alignment_scale.py --quick          # smoke: ResNet-18 half width, 64x128

@@ -50,8 +50,9 @@ def median_seconds(function, repeats: int) -> float:
 
 def loading(root: Path, repeats: int) -> dict[str, float]:
     spec = load_config("demo_fada").data.source
-    on_disk = build_dataset("gta5", root, "train", num_classes=19, transform=train_transform(spec, input_norm="imagenet"))
-    in_memory = build_dataset("gta5", root, "train", num_classes=19, transform=train_transform(spec, input_norm="imagenet"))
+    transform = train_transform(spec, input_norm="imagenet")
+    on_disk = build_dataset("gta5", root, "train", num_classes=19, transform=transform)
+    in_memory = build_dataset("gta5", root, "train", num_classes=19, transform=transform)
     count = min(64, len(on_disk))
     for index in range(count):
         in_memory[index]  # decoded once, as in the first epoch
@@ -115,7 +116,8 @@ def training_steps(size: tuple[int, int], repeats: int) -> dict[str, float]:
 
 def evaluation_pass(root: Path) -> float:
     model = build_segmenter("resnet18_half", 19).eval()
-    dataset = build_dataset("cityscapes", root, "val", num_classes=19, transform=eval_transform(input_norm=model.input_norm))
+    transform = eval_transform(input_norm=model.input_norm)
+    dataset = build_dataset("cityscapes", root, "val", num_classes=19, transform=transform)
     start = time.perf_counter()
     evaluate_segmenter(model, dataset, input_size=None, device=torch.device("cpu"), progress=False)
     return time.perf_counter() - start
