@@ -5,16 +5,20 @@ Every command checks its ``--output`` with ``check_output_folder`` / ``check_out
 so a wrong path costs nothing. Every whole file is written by ``write_bytes_atomically``: to
 ``.<name>.tmp<pid>`` next to it, then renamed over it, so a reader (or a resumed run) sees the
 old file or the new one, never half of one. A temp file left by a killed process is removed by
-``remove_stale_temp_files`` when the folder's owner resumes.
+``remove_stale_temp_files`` when the folder's owner resumes. A run folder has one writer at a
+time (``exclusive_writer``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import io
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,10 @@ class OutputPathError(ValueError):
 
 class WriteFailedError(OSError):
     """A file could not be written; the message names the file and the cause."""
+
+
+# The lock file of a folder being written (``exclusive_writer``); it holds the writer's PID.
+LOCK_NAME = ".crossregion.lock"
 
 
 def check_output_folder(path: str | Path, option: str = "--output") -> Path:
@@ -153,3 +161,52 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     for path in stale:
         path.unlink()
     return stale
+
+
+@contextlib.contextmanager
+def exclusive_writer(folder: str | Path, option: str = "--output") -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (created if absent) while the block runs.
+
+    Two processes writing one run folder interleave its logs and overwrite each other's
+    checkpoints, so a second writer is refused, naming the holder's PID. The operating system
+    releases the lock when its holder dies, so a killed run never leaves the folder locked; the
+    lock file holds the PID and is removed on release.
+
+    Raises:
+        OutputPathError: another process holds the folder.
+        WriteFailedError: the lock file cannot be written (read-only folder, disk full, ...).
+    """
+    folder = Path(folder)
+    path = folder / LOCK_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(descriptor)
+                raise OutputPathError(
+                    f"{option} {folder} is being written by another crossregion process (PID {holder}); "
+                    "wait for it to finish (or stop it), or choose another folder"
+                ) from None
+            # The previous holder removes the file as it lets go: a lock taken on the removed file
+            # guards nothing, so take it again on the file that is there now.
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(descriptor), os.stat(path)):
+                    break
+            os.close(descriptor)
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            os.close(descriptor)
+            raise
+    except OSError as error:
+        raise WriteFailedError(f"cannot write {path}: {describe_write_failure(error)}") from error
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still holding the lock, so no other writer can be using it
+        os.close(descriptor)
