@@ -155,9 +155,14 @@ def append_text(path: str | Path, text: str) -> None:
         raise WriteFailedError(f"cannot write {path}: {describe_write_failure(error)}") from error
 
 
+def is_temp_file(path: Path) -> bool:
+    """True for a ``.<name>.tmp<pid>`` file of ``write_bytes_atomically``."""
+    return bool(_TEMP_NAME.match(path.name)) and path.is_file()
+
+
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     """Delete the ``.<name>.tmp<pid>`` files a killed writer left under ``folder``; returns them."""
-    stale = [path for path in Path(folder).rglob(".*.tmp*") if _TEMP_NAME.match(path.name) and path.is_file()]
+    stale = [path for path in Path(folder).rglob(".*.tmp*") if is_temp_file(path)]
     for path in stale:
         path.unlink()
     return stale
