@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import io
+import json
 import os
 import re
 import shutil
@@ -78,6 +79,37 @@ def check_output_file(path: str | Path, option: str = "--output") -> Path:
     return path
 
 
+def check_output_outside(path: Path, folder: Path, option: str, folder_option: str, why: str) -> None:
+    """Refuse an output that is ``folder`` (an input) or lies inside it; ``why`` says what would go wrong.
+
+    Raises:
+        OutputPathError: naming both paths.
+    """
+    output, inside = Path(path).resolve(), Path(folder).resolve()
+    if output == inside or output.is_relative_to(inside):
+        raise OutputPathError(f"{option} {path} lies inside {folder_option} {folder}: {why}; choose another folder")
+
+
+def check_writable_folder(path: str | Path, option: str = "--output") -> Path:
+    """``check_output_folder``, then create the folder and write a probe file into it, so that a
+    read-only or full output fails before the work, not after it.
+
+    Raises:
+        OutputPathError: as ``check_output_folder``.
+        WriteFailedError: nothing can be written there; the message names the folder and the cause.
+    """
+    path = check_output_folder(path, option)
+    probe = path / f".write-probe.tmp{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as file:
+            file.write(b"probe")
+        probe.unlink()
+    except OSError as error:
+        raise WriteFailedError(f"cannot write into {option} {path}: {describe_write_failure(error)}") from error
+    return path
+
+
 def _check_parents(path: Path, option: str) -> None:
     for parent in path.absolute().parents:
         if parent.exists():
@@ -110,6 +142,20 @@ def write_bytes_atomically(path: str | Path, data: bytes | memoryview) -> None:
         raise WriteFailedError(f"cannot write {path}: {describe_write_failure(error)}") from error
     finally:
         temp.unlink(missing_ok=True)
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``; a file cut short or edited by hand is an error naming it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON (cut short, or edited?): {error}") from error
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:

@@ -21,7 +21,7 @@ from crossregion.data.datasets import DATASETS, build_dataset
 from crossregion.data.pseudo_labels import PseudoLabelWriter
 from crossregion.data.transforms import eval_transform
 from crossregion.eval.inference import predict_probs
-from crossregion.files import check_output_folder
+from crossregion.files import check_output_folder, check_output_outside
 from crossregion.trust import (
     OFFICIAL_RARE_FACTOR,
     OFFICIAL_RARE_SHARE,
@@ -93,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     check_output_folder(args.output)
+    check_output_outside(
+        args.output, args.root, "--output", "--root", "the store would be written into the dataset (often shared)"
+    )
     input_size = None
     if args.input_size is not None:
         width, height = args.input_size
