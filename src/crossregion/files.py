@@ -16,6 +16,7 @@ import errno
 import fcntl
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -142,6 +143,26 @@ def write_bytes_atomically(path: str | Path, data: bytes | memoryview) -> None:
         raise WriteFailedError(f"cannot write {path}: {describe_write_failure(error)}") from error
     finally:
         temp.unlink(missing_ok=True)
+
+
+def loader_workers(requested: int) -> int:
+    """The DataLoader worker processes to start for ``requested``: none under a limit on file size.
+
+    Workers hand each batch over through shared-memory files, which ``ulimit -f`` caps like any
+    file, so under a limit they fail with a traceback from inside torch; decoding in the main
+    process gives the same results, only slower.
+    """
+    import resource
+
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if requested > 0 and limit != resource.RLIM_INFINITY:
+        logging.getLogger(__name__).warning(
+            "a file-size limit (ulimit -f) is set, and DataLoader workers pass images through shared-memory "
+            "files it would cut: decoding in the main process instead of %d workers",
+            requested,
+        )
+        return 0
+    return requested
 
 
 def read_json(path: str | Path) -> Any:

@@ -21,7 +21,7 @@ from crossregion.data.datasets import DATASETS, build_dataset
 from crossregion.data.pseudo_labels import PseudoLabelWriter
 from crossregion.data.transforms import eval_transform
 from crossregion.eval.inference import predict_probs
-from crossregion.files import check_output_folder, check_output_outside
+from crossregion.files import check_output_folder, check_output_outside, loader_workers
 from crossregion.trust import (
     OFFICIAL_RARE_FACTOR,
     OFFICIAL_RARE_SHARE,
@@ -190,7 +190,9 @@ def write_pseudo_labels(
         len(images),
     )
     images.transform = _WithOriginalSize(eval_transform(size=input_size))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, indices), batch_size=1, num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(images, indices), batch_size=1, num_workers=loader_workers(workers)
+    )
     segmenter.eval()
     progress = tqdm(loader, desc="pseudo-label", unit="img", total=len(images), initial=len(images) - len(indices))
     for sample in progress:
