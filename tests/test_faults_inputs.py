@@ -1172,6 +1172,11 @@ def stage_results(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())
 
 
+def without_paths(results: dict) -> dict:
+    """The figures of results.json, without the paths it writes them under."""
+    return {method: {k: v for k, v in row.items() if k != "panel"} for method, row in results["methods"].items()}
+
+
 def rerun_stages(results: dict) -> set[str]:
     return {name for name, stage in results["stages"].items() if not stage["skipped"]}
 
@@ -1223,7 +1228,7 @@ def test_a_copied_pipeline_outlives_its_original(tiny_pipeline, tmp_path, monkey
         status=status,
         output=output,
         expect_error=False,
-        same_result=not rerun_stages(results) and results["methods"] == first["methods"],
+        same_result=not rerun_stages(results) and without_paths(results) == without_paths(first),
     )
 
 
@@ -1245,7 +1250,7 @@ def test_a_stage_whose_files_changed_reruns(tiny_pipeline, tmp_path, capsys):
     )
 
 
-def test_every_replaced_stage_generation_is_kept(tiny_pipeline, tmp_path, capsys):
+def test_every_replaced_stage_generation_is_kept(tiny_pipeline, tmp_path, capsys, caplog):
     config, reference = tiny_pipeline
     run = copy_tree(reference, tmp_path / "run")
     original = relative_digest(run / "03_cra_so")
@@ -1262,7 +1267,7 @@ def test_every_replaced_stage_generation_is_kept(tiny_pipeline, tmp_path, capsys
         same_result=relative_digest(run / "03_cra_so.previous1") == original
         and (run / "03_cra_so.previous2" / "stage.json").exists()
         and "0.0123" in (run / "03_cra_so.previous2" / "config.yaml").read_text()
-        and f"kept in {run / '03_cra_so.previous2'}" in output,
+        and f"the old run is kept in {run / '03_cra_so.previous2'}" in caplog.text,
     )
 
 
