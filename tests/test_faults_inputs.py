@@ -1197,7 +1197,7 @@ def test_a_moved_pipeline_reads_only_its_own_stages(tiny_pipeline, tmp_path, mon
     before = tree_digest(Path("pl/ref2"))
     status, output = run_cli(["pipeline", "--config", config, "--output", "pl/moved", ANOTHER_CRA], capsys)
     results = stage_results(Path("pl/moved")) if status == 0 else {"stages": {}, "methods": {}}
-    cra_config = yaml.safe_load(Path("pl/moved/03_cra_so/config.yaml").read_text()) if status == 0 else {}
+    cra_config = yaml.safe_load((Path("pl/moved") / "03_cra_so" / "config.yaml").read_text()) if status == 0 else {}
     started_from = Path(cra_config.get("model", {}).get("init_checkpoint") or "/nowhere").resolve()
     judge(
         "moved and copied run folders",
@@ -1206,7 +1206,7 @@ def test_a_moved_pipeline_reads_only_its_own_stages(tiny_pipeline, tmp_path, mon
         output=output,
         expect_error=False,
         same_result=rerun_stages(results) == {"03_cra_so", "03_cra_so_analysis"}
-        and started_from == (tmp_path / "pl/moved/01_cda_so/final.pth")
+        and started_from == (tmp_path / "pl" / "moved" / "01_cda_so" / "final.pth")
         and results["methods"]["so"]["cda"] == first["methods"]["so"]["cda"],
         inputs_before=before,
         inputs_after=tree_digest(Path("pl/ref2")),
