@@ -52,9 +52,9 @@ def read_torch_file(path: str | Path, *, what: str) -> Any:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # "Unsupported global": the pickle calls something (os.system, say); anything else
-        # torch reports here is a file that is not a pickle of its kind at all.
-        if "Unsupported global" not in str(error):
+        # torch names the GLOBAL a pickle would call (os.system, say); anything else it reports
+        # here is a file that is not a pickle of tensors at all.
+        if "GLOBAL" not in str(error):
             raise _unreadable(path, what, error) from error
         raise ValueError(
             f"refusing to load {what} {path}: it holds Python objects other than tensors and plain data, "
