@@ -33,9 +33,17 @@ CLASSES = (
     "bad store",
     "bad predictions",
     "existing outputs",
+    "foreign files under an output",
+    "moved and copied run folders",
+    "damaged run records",
+    "concurrent writers",
+    "malicious and incomplete checkpoints",
+    "override parsing",
+    "impossible requests",
     "kill -9 and rerun",
     "write failure (RLIMIT_FSIZE)",
     "Ctrl-C (SIGINT)",
+    "SIGTERM",
 )
 
 
@@ -165,6 +173,7 @@ def judge(
     inputs_after: dict[str, str] | None = None,
     expect_error: bool = True,
     same_result: bool = True,
+    harm: bool = False,
 ) -> None:
     """Record and assert one case.
 
@@ -174,19 +183,21 @@ def judge(
         inputs_before, inputs_after: ``tree_digest`` of everything outside the output.
         expect_error: the fault must stop the command (non-zero exit); False where the command
             must cope and give the right result (``same_result``).
+        harm: the command did what it must never do, whatever its exit status (ran code from a
+            file, or spoiled another process's run): a wrong result.
     """
     assert fault_class in CLASSES
     outcome = Outcome(
         fault_class=fault_class,
         case=case,
         traceback="Traceback" in output,
-        wrong_result=(status == 0) if expect_error else (status != 0 or not same_result),
+        wrong_result=harm or ((status == 0) if expect_error else (status != 0 or not same_result)),
         data_lost=inputs_before != inputs_after,
         unnamed=expect_error and not all(text in output for text in named),
     )
     OUTCOMES.append(outcome)
     assert not outcome.traceback, output
-    assert not outcome.wrong_result, f"status {status}, same result {same_result}:\n{output}"
+    assert not outcome.wrong_result, f"status {status}, same result {same_result}, harm {harm}:\n{output}"
     assert not outcome.data_lost, "an input changed"
     assert not outcome.unnamed, f"expected {named} in:\n{output}"
 
@@ -209,6 +220,7 @@ def outcome_table(outcomes: list[Outcome]) -> str:
 
 SIGKILL = signal.SIGKILL
 SIGINT = signal.SIGINT
+SIGTERM = signal.SIGTERM
 
 
 # Overrides for a two-iteration run on the tiny benchmark (``tiny_benchmark``): seconds on a CPU.

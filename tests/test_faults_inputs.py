@@ -7,13 +7,16 @@ changed) or, where the command must cope, by its result.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from faults import judge, run_cli, tiny_training, tree_digest
+import yaml
+from faults import cli_command, cli_environment, judge, run_cli, tiny_training, tree_digest
 from PIL import Image
 
 VAL_STEM = "dunmere_000000_000019"
@@ -30,6 +33,10 @@ def truncate(path: Path) -> None:
 
 def garble(path: Path) -> None:
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
+
+
+def relative_digest(root: Path) -> dict[Path, str]:
+    return {Path(path).relative_to(root): value for path, value in tree_digest(root).items()}
 
 
 def copy_tree(source: Path, target: Path) -> Path:
@@ -52,6 +59,11 @@ CONFIG_FAULTS = [
     ("unknown device", ["engine.device=tpu"], "engine.device"),
     ("resize with one value", ["data.source.resize=[1]"], "data.source.resize"),
     ("unparsable YAML value", ["optim.lr=[1"], "optim.lr"),
+    ("NaN learning rate", ["optim.lr=.nan"], "optim.lr"),
+    ("infinite learning rate", ["optim.lr=.inf"], "optim.lr"),
+    ("learning rate 'nan'", ["optim.lr=nan"], "optim.lr"),
+    ("negative infinite weight decay", ["optim.weight_decay=-.inf"], "optim.weight_decay"),
+    ("NaN method weight", ["method.aux_loss_weight=.NaN"], "method.aux_loss_weight"),
 ]
 CONFIG_FILE_FAULTS = [
     ("unknown preset", None, "no_such_preset"),
@@ -771,4 +783,551 @@ def test_synth_force_and_rerun_give_a_fresh_benchmark(case, tmp_path, capsys):
         output=output,
         expect_error=False,
         same_result=relative(out) == relative(fresh),
+    )
+
+
+def test_export_over_its_own_input_is_refused(tiny_checkpoint, tmp_path, capsys):
+    checkpoint = Path(shutil.copy(tiny_checkpoint, tmp_path / "model.pth"))
+    before = tree_digest(checkpoint)
+    status, output = run_cli(["export-checkpoint", checkpoint, "--output", checkpoint], capsys)
+    judge(
+        "existing outputs",
+        "export-checkpoint X --output X",
+        status=status,
+        output=output,
+        named=[str(checkpoint), "CHECKPOINT"],
+        inputs_before=before,
+        inputs_after=tree_digest(checkpoint),
+    )
+
+
+@pytest.mark.parametrize("where", ["the images folder", "a folder inside it"])
+def test_predict_into_its_images_folder_is_refused(where, tiny_benchmark, tiny_checkpoint, tmp_path, capsys):
+    images = copy_tree(tiny_benchmark / "cityscapes" / "leftImg8bit" / "val", tmp_path / "images")
+    output = images if where == "the images folder" else images / "predictions"
+    before = tree_digest(images, tiny_checkpoint)
+    status, text = run_cli(
+        ["predict", "--checkpoint", tiny_checkpoint, "--images", images, "--output", output, "--device", "cpu"], capsys
+    )
+    judge(
+        "existing outputs",
+        f"predict --output inside --images: {where}",
+        status=status,
+        output=text,
+        named=[str(output), str(images), "--images"],
+        inputs_before=before,
+        inputs_after=tree_digest(images, tiny_checkpoint),
+    )
+
+
+def test_pseudo_label_into_the_dataset_root_is_refused(tiny_benchmark, tiny_checkpoint, tmp_path, capsys):
+    root = copy_tree(tiny_benchmark, tmp_path / "data")
+    store = root / "cityscapes" / "pseudo_labels"
+    before = tree_digest(root, tiny_checkpoint)
+    status, output = run_cli(checkpoint_argv("pseudo-label", tiny_checkpoint, root, store), capsys)
+    judge(
+        "existing outputs",
+        "pseudo-label --output inside --root",
+        status=status,
+        output=output,
+        named=[str(store), "--root"],
+        inputs_before=before,
+        inputs_after=tree_digest(root, tiny_checkpoint),
+    )
+
+
+def read_only_command(folder: Path, argv: list) -> list[str]:
+    """``crossregion ARGV`` with ``folder`` read-only: by its mode, or, for root (whom modes do not
+    stop), by a read-only bind mount in a private mount namespace."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return cli_command(argv)
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("running as root without unshare -m: no way to make a folder read-only")
+    script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, str(folder), *cli_command(argv)]
+
+
+def test_evaluate_into_a_read_only_output_fails_before_inference(tiny_benchmark, tiny_checkpoint, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    before = tree_digest(tiny_benchmark, tiny_checkpoint)
+    done = subprocess.run(
+        read_only_command(output, checkpoint_argv("evaluate", tiny_checkpoint, tiny_benchmark, output)),
+        env=cli_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    text = done.stdout + done.stderr
+    judge(
+        "existing outputs",
+        "evaluate into a read-only --output",
+        status=done.returncode,
+        output=text,
+        named=[f"cannot write into --output {output}"],
+        inputs_before=before,
+        inputs_after=tree_digest(tiny_benchmark, tiny_checkpoint),
+        harm="evaluating" in text,  # the images were run through the model before the failure
+    )
+
+
+def test_predict_names_dangling_links_among_the_images(tiny_benchmark, tiny_checkpoint, tmp_path, capsys):
+    images = copy_tree(tiny_benchmark / "cityscapes" / "leftImg8bit" / "val", tmp_path / "images")
+    link = images / "gone_leftImg8bit.png"
+    link.symlink_to(tmp_path / "deleted.png")
+    before = tree_digest(images, tiny_checkpoint)
+    status, output = run_cli(
+        ["predict", "--checkpoint", tiny_checkpoint, "--images", images, "--output", tmp_path / "o", "--device", "cpu"],
+        capsys,
+    )
+    judge(
+        "bad dataset",
+        "predict: a dangling link among the images",
+        status=status,
+        output=output,
+        named=[str(link)],
+        inputs_before=before,
+        inputs_after=tree_digest(images, tiny_checkpoint),
+    )
+
+
+# ------------------------------------------------------------- foreign files under an output
+DEMO_FOREIGN = [
+    "a user's datasets and notes (demo --output .)",
+    "notes beside a benchmark of other arguments",
+    "a user's folder inside a benchmark of other arguments",
+]
+
+
+@pytest.mark.parametrize("case", DEMO_FOREIGN)
+def test_demo_never_empties_a_folder_it_did_not_write(case, tiny_benchmark, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    if case.startswith("a user's datasets"):  # the README's layout, without the generator's synth.json
+        copy_tree(tiny_benchmark / "gta5", data / "gta5")
+        copy_tree(tiny_benchmark / "cityscapes", data / "cityscapes")
+        (data / "NOTES.txt").write_text("where these came from\n")
+    else:
+        copy_tree(tiny_benchmark, data)  # a tiny benchmark: not the demo's arguments
+        if case.startswith("notes"):
+            (data / "NOTES.txt").write_text("mine\n")
+        else:
+            (data / "gta5" / "extra").mkdir()
+            (data / "gta5" / "extra" / "00001.png").write_bytes(b"mine")
+    before = tree_digest(data)
+    status, output = run_cli(["demo", "--output", "."], capsys)
+    judge(
+        "foreign files under an output",
+        f"demo: {case}",
+        status=status,
+        output=output,
+        named=["data holds files the demo did not write", "--output"],
+        inputs_before=before,
+        inputs_after=tree_digest(data),
+    )
+
+
+# ------------------------------------------------------------------------ override parsing
+OVERRIDE_VALUES = [  # (case, value typed after "data.source.root=", what the config must hold)
+    ("' #' in a path", "data/gta5 #v2", "data/gta5 #v2"),
+    ("'#' at the start", "#data", "#data"),
+    ("': ' in a path", "runs/a: b", "runs/a: b"),
+    ("spaces in a path", "my data/gta5 v2", "my data/gta5 v2"),
+    ("a double-quoted path with ' #'", '"data/gta5 #v2"', "data/gta5 #v2"),
+    ("a single-quoted path with a quote", "'it''s here'", "it's here"),
+    ("a quote inside a plain path", "it's/gta5", "it's/gta5"),
+]
+
+
+@pytest.mark.parametrize("case, typed, expected", OVERRIDE_VALUES, ids=[c[0] for c in OVERRIDE_VALUES])
+def test_override_value_is_what_was_typed(case, typed, expected, capsys):
+    status, output = run_cli(["dump-config", "demo_source_only", f"data.source.root={typed}"], capsys)
+    shown = yaml.safe_load(output)["data"]["source"]["root"] if status == 0 else None
+    judge(
+        "override parsing",
+        f"dump-config: {case}",
+        status=status,
+        output=output,
+        expect_error=False,
+        same_result=shown == expected,
+    )
+
+
+OVERRIDE_FAULTS = [  # (case, override, text the message must hold)
+    ("number followed by a comment", "optim.lr=0.001 #fast", "optim.lr"),
+    ("list followed by a comment", "data.source.resize=[32, 64] # small", "data.source.resize"),
+    ("quoted value followed by text", 'data.source.root="data/gta5" v2', "data.source.root"),
+    ("mapping where a string goes", "data.source.root=a: b", None),
+]
+
+
+@pytest.mark.parametrize("case, override, named", OVERRIDE_FAULTS, ids=[c[0] for c in OVERRIDE_FAULTS])
+def test_override_text_that_cannot_be_the_value_is_refused(case, override, named, tiny_benchmark, tmp_path, capsys):
+    # Training on a root that names a folder that does not exist: "a: b" is a path, and is missing.
+    argv = ["train", "--config", "demo_source_only", "--output", tmp_path / "run", *tiny_training(tiny_benchmark)]
+    if named is None:
+        override, named = f"data.source.root={tiny_benchmark / 'gta5'}: b", f"{tiny_benchmark / 'gta5'}: b"
+    before = tree_digest(tiny_benchmark)
+    status, output = run_cli([*argv, override], capsys)
+    judge(
+        "override parsing",
+        f"train: {case}",
+        status=status,
+        output=output,
+        named=[named],
+        inputs_before=before,
+        inputs_after=tree_digest(tiny_benchmark),
+    )
+
+
+def test_a_commented_root_is_not_trained_on(tiny_benchmark, tmp_path, capsys):
+    """The issue's case: "root=data/gta5 #v2" trained on data/gta5; the folder "gta5 #v2" does not exist."""
+    root = f"{tiny_benchmark / 'gta5'} #v2"
+    before = tree_digest(tiny_benchmark)
+    status, output = run_cli(
+        [
+            "train",
+            "--config",
+            "demo_source_only",
+            "--output",
+            tmp_path / "run",
+            *tiny_training(tiny_benchmark),
+            f"data.source.root={root}",
+        ],
+        capsys,
+    )
+    judge(
+        "override parsing",
+        "train: data.source.root=PATH #v2",
+        status=status,
+        output=output,
+        named=[root],
+        inputs_before=before,
+        inputs_after=tree_digest(tiny_benchmark),
+    )
+
+
+# --------------------------------------------------------------------- impossible requests
+IMPOSSIBLE_SYNTH = [  # (case, arguments, texts the message must hold)
+    ("100000x100000 images", ["--height", "100000", "--width", "100000"], ["--height 100000", "of memory"]),
+    (
+        "10^8 images of 1024x2048",
+        ["--source-images", "100000000", "--height", "1024", "--width", "2048"],
+        ["100000", "of disk"],
+    ),
+    ("no images at all", [f"--{s}-images=0" for s in ("source", "target-train", "target-val")], ["--source-images"]),
+    ("no target val images", ["--target-val-images", "0"], ["--target-val-images"]),
+]
+
+
+@pytest.mark.parametrize("case, arguments, named", IMPOSSIBLE_SYNTH, ids=[c[0] for c in IMPOSSIBLE_SYNTH])
+def test_synth_refuses_impossible_requests_up_front(case, arguments, named, tmp_path, capsys):
+    out = tmp_path / "bench"
+    status, output = run_cli(["data", "synth", out, *arguments], capsys)
+    judge(
+        "impossible requests",
+        f"data synth: {case}",
+        status=status,
+        output=output,
+        named=named,
+        harm=out.exists(),  # refused before anything was written
+    )
+
+
+# ------------------------------------------------------------- malicious and incomplete checkpoints
+class _RunsCode:
+    """Pickles as a call of ``os.system``: what a hostile checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("command", CHECKPOINT_COMMANDS)
+def test_a_checkpoint_that_runs_code_is_refused(command, tiny_benchmark, tiny_checkpoint, tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    good = torch.load(tiny_checkpoint, weights_only=False)
+    if command == "train --resume":
+        run = copy_tree(tiny_checkpoint.parent, tmp_path / "run")
+        checkpoint = run / "last.pth"
+        checkpoint.unlink()  # a hard link to the newest model_iter: replaced, not written through
+    else:
+        checkpoint = tmp_path / "model.pth"
+    torch.save({**good, "extra": _RunsCode(marker)}, checkpoint)
+    before = tree_digest(checkpoint, tiny_benchmark)
+    status, output = run_cli(checkpoint_argv(command, checkpoint, tiny_benchmark, tmp_path / "out"), capsys)
+    judge(
+        "malicious and incomplete checkpoints",
+        f"{command}: a pickle that calls os.system",
+        status=status,
+        output=output,
+        named=[str(checkpoint), "could run code"],
+        inputs_before=before,
+        inputs_after=tree_digest(checkpoint, tiny_benchmark),
+        harm=marker.exists(),
+    )
+
+
+@pytest.mark.parametrize("entry", ["rng", "models", "optimizers", "data_state"])
+def test_resume_from_a_checkpoint_missing_an_entry_names_it(entry, tiny_benchmark, tiny_checkpoint, tmp_path, capsys):
+    run = copy_tree(tiny_checkpoint.parent, tmp_path / "run")
+    last = run / "last.pth"
+    state = torch.load(last, weights_only=False)
+    del state[entry]
+    last.unlink()
+    torch.save(state, last)
+    before = tree_digest(last, tiny_benchmark)
+    status, output = run_cli(checkpoint_argv("train --resume", last, tiny_benchmark, tmp_path / "out"), capsys)
+    judge(
+        "malicious and incomplete checkpoints",
+        f"train --resume: no {entry!r} entry",
+        status=status,
+        output=output,
+        named=[str(last), repr(entry)],
+        inputs_before=before,
+        inputs_after=tree_digest(last, tiny_benchmark),
+    )
+
+
+# ---------------------------------------------------------------------- concurrent writers
+@pytest.mark.parametrize("command", ["train", "train --resume", "pipeline", "demo"])
+def test_a_folder_being_written_refuses_a_second_writer(command, tiny_benchmark, tiny_checkpoint, tmp_path, capsys):
+    """The folder is held as a running command holds it (``exclusive_writer``); the second must not touch it.
+    tests/test_faults_interrupts.py runs two real ``train`` processes."""
+    from crossregion.files import exclusive_writer
+
+    run = copy_tree(tiny_checkpoint.parent, tmp_path / "run")
+    argv = {
+        "train": output_argv("train", run, tiny_benchmark, tiny_checkpoint),
+        "train --resume": checkpoint_argv("train --resume", run / "last.pth", tiny_benchmark, tmp_path),
+        "pipeline": output_argv("pipeline", run, tiny_benchmark, tiny_checkpoint),
+        "demo": output_argv("demo", run, tiny_benchmark, tiny_checkpoint),
+    }[command]
+    if command == "train":
+        (run / "last.pth").unlink()  # a fresh run would otherwise be refused for the finished one
+        for checkpoint in run.glob("model_iter*.pth"):
+            checkpoint.unlink()
+    if command == "demo":  # past the benchmark step: the demo's data is up to date
+        (run / "data").mkdir()
+        (run / "data" / "synth.json").write_text(json.dumps(demo_synth_summary()))
+    with exclusive_writer(run):
+        before = tree_digest(run)
+        status, output = run_cli(argv, capsys)
+        after = tree_digest(run)
+    judge(
+        "concurrent writers",
+        f"{command} into a folder another process writes",
+        status=status,
+        output=output,
+        named=[str(run), f"PID {os.getpid()}"],
+        inputs_before=before,
+        inputs_after=after,
+    )
+
+
+def demo_synth_summary() -> dict:
+    from crossregion.app.demo import SYNTH_ARGUMENTS
+    from crossregion.synth.benchmark import GENERATOR_VERSION
+
+    return {"generator_version": GENERATOR_VERSION, "source_layout": "gta5", **SYNTH_ARGUMENTS}
+
+
+# ------------------------------------------------------------ moved and copied run folders
+def write_pipeline_config(path: Path, benchmark: Path) -> Path:
+    """A pipeline of one-iteration stages: source, one CDA method, BN, pseudo labels, CRA, a panel."""
+    overrides = [override for override in tiny_training(benchmark, 1) if not override.startswith("data.source")]
+    config = {
+        "target": {"name": "cityscapes", "root": str(benchmark / "cityscapes")},
+        "dataset_roots": {"gta5": str(benchmark / "gta5"), "cityscapes": str(benchmark / "cityscapes")},
+        "common_overrides": [*overrides, "data.source.resize=[32, 64]"],
+        "source": "demo_source_only",
+        "oracle": None,
+        "cda": {"so": {"preset": "demo_source_only", "overrides": ["model.init_checkpoint=$source_checkpoint"]}},
+        "cda_methods": ["so"],
+        "cra": {"preset": "demo_source_only", "overrides": ["model.init_checkpoint=$cda_checkpoint"]},
+        "baselines": {},
+        "device": "cpu",
+        "panel_images": 1,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_benchmark, tmp_path_factory) -> tuple[Path, Path]:
+    """(pipeline config, a finished run of it)."""
+    from crossregion.cli import main
+
+    root = tmp_path_factory.mktemp("fault_pipeline")
+    config = write_pipeline_config(root / "pipeline.yaml", tiny_benchmark)
+    assert main(["pipeline", "--config", str(config), "--output", str(root / "run")]) == 0
+    return config, root / "run"
+
+
+def stage_results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
+def without_paths(results: dict) -> dict:
+    """The figures of results.json, without the paths it writes them under."""
+    return {method: {k: v for k, v in row.items() if k != "panel"} for method, row in results["methods"].items()}
+
+
+def rerun_stages(results: dict) -> set[str]:
+    return {name for name, stage in results["stages"].items() if not stage["skipped"]}
+
+
+ANOTHER_SOURCE = "source={preset: demo_source_only, overrides: [engine.seed=7]}"
+ANOTHER_CRA = "cra.overrides=[model.init_checkpoint=$cda_checkpoint, optim.lr=0.0123]"
+
+
+def test_a_moved_pipeline_reads_only_its_own_stages(tiny_pipeline, tmp_path, monkeypatch, capsys):
+    """mv pl/ref2 pl/moved, a new run into pl/ref2, then a changed CRA stage in pl/moved: it must
+    train from pl/moved's CDA model, and every other stage of pl/moved must be its own."""
+    config, _ = tiny_pipeline
+    monkeypatch.chdir(tmp_path)  # run folders spelled relative to the working directory
+    assert run_cli(["pipeline", "--config", config, "--output", "pl/ref2"], capsys)[0] == 0
+    first = stage_results(Path("pl/ref2"))
+    Path("pl/ref2").rename("pl/moved")
+    assert run_cli(["pipeline", "--config", config, "--output", "pl/ref2", ANOTHER_SOURCE], capsys)[0] == 0
+    before = tree_digest(Path("pl/ref2"))
+    status, output = run_cli(["pipeline", "--config", config, "--output", "pl/moved", ANOTHER_CRA], capsys)
+    results = stage_results(Path("pl/moved")) if status == 0 else {"stages": {}, "methods": {}}
+    cra_config = yaml.safe_load((Path("pl/moved") / "03_cra_so" / "config.yaml").read_text()) if status == 0 else {}
+    started_from = Path(cra_config.get("model", {}).get("init_checkpoint") or "/nowhere").resolve()
+    judge(
+        "moved and copied run folders",
+        "pipeline: a moved run folder, a new run under its old name",
+        status=status,
+        output=output,
+        expect_error=False,
+        same_result=rerun_stages(results) == {"03_cra_so", "03_cra_so_analysis"}
+        and started_from == (tmp_path / "pl" / "moved" / "01_cda_so" / "final.pth")
+        and results["methods"]["so"]["cda"] == first["methods"]["so"]["cda"],
+        inputs_before=before,
+        inputs_after=tree_digest(Path("pl/ref2")),
+    )
+
+
+def test_a_copied_pipeline_outlives_its_original(tiny_pipeline, tmp_path, monkeypatch, capsys):
+    config, _ = tiny_pipeline
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["pipeline", "--config", config, "--output", "pl/original"], capsys)[0] == 0
+    first = stage_results(Path("pl/original"))
+    shutil.copytree("pl/original", "pl/copy")
+    shutil.rmtree("pl/original")
+    status, output = run_cli(["pipeline", "--config", config, "--output", "pl/copy"], capsys)
+    results = stage_results(Path("pl/copy")) if status == 0 else {"stages": {"?": {"skipped": False}}}
+    judge(
+        "moved and copied run folders",
+        "pipeline: a copied run folder, the original removed",
+        status=status,
+        output=output,
+        expect_error=False,
+        same_result=not rerun_stages(results) and without_paths(results) == without_paths(first),
+    )
+
+
+def test_a_stage_whose_files_changed_reruns(tiny_pipeline, tmp_path, capsys):
+    config, reference = tiny_pipeline
+    run = copy_tree(reference, tmp_path / "run")
+    # Another valid checkpoint in place of the CDA model: what the later stages were built from is gone.
+    (run / "01_cda_so" / "final.pth").write_bytes((run / "00_source" / "final.pth").read_bytes())
+    status, output = run_cli(["pipeline", "--config", config, "--output", run], capsys)
+    results = stage_results(run) if status == 0 else {"stages": {}}
+    judge(
+        "moved and copied run folders",
+        "pipeline: a stage's checkpoint replaced",
+        status=status,
+        output=output,
+        expect_error=False,
+        same_result=rerun_stages(results) == set(results["stages"]) - {"00_source"}
+        and (run / "01_cda_so.previous1" / "final.pth").exists(),
+    )
+
+
+def test_every_replaced_stage_generation_is_kept(tiny_pipeline, tmp_path, capsys, caplog):
+    config, reference = tiny_pipeline
+    run = copy_tree(reference, tmp_path / "run")
+    original = relative_digest(run / "03_cra_so")
+    for lr in ("0.0123", "0.0456"):
+        override = f"cra.overrides=[model.init_checkpoint=$cda_checkpoint, optim.lr={lr}]"
+        status, output = run_cli(["pipeline", "--config", config, "--output", run, override], capsys)
+        assert status == 0, output
+    judge(
+        "moved and copied run folders",
+        "pipeline: a stage replaced twice",
+        status=status,
+        output=output,
+        expect_error=False,
+        same_result=relative_digest(run / "03_cra_so.previous1") == original
+        and (run / "03_cra_so.previous2" / "stage.json").exists()
+        and "0.0123" in (run / "03_cra_so.previous2" / "config.yaml").read_text()
+        and f"the old run is kept in {run / '03_cra_so.previous2'}" in caplog.text,
+    )
+
+
+# --------------------------------------------------------------------- damaged run records
+def test_a_truncated_stage_record_is_named(tiny_pipeline, tmp_path, capsys):
+    config, reference = tiny_pipeline
+    run = copy_tree(reference, tmp_path / "run")
+    record = run / "00_source" / "stage.json"
+    truncate(record)
+    before = tree_digest(run)
+    status, output = run_cli(["pipeline", "--config", config, "--output", run], capsys)
+    judge(
+        "damaged run records",
+        "pipeline: a truncated stage.json",
+        status=status,
+        output=output,
+        named=[str(record)],
+        inputs_before=before,
+        inputs_after=tree_digest(run),
+    )
+
+
+def test_report_of_a_truncated_results_file_names_it(tiny_pipeline, tmp_path, capsys):
+    _, reference = tiny_pipeline
+    run = copy_tree(reference, tmp_path / "run")
+    truncate(run / "results.json")
+    before = tree_digest(run)
+    status, output = run_cli(["report", run, "--output", tmp_path / "report.html"], capsys)
+    judge(
+        "damaged run records",
+        "report: a truncated results.json",
+        status=status,
+        output=output,
+        named=[str(run / "results.json")],
+        inputs_before=before,
+        inputs_after=tree_digest(run),
+    )
+
+
+@pytest.mark.parametrize("where", ["the last row cut short", "a row before the last broken"])
+def test_report_reads_metrics_as_resume_does(where, tiny_checkpoint, tmp_path, capsys):
+    run = copy_tree(tiny_checkpoint.parent, tmp_path / "run")
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    assert len(lines) >= 2
+    if where.startswith("the last"):
+        metrics.write_text("".join(lines) + lines[-1][: len(lines[-1]) // 2])  # a kill while appending
+    else:
+        metrics.write_text(lines[0][:10] + "\n" + "".join(lines[1:]))
+    before = tree_digest(run)
+    status, output = run_cli(["report", run, "--output", tmp_path / "report.html"], capsys)
+    expect_error = not where.startswith("the last")
+    judge(
+        "damaged run records",
+        f"report: metrics.jsonl with {where}",
+        status=status,
+        output=output,
+        named=[f"{metrics}, line 1"],
+        expect_error=expect_error,
+        same_result=(tmp_path / "report.html").is_file(),
+        inputs_before=before,
+        inputs_after=tree_digest(run),
     )

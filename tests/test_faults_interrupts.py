@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import random
 import shlex
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,9 @@ import torch
 from faults import (
     SIGINT,
     SIGKILL,
+    SIGTERM,
+    cli_command,
+    cli_environment,
     interrupt_when,
     judge,
     pseudo_label_argv,
@@ -207,6 +213,8 @@ def fsize_argv(command: str, benchmark: Path, run: Path, output: Path) -> list:
     return {
         "train": train_argv(benchmark, output),
         "pseudo-label": pseudo_label_argv(benchmark, checkpoint, output),
+        # The default's worker processes: their shared-memory files count against the limit too.
+        "pseudo-label --workers 2": [*pseudo_label_argv(benchmark, checkpoint, output), "--workers", "2"],
         "evaluate": [
             "evaluate",
             "--checkpoint",
@@ -258,6 +266,7 @@ FSIZE_CASES = [  # (command, limit in bytes, what fails)
     ("train", 1 << 20, "the first checkpoint"),
     ("pseudo-label", FIRST_FILE, "manifest.json"),
     ("pseudo-label", 1000, "the first entropy PNG"),
+    ("pseudo-label --workers 2", 1000, "the first entropy PNG"),
     ("evaluate", FIRST_FILE, "metrics.json"),
     ("predict", FIRST_FILE, "the first PNG"),
     ("evaluate-predictions", FIRST_FILE, "metrics.json"),
@@ -332,4 +341,115 @@ def test_ctrl_c_ends_with_one_line_and_a_rerun_completes(
         same_result=status == 130 and "crossregion: interrupted; rerun the same command" in text and same,
         inputs_before=before,
         inputs_after=tree_digest(*inputs),
+    )
+
+
+# ----------------------------------------------------------------------------------- SIGTERM
+def test_sigterm_in_training_says_how_to_resume_and_resume_equals_uninterrupted(
+    kill_benchmark, reference_run, tmp_path
+):
+    run = tmp_path / "run"
+    before = tree_digest(kill_benchmark)
+    status, output = interrupt_when(
+        train_argv(kill_benchmark, run), lambda: (run / "metrics.jsonl").exists(), sig=SIGTERM, delay=0.5, output=run
+    )
+    last_line = output.strip().splitlines()[-1]
+    resume = shlex.split(last_line.split("with: ", 1)[-1])
+    resumed_status, resumed_output = run_subprocess(resume[1:]) if resume[0] == "crossregion" else (1, last_line)
+    judge(
+        "SIGTERM",
+        "train, then the printed --resume command",
+        status=resumed_status,
+        output=output + resumed_output,
+        expect_error=False,
+        same_result=status == 128 + SIGTERM
+        and "terminated (SIGTERM)" in last_line
+        and "--resume" in resume
+        and same_training(run, reference_run),
+        inputs_before=before,
+        inputs_after=tree_digest(kill_benchmark),
+    )
+
+
+def test_sigterm_in_pseudo_label_ends_with_one_line_and_a_rerun_completes(
+    kill_benchmark, reference_run, reference_store, tmp_path
+):
+    store = tmp_path / "store"
+    argv = pseudo_label_argv(kill_benchmark, reference_run / "final.pth", store)
+    inputs = (kill_benchmark, reference_run / "final.pth")
+    before = tree_digest(*inputs)
+    status, text = interrupt_when(
+        argv, lambda: store.exists() and any(store.rglob("*.png")), sig=SIGTERM, delay=0.0, output=store
+    )
+    rerun_status, rerun_text = run_subprocess(argv)
+    judge(
+        "SIGTERM",
+        "pseudo-label, then the same command again",
+        status=rerun_status,
+        output=text + rerun_text,
+        expect_error=False,
+        same_result=status == 128 + SIGTERM
+        and "crossregion: terminated (SIGTERM); rerun the same command" in text
+        and relative_digest(store) == relative_digest(reference_store),
+        inputs_before=before,
+        inputs_after=tree_digest(*inputs),
+    )
+
+
+# ---------------------------------------------------------------------- concurrent writers
+@pytest.mark.parametrize("second", ["train", "train --resume"])
+def test_a_second_training_process_on_a_run_folder_is_refused(second, kill_benchmark, reference_run, tmp_path):
+    """Two real processes: the first is held still mid-run (it holds the folder) while the second
+    starts; the second must be refused and the first must end at the uninterrupted result."""
+    run = tmp_path / "run"
+    first = subprocess.Popen(
+        cli_command(train_argv(kill_benchmark, run)),
+        env=cli_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while count_lines(run / "metrics.jsonl") < 1 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert first.poll() is None, "the first run ended before the second could start"
+    argv = [*train_argv(kill_benchmark, run), *(["--resume"] if "resume" in second else [])]
+    first.send_signal(signal.SIGSTOP)
+    try:
+        status, output = run_subprocess(argv)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    first_output, _ = first.communicate(timeout=300)
+    judge(
+        "concurrent writers",
+        f"{second} while another train writes the folder",
+        status=status,
+        output=output,
+        named=[str(run), f"PID {first.pid}"],
+        harm=first.returncode != 0 or not same_training(run, reference_run),
+    )
+
+
+# --------------------------------------------------------- malicious and incomplete checkpoints
+def test_resume_without_last_pth_continues_from_the_newest_checkpoint(kill_benchmark, reference_run, tmp_path):
+    run = tmp_path / "run"
+    killed_status, killed_output = interrupt_when(
+        train_argv(kill_benchmark, run),
+        lambda: count_lines(run / "metrics.jsonl") >= 7,
+        sig=SIGKILL,
+        delay=0.0,
+        output=run,
+    )
+    assert_killed(killed_status, killed_output)
+    (run / "last.pth").unlink()
+    newest = max(run.glob("model_iter*.pth"))
+    status, output = run_subprocess([*train_argv(kill_benchmark, run), "--resume"])
+    resumed_at = int(newest.stem.removeprefix("model_iter"))
+    judge(
+        "malicious and incomplete checkpoints",
+        "train --resume: last.pth gone, model_iter*.pth there",
+        status=status,
+        output=killed_output + output,
+        expect_error=False,
+        same_result=f"resumed at iteration {resumed_at}" in output and same_training(run, reference_run),
     )

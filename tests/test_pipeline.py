@@ -103,7 +103,7 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(tmp_path, benchmark):
     rerun = {name for name, stage in changed["stages"].items() if not stage["skipped"]}
     assert rerun == {"03_cra_so", "03_cra_so_analysis"}
     # The replaced run is kept aside, not deleted.
-    kept = json.loads((output / "03_cra_so.previous" / "stage.json").read_text())
+    kept = json.loads((output / "03_cra_so.previous1" / "stage.json").read_text())
     assert kept["complete"] and "optim.lr=0.0123" not in json.dumps(kept["payload"])
 
     # Killed after training but before the stage was recorded: resumes from last.pth at the

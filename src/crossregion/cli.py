@@ -12,7 +12,10 @@ import importlib
 import logging
 import re
 import shlex
+import signal
 import sys
+import threading
+from typing import Any
 
 from crossregion.errors import CrossregionError
 
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    previous_handler = _stop_on_sigterm()
     try:
         return int(args._run(args) or 0)
     except (OSError, ValueError, KeyError, CrossregionError) as error:
@@ -89,11 +93,33 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"crossregion: error: {error_message(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if args.verbose:
             raise
-        print(f"crossregion: interrupted; {how_to_continue(args.command, argv)}", file=sys.stderr)
-        return 130
+        terminated = isinstance(interrupt, Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"crossregion: {what}; {how_to_continue(args.command, argv)}", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, what ``kill`` and job schedulers send: handled as Ctrl-C is (every clean-up that a
+    Ctrl-C runs runs), and the command ends with the same line on how to continue."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _stop_on_sigterm() -> Any:
+    """Turn SIGTERM into ``Terminated`` while a command runs; returns the handler to restore
+    (None off the main thread, where Python cannot set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 # "Original Traceback (most recent call last):" starts the worker's traceback in the message.

@@ -50,18 +50,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ensure_benchmark(data_dir: Path, arguments: dict[str, int] = SYNTH_ARGUMENTS) -> None:
     """Generate the synthetic benchmark into ``data_dir`` unless it is there with the same arguments
-    and generator version."""
-    from crossregion.synth.benchmark import GENERATOR_VERSION, generate_into
+    and generator version.
 
-    summary_path = data_dir / "synth.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        expected = {"generator_version": GENERATOR_VERSION, **arguments}
-        if all(summary.get(key) == value for key, value in expected.items()):
-            logger.info("synthetic benchmark in %s is up to date", data_dir)
-            return
+    Raises:
+        ValueError: ``data_dir`` holds files the generator did not write (a user's datasets, say):
+            they are never deleted to make room.
+    """
+    from crossregion.synth.benchmark import GENERATOR_VERSION, generate_into, holds_only_a_benchmark
+
+    try:
+        summary = json.loads((data_dir / "synth.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    expected = {"generator_version": GENERATOR_VERSION, **arguments}
+    if isinstance(summary, dict) and all(summary.get(key) == value for key, value in expected.items()):
+        logger.info("synthetic benchmark in %s is up to date", data_dir)
+        return
+    if data_dir.is_dir() and any(data_dir.iterdir()) and not holds_only_a_benchmark(data_dir):
+        raise ValueError(
+            f"{data_dir} holds files the demo did not write; the demo generates its benchmark there and "
+            "will not delete them: choose another --output, or move them away"
+        )
     logger.info("generating the synthetic benchmark in %s", data_dir)
-    # The demo's own folder: a benchmark of other arguments there is replaced, never mixed in.
+    # Only a benchmark the generator wrote (of other arguments) is replaced, never mixed in.
     generate_into(data_dir, {"source_layout": "gta5", **arguments}, force=True)
 
 

@@ -14,7 +14,7 @@ from crossregion.app.arguments import (
 )
 from crossregion.data.datasets import DATASETS, build_dataset
 from crossregion.eval.evaluate import evaluate_segmenter
-from crossregion.files import check_output_folder
+from crossregion.files import check_writable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     from crossregion.dist import select_device
     from crossregion.models.checkpoint_io import load_segmenter
 
-    check_output_folder(args.output)
+    check_writable_folder(args.output)
     options = inference_options(args)
     device = select_device(args.device)
     segmenter, info = load_segmenter(args.checkpoint, format=args.format, num_classes=args.num_classes, device=device)

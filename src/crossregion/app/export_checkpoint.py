@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     check_output_file(args.output)
+    if args.output.exists() and args.checkpoint.exists() and args.output.samefile(args.checkpoint):
+        raise ValueError(
+            f"--output {args.output} is CHECKPOINT itself; the export would overwrite its input: name another file"
+        )
     segmenter, info = load_segmenter(args.checkpoint, format=args.format)
     export_official(
         segmenter,

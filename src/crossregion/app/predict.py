@@ -11,7 +11,7 @@ from crossregion.app.arguments import (
     inference_options,
 )
 from crossregion.eval.predict import collect_images, write_predictions
-from crossregion.files import check_output_folder
+from crossregion.files import check_output_folder, check_output_outside
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +34,11 @@ def main(args: argparse.Namespace) -> int:
     from crossregion.models.checkpoint_io import load_segmenter
 
     check_output_folder(args.output)
+    for folder in args.images:
+        if folder.is_dir():
+            check_output_outside(
+                args.output, folder, "--output", "--images", "the next run would read its predictions as images"
+            )
     options = inference_options(args)
     input_size = options.pop("input_size")
     images = collect_images(args.images)

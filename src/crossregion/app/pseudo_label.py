@@ -21,7 +21,7 @@ from crossregion.data.datasets import DATASETS, build_dataset
 from crossregion.data.pseudo_labels import PseudoLabelWriter
 from crossregion.data.transforms import WithOriginalSize, eval_transform
 from crossregion.eval.inference import predict_probs
-from crossregion.files import check_output_folder
+from crossregion.files import check_output_folder, check_output_outside, loader_workers
 from crossregion.trust import (
     OFFICIAL_RARE_FACTOR,
     OFFICIAL_RARE_SHARE,
@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     check_output_folder(args.output)
+    check_output_outside(
+        args.output, args.root, "--output", "--root", "the store would be written into the dataset (often shared)"
+    )
     input_size = None
     if args.input_size is not None:
         width, height = args.input_size
@@ -174,7 +177,9 @@ def write_pseudo_labels(
         len(images),
     )
     images.transform = WithOriginalSize(eval_transform(size=input_size, input_norm=segmenter.input_norm))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, indices), batch_size=1, num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(images, indices), batch_size=1, num_workers=loader_workers(workers)
+    )
     segmenter.eval()
     progress = tqdm(loader, desc="pseudo-label", unit="img", total=len(images), initial=len(images) - len(indices))
     for sample in progress:

@@ -10,6 +10,7 @@ iteration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import random
@@ -40,7 +41,7 @@ from crossregion.engine import amp as precision
 from crossregion.engine import checkpoint as ckpt
 from crossregion.engine.logging import truncate_metrics
 from crossregion.engine.trainer import InfiniteLoader, ResumableClassBalancedSampler, Trainer
-from crossregion.files import check_output_folder, remove_stale_temp_files
+from crossregion.files import check_output_folder, exclusive_writer, remove_stale_temp_files
 from crossregion.methods import METHODS, Method
 
 logger = logging.getLogger(__name__)
@@ -284,48 +285,50 @@ def run_training(
     """
     run_dir = Path(run_dir)
     cfg = with_resolved_precision(cfg, device)
-    state = _prepare_run_dir(cfg, run_dir, resume)
-    world_size = get_world_size()
-    if cfg.data.batch_size % world_size:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by the {world_size} processes")
+    # One writer per run folder (rank 0 writes for all ranks).
+    with exclusive_writer(run_dir) if is_main() else contextlib.nullcontext():
+        state = _prepare_run_dir(cfg, run_dir, resume)
+        world_size = get_world_size()
+        if cfg.data.batch_size % world_size:
+            raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by the {world_size} processes")
 
-    models = method.build_models(segmenter)
-    for name, model in models.items():
-        model.to(device)
-        if cfg.engine.channels_last:
-            model.to(memory_format=torch.channels_last)
-        if cfg.engine.sync_bn and world_size > 1:
-            models[name] = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizers = method.build_optimizers(models, cfg.optim)
-    wrapped = {name: wrap_ddp(model, device) for name, model in models.items()}
-    loaders = {
-        kind: InfiniteLoader(
-            dataset,
-            batch_size=cfg.data.batch_size // world_size,
-            num_workers=cfg.data.num_workers,
-            seed=cfg.engine.seed,
-            name=kind,
-            sampler=build_class_balanced_sampler(cfg, kind, dataset, run_dir)
-            if getattr(cfg.data, kind).class_balanced
-            else None,
+        models = method.build_models(segmenter)
+        for name, model in models.items():
+            model.to(device)
+            if cfg.engine.channels_last:
+                model.to(memory_format=torch.channels_last)
+            if cfg.engine.sync_bn and world_size > 1:
+                models[name] = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        optimizers = method.build_optimizers(models, cfg.optim)
+        wrapped = {name: wrap_ddp(model, device) for name, model in models.items()}
+        loaders = {
+            kind: InfiniteLoader(
+                dataset,
+                batch_size=cfg.data.batch_size // world_size,
+                num_workers=cfg.data.num_workers,
+                seed=cfg.engine.seed,
+                name=kind,
+                sampler=build_class_balanced_sampler(cfg, kind, dataset, run_dir)
+                if getattr(cfg.data, kind).class_balanced
+                else None,
+            )
+            for kind, dataset in datasets.items()
+        }
+        trainer = Trainer(
+            cfg=cfg,
+            method=method,
+            models=wrapped,
+            optimizers=optimizers,
+            loaders=loaders,
+            device=device,
+            run_dir=run_dir,
+            model_args=model_args,
+            evaluate=evaluate,
         )
-        for kind, dataset in datasets.items()
-    }
-    trainer = Trainer(
-        cfg=cfg,
-        method=method,
-        models=wrapped,
-        optimizers=optimizers,
-        loaders=loaders,
-        device=device,
-        run_dir=run_dir,
-        model_args=model_args,
-        evaluate=evaluate,
-    )
-    if state is not None:
-        trainer.load_state_dict(state)
-        logger.info("resumed at iteration %d", trainer.iteration)
-    trainer.train()
+        if state is not None:
+            trainer.load_state_dict(state)
+            logger.info("resumed at iteration %d", trainer.iteration)
+        trainer.train()
     return run_dir / ckpt.FINAL_NAME
 
 
@@ -355,6 +358,29 @@ def build_class_balanced_sampler(
     )
 
 
+def _newest_checkpoint(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint a resume continues from and its state: ``last.pth``, or when it is gone
+    the newest ``model_iter*.pth`` that loads (a damaged one is skipped with a warning)."""
+    last = run_dir / ckpt.LAST_NAME
+    if last.exists():
+        return last, ckpt.load_checkpoint(last)
+    periodic = ckpt.periodic_checkpoints(run_dir)
+    for checkpoint in reversed(periodic):
+        try:
+            state = ckpt.load_checkpoint(checkpoint)
+        except ValueError as error:
+            logger.warning("skipping %s: %s", checkpoint, error)
+            continue
+        logger.warning("%s is missing: resuming from %s, the newest checkpoint of the run", last, checkpoint)
+        return checkpoint, state
+    if periodic:
+        raise ValueError(
+            f"cannot resume {run_dir}: {last} is missing and none of {', '.join(map(str, periodic))} can be "
+            "read; start a new --output"
+        )
+    return None, None
+
+
 def _prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> dict[str, Any] | None:
     """Create the folder, write ``config.yaml``; with ``resume`` return the last checkpoint (or None).
 
@@ -362,22 +388,25 @@ def _prepare_run_dir(cfg: ExperimentConfig, run_dir: Path, resume: bool) -> dict
     ``metrics.jsonl`` rows after the checkpoint's iteration (they are written again).
     """
     last = run_dir / ckpt.LAST_NAME
-    if not resume and last.exists():
+    if not resume and (last.exists() or ckpt.periodic_checkpoints(run_dir)):
+        held = last if last.exists() else ckpt.periodic_checkpoints(run_dir)[-1]
         raise ValueError(
-            f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output"
+            f"{run_dir} already holds a run ({held}); pass --resume to continue it or choose another --output"
         )
     state = None
-    if resume and last.exists():
-        state = ckpt.load_checkpoint(last)
-        differences = config_differences(state["config"], config_to_dict(cfg))
-        if differences:
-            raise ValueError(
-                f"cannot resume {last}: it was trained with another config; differences (checkpoint -> now):\n  "
-                + "\n  ".join(differences)
-                + "\nrun with the original config (see its config.yaml) or start a new --output"
-            )
-    elif resume:
-        logger.info("no checkpoint in %s yet: starting from iteration 0", run_dir)
+    if resume:
+        checkpoint, state = _newest_checkpoint(run_dir)
+        if state is None:
+            logger.info("no checkpoint in %s yet: starting from iteration 0", run_dir)
+        else:
+            differences = config_differences(state["config"], config_to_dict(cfg))
+            if differences:
+                raise ValueError(
+                    f"cannot resume {checkpoint}: it was trained with another config; differences "
+                    "(checkpoint -> now):\n  "
+                    + "\n  ".join(differences)
+                    + "\nrun with the original config (see its config.yaml) or start a new --output"
+                )
     if is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:

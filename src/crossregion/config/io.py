@@ -2,14 +2,17 @@
 
 A preset is a name (``gta5_source_only``, a file in the package's ``configs/`` folder) or a path to
 a YAML file. Its ``base:`` names another preset whose values it overrides key by key, and so on up
-the chain. Overrides ``optim.lr=2.5e-4`` are parsed with YAML scalar rules. An
-unknown key or a value of the wrong type raises, naming the key and the closest valid key.
+the chain. Overrides ``optim.lr=2.5e-4`` read numbers, lists and quoted strings as YAML and keep
+any other text as typed (``parse_override``). An unknown key or a value of the wrong type raises,
+naming the key and the closest valid key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -102,22 +105,51 @@ def _load_chain(path: Path, preset_dir: Path, seen: tuple[Path, ...]) -> dict[st
     return _merge(merged, data)
 
 
+# A plain number YAML 1.1 reads as a string ("1e-4": no dot); meant as a number.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=2.5e-4"`` -> (``["optim", "lr"]``, ``0.00025``); the value follows YAML rules."""
+    """``"optim.lr=2.5e-4"`` -> (``["optim", "lr"]``, ``0.00025``).
+
+    The value is what the user typed: YAML reads numbers, booleans, ``null``, ``[lists]``,
+    ``{mappings}`` and quoted strings, and any other text is the string itself, ``#`` and ``: ``
+    included (YAML would cut a comment off or make a mapping of it: ``root=data/gta5 #v2``
+    must not train on ``data/gta5``).
+    """
     key, sep, value = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ValueError(f"override {text!r} must look like section.key=value, e.g. optim.lr=2.5e-4")
+    return key.split("."), _parse_value(text, value)
+
+
+def _parse_value(text: str, value: str) -> Any:
+    stripped = value.strip()
+    if not stripped:
+        return None
+    # A list, a mapping or a quoted string is YAML syntax the user chose; it must parse whole.
+    syntax = stripped[0] in "[{\"'"
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        tokens = list(yaml.scan(stripped))
+        parsed = yaml.safe_load(stripped)
     except yaml.YAMLError as error:
-        raise ValueError(f"override {text!r}: value is not a YAML scalar or list: {error}") from error
-    # YAML 1.1 reads "2.5e-4" (no dot) as a string; a number-looking string is meant as a number.
+        if syntax:
+            raise ValueError(f"override {text!r}: not a valid YAML list, mapping or string: {error}") from error
+        return value
+    # The YAML value ends where its last token does; anything after it was a comment.
+    whole = tokens[-2].end_mark.index == len(stripped)
+    if syntax:
+        if not whole:
+            raise ValueError(
+                f"override {text!r}: text follows the end of the value (a YAML comment?); "
+                "quote the whole value to keep it as a string"
+            )
+        return parsed
+    if not whole or isinstance(parsed, (dict, list)):
+        return value
     if isinstance(parsed, str):
-        try:
-            parsed = float(parsed)
-        except ValueError:
-            pass
-    return key.split("."), parsed
+        return float(stripped) if _NUMBER.fullmatch(stripped) else value
+    return parsed
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -222,6 +254,8 @@ def _convert(kind: Any, value: Any, key: str) -> Any:
         return tuple(_convert(arg, item, key) for arg, item in zip(args, value))
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"config key {key!r} must be a finite number, got {value!r}")
             return float(value)
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from crossregion.files import link_atomically, save_torch_atomically
+from crossregion.models.weights import read_torch_file
 
 FORMAT = "crossregion"
 FORMAT_VERSION = 1
@@ -67,19 +68,40 @@ def write_checkpoint(state: dict[str, Any], run_dir: str | Path, *, keep_last: i
     return path
 
 
+# What a resume reads from a checkpoint (``method_state`` is optional: older runs have none).
+REQUIRED_ENTRIES = (
+    "iteration",
+    "config",
+    "models",
+    "optimizers",
+    "schedulers",
+    "scaler",
+    "rng",
+    "data_state",
+)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint on the CPU; a missing, truncated or foreign file is a clear error."""
+    """Read a checkpoint on the CPU; a missing, truncated, foreign or incomplete file is a clear error.
+
+    Only tensors and plain data are unpickled (``read_torch_file``): a file that would run code
+    when loaded is refused, not run.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises several types for a damaged file
-        raise ValueError(f"checkpoint {path} cannot be read (truncated or not a torch file): {error}") from error
+    state = read_torch_file(path, what="checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a crossregion training checkpoint; to start from an official FADA/CRA "
             "checkpoint use model.init_checkpoint instead of --resume"
+        )
+    missing = [entry for entry in REQUIRED_ENTRIES if entry not in state]
+    if missing:
+        raise ValueError(
+            f"checkpoint {path} has no {', '.join(repr(entry) for entry in missing)} "
+            f"entr{'y' if len(missing) == 1 else 'ies'}: it is incomplete; resume from another checkpoint of the run "
+            "or start a new --output"
         )
     return state
 

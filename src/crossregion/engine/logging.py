@@ -57,6 +57,29 @@ def truncate_metrics(run_dir: str | Path, iteration: int) -> None:
     write_text_atomically(path, "".join(kept))
 
 
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``. A last row cut short (a run killed while appending it) is
+    left out, as a resume drops it; a broken row before it is an error naming the file and line.
+
+    Raises:
+        ValueError: a row other than the last is not a JSON object.
+    """
+    path = Path(path)
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            if number == len(lines):
+                continue
+            raise ValueError(f"{path}, line {number}: not a JSON row ({error}); remove or fix that line") from error
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {number}: not a JSON object: {line[:80]}")
+        rows.append(row)
+    return rows
+
+
 class ProgressBar:
     """A tqdm bar over iterations with ETA and the losses of the last log window."""
 

@@ -31,6 +31,7 @@ from crossregion.engine.amp import autocast, build_grad_scaler
 from crossregion.engine.logging import MetricWriter, ProgressBar
 from crossregion.engine.optim import build_scheduler
 from crossregion.errors import CrossregionError
+from crossregion.files import loader_workers
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class InfiniteLoader:
             dataset,
             batch_size=batch_size,
             sampler=self.sampler,
-            num_workers=num_workers,
+            num_workers=loader_workers(num_workers),
             drop_last=True,
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=False,

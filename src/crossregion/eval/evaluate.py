@@ -23,6 +23,7 @@ from crossregion.eval.inference import (
     predict_probs,
 )
 from crossregion.eval.metrics import ConfusionMatrix, metrics_dict
+from crossregion.files import loader_workers
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def evaluate_segmenter(
         raise ValueError(f"{type(dataset).__name__} {dataset.split!r} at {dataset.root} is unlabelled; cannot evaluate")
     rank, world_size = _rank_and_world_size()
     shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
-    loader = torch.utils.data.DataLoader(shard, batch_size=1, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(shard, batch_size=1, num_workers=loader_workers(num_workers))
     confusion = ConfusionMatrix(dataset.num_classes, device=device)
     was_training = segmenter.training
     saved_transform = dataset.transform

@@ -41,7 +41,14 @@ def collect_images(paths: list[Path]) -> list[Path]:
     images: list[Path] = []
     for path in paths:
         if path.is_dir():
-            images += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+            dangling = [p for p in found if not p.exists()]
+            if dangling:
+                listing = ", ".join(map(str, dangling[:5])) + (" ..." if len(dangling) > 5 else "")
+                raise FileNotFoundError(
+                    f"--images: {len(dangling)} link(s) to a missing file ({listing}); fix or remove them"
+                )
+            images += found
         elif path.is_file():
             images.append(path)
         else:

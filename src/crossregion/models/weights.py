@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,26 @@ def read_torch_file(path: str | Path, *, what: str) -> Any:
     try:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
-        message = str(error).strip() or "no message"
-        first_sentence = message.splitlines()[0].split(". ")[0][:200]  # torch's are paragraphs
+    except pickle.UnpicklingError as error:
+        # torch names the GLOBAL a pickle would call (os.system, say); anything else it reports
+        # here is a file that is not a pickle of tensors at all.
+        if "GLOBAL" not in str(error):
+            raise _unreadable(path, what, error) from error
         raise ValueError(
-            f"cannot read {what} {path}: the file is truncated or not a PyTorch file "
-            f"({type(error).__name__}: {first_sentence})"
+            f"refusing to load {what} {path}: it holds Python objects other than tensors and plain data, "
+            "and unpickling them could run code (a file from an untrusted source?)"
         ) from error
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+        raise _unreadable(path, what, error) from error
+
+
+def _unreadable(path: Path, what: str, error: Exception) -> ValueError:
+    message = str(error).strip() or "no message"
+    first_sentence = message.splitlines()[0].split(". ")[0][:200]  # torch's are paragraphs
+    return ValueError(
+        f"cannot read {what} {path}: the file is truncated or not a PyTorch file "
+        f"({type(error).__name__}: {first_sentence})"
+    )
 
 
 def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

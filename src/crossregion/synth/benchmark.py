@@ -38,6 +38,7 @@ import io
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from crossregion import __version__
 from crossregion.data.labels import CITYSCAPES_LABELS
 from crossregion.files import (
     check_output_folder,
+    is_temp_file,
     remove_stale_temp_files,
     write_bytes_atomically,
     write_text_atomically,
@@ -1141,8 +1143,8 @@ def validate_arguments(
         ("--target-train-images", target_train_images),
         ("--target-val-images", target_val_images),
     ):
-        if count < 0:
-            raise ValueError(f"{name} must be >= 0, got {count}")
+        if count < 1:  # every split is read by the commands the benchmark is for
+            raise ValueError(f"{name} must be at least 1, got {count}")
     if height < 16 or width < 16:
         raise ValueError(f"--height and --width must be at least 16 pixels, got {height}x{width}")
 
@@ -1173,36 +1175,23 @@ def generate_benchmark(
         source_layout=source_layout,
     )
     out_dir = Path(out_dir)
-
-    if source_layout == "gta5":
-        image_dir, label_dir = out_dir / "gta5" / "images", out_dir / "gta5" / "labels"
-    else:
-        image_dir, label_dir = out_dir / "synthia" / "RGB", out_dir / "synthia" / "GT" / "LABELS"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    label_dir.mkdir(parents=True, exist_ok=True)
-    for index in range(source_images):
-        image, labels = render_sample(seed, "source", "train", index, height, width)
-        if source_layout == "gta5":
-            name = f"{index + 1:05d}.png"  # GTA5 numbers from 00001
-            _save_png(image, image_dir / name)
-            _save_png(labels, label_dir / name, palette=_GTA5_PALETTE)
+    arguments = {
+        "source_layout": source_layout,
+        "source_images": source_images,
+        "target_train_images": target_train_images,
+        "target_val_images": target_val_images,
+    }
+    for domain, split, index, image_path, label_path in benchmark_files(out_dir, arguments):
+        image, labels = render_sample(seed, domain, split, index, height, width)
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        _save_png(image, image_path)
+        if domain == "target":
+            _save_png(labels, label_path)
+        elif source_layout == "gta5":
+            _save_png(labels, label_path, palette=_GTA5_PALETTE)
         else:
-            name = f"{index:07d}.png"  # SYNTHIA numbers from 0000000
-            _save_png(image, image_dir / name)
-            _save_synthia_label(labels, label_dir / name)
-
-    root = out_dir / "cityscapes"
-    for split, count, cities in (("train", target_train_images, TRAIN_CITIES), ("val", target_val_images, VAL_CITIES)):
-        for index in range(count):
-            city = cities[index % len(cities)]
-            stem = cityscapes_stem(city, index // len(cities))
-            image, labels = render_sample(seed, "target", split, index, height, width)
-            image_dir = root / "leftImg8bit" / split / city
-            label_dir = root / "gtFine" / split / city
-            image_dir.mkdir(parents=True, exist_ok=True)
-            label_dir.mkdir(parents=True, exist_ok=True)
-            _save_png(image, image_dir / f"{stem}_leftImg8bit.png")
-            _save_png(labels, label_dir / f"{stem}_gtFine_labelIds.png")
+            _save_synthia_label(labels, label_path)
 
     summary = {
         "generator_version": GENERATOR_VERSION,
@@ -1217,6 +1206,54 @@ def generate_benchmark(
     }
     write_text_atomically(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def benchmark_files(out_dir: Path, arguments: dict) -> Iterator[tuple[str, str, int, Path, Path]]:
+    """(domain, split, index, image path, label path) of every sample a benchmark of ``arguments``
+    holds, in the order they are written: the one place that names the files."""
+    layout = arguments["source_layout"]
+    if layout == "gta5":
+        image_dir, label_dir = out_dir / "gta5" / "images", out_dir / "gta5" / "labels"
+    else:
+        image_dir, label_dir = out_dir / "synthia" / "RGB", out_dir / "synthia" / "GT" / "LABELS"
+    for index in range(arguments["source_images"]):
+        # GTA5 numbers from 00001, SYNTHIA from 0000000.
+        name = f"{index + 1:05d}.png" if layout == "gta5" else f"{index:07d}.png"
+        yield "source", "train", index, image_dir / name, label_dir / name
+    root = out_dir / "cityscapes"
+    for split, count, cities in (
+        ("train", arguments["target_train_images"], TRAIN_CITIES),
+        ("val", arguments["target_val_images"], VAL_CITIES),
+    ):
+        for index in range(count):
+            city = cities[index % len(cities)]
+            stem = cityscapes_stem(city, index // len(cities))
+            yield (
+                "target",
+                split,
+                index,
+                root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+                root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+            )
+
+
+def holds_only_a_benchmark(out_dir: Path) -> bool:
+    """True when every file under ``out_dir`` is one a benchmark of its recorded arguments consists
+    of (or the marker or temp file of its run): a folder this generator wrote and nobody added to,
+    which may be replaced without losing anyone's files."""
+    recorded = _recorded_arguments(out_dir)
+    if recorded is None or recorded.get("source_layout") not in SOURCE_LAYOUTS:
+        return False
+    try:
+        expected = {path for _, _, _, *paths in benchmark_files(out_dir, recorded) for path in paths}
+    except (TypeError, ValueError):  # counts that are not numbers: not a record this generator wrote
+        return False
+    expected |= {out_dir / SUMMARY_FILE, out_dir / RUNNING_FILE}
+    folders = {parent for path in expected for parent in path.parents}
+    return all(
+        (path in folders if path.is_dir() and not path.is_symlink() else path in expected or is_temp_file(path))
+        for path in out_dir.rglob("*")
+    )
 
 
 def save_sample_figure(path: str | Path, *, height: int = 256, width: int = 512, seed: int = 0) -> None:
@@ -1283,10 +1320,66 @@ def _recorded_arguments(out_dir: Path) -> dict | None:
     return None
 
 
+# Measured on the generator: rendering one image holds about 30-95 bytes per pixel (numpy and
+# PIL buffers), its two PNGs take under 2 bytes per pixel; each file also fills a disk block.
+RENDER_BYTES_PER_PIXEL = 100
+FILE_BYTES_PER_PIXEL = 2
+BLOCK_BYTES = 4096
+
+
+def check_resources(out_dir: Path, arguments: dict) -> None:
+    """Refuse, before any file is written, a benchmark whose one image does not fit in the free
+    memory or whose files do not fit on the disk, with the estimate and what there is.
+
+    Raises:
+        ValueError: not enough memory or disk.
+    """
+    pixels = arguments["height"] * arguments["width"]
+    available = _available_memory()
+    needed = pixels * RENDER_BYTES_PER_PIXEL
+    if available is not None and needed > available:
+        raise ValueError(
+            f"--height {arguments['height']} --width {arguments['width']}: rendering one image needs about "
+            f"{_size(needed)} of memory, and {_size(available)} is available; choose a smaller size"
+        )
+    samples = arguments["source_images"] + arguments["target_train_images"] + arguments["target_val_images"]
+    needed = samples * (pixels * FILE_BYTES_PER_PIXEL + 2 * BLOCK_BYTES)
+    existing = next(parent for parent in (out_dir.absolute(), *out_dir.absolute().parents) if parent.exists())
+    # Files already there are rewritten in place, or removed first (--force).
+    present = sum(path.stat().st_size for path in out_dir.rglob("*") if path.is_file()) if out_dir.is_dir() else 0
+    free = shutil.disk_usage(existing).free
+    if needed - present > free:
+        raise ValueError(
+            f"OUT_DIR {out_dir}: {samples} images of {arguments['height']}x{arguments['width']} need about "
+            f"{_size(needed)} of disk, and {_size(free)} is free there; ask for fewer or smaller images"
+        )
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _size(count: int) -> str:
+    value, unit = float(count), "bytes"
+    for larger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"
+
+
 def generate_into(out_dir: str | Path, arguments: dict, *, force: bool) -> dict:
     """``generate_benchmark`` behind the checks of ``prepare_out_dir``; returns the summary."""
     out_dir = Path(out_dir)
     validate_arguments(**arguments)
+    check_resources(out_dir, arguments)
     prepare_out_dir(out_dir, arguments, force=force)
     summary = generate_benchmark(out_dir, **arguments)
     (out_dir / RUNNING_FILE).unlink()

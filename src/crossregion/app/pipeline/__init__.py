@@ -13,11 +13,14 @@ Stages, each in its own folder of ``DIR``::
     04_pseudo_cra_<m>         pseudo labels of the CRA model (optional, for self-distillation)
     05_self_distill_<m>       self-distillation on them (optional, stage 4)
 
-Every stage writes ``stage.json`` with a hash of its resolved config and of the stages it reads
-(and, for the report, its wall time and the machine and versions it ran with);
-a stage whose ``stage.json`` is complete with the same hash is skipped, a changed hash deletes
-the folder and reruns it (and, through the chained hashes, everything after it). An
-interrupted training stage resumes from its ``last.pth``; an interrupted store resumes per image.
+Every stage writes ``stage.json`` with a hash of its resolved config and of the stages it reads,
+the files it wrote (relative to ``DIR``) with their SHA-256 (and, for the report, its wall time
+and the machine and versions it ran with). A stage whose ``stage.json`` is complete with the same
+hash, and whose files are there and unchanged, is skipped; otherwise its folder is moved to
+``<stage>.previous1`` (``.previous2``, ...: every generation is kept) and the stage reruns, and,
+through the chained hashes, everything after it. So a moved or copied ``DIR`` reads only its own
+files. An interrupted training stage resumes from its ``last.pth``; an interrupted store resumes
+per image. One pipeline at a time writes ``DIR`` (a lock; a second one is refused).
 
 The pipeline config (``configs/pipelines/*.yaml``) names a training preset and overrides per
 stage. Overrides may use the placeholders ``$source_checkpoint``, ``$cda_checkpoint``,

@@ -22,7 +22,7 @@ from crossregion.app.pipeline.stages import (
     with_overrides,
 )
 from crossregion.app.pipeline.tables import results_markdown
-from crossregion.files import check_output_folder, write_text_atomically
+from crossregion.files import check_output_folder, exclusive_writer, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,11 @@ logger = logging.getLogger(__name__)
 def run_pipeline(cfg: PipelineConfig, output: str | Path) -> dict[str, Any]:
     """Run every stage ``cfg`` asks for (skipping up-to-date ones); write and return the results."""
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    with exclusive_writer(output):  # one pipeline per run folder
+        return _run_stages(cfg, output)
+
+
+def _run_stages(cfg: PipelineConfig, output: Path) -> dict[str, Any]:
     write_text_atomically(output / "pipeline.yaml", yaml.safe_dump(_plain(dataclasses.asdict(cfg)), sort_keys=False))
     stages = Stages(output)
     source = training_stage(stages, cfg, "00_source", cfg.source, {}, [])

@@ -65,11 +65,14 @@ def training_stage(
 ) -> StageRecord:
     from crossregion.app.train import train
 
-    resolved, identity = resolve_training_config(cfg, spec, placeholders)
+    resolved, _ = resolve_training_config(cfg, spec, placeholders)
+    # The hash reads the stage files the config names relative to the run folder, however this run
+    # spells it; what they hold is in the upstream records' hashes.
+    _, identity = resolve_training_config(cfg, spec, {key: stages.relative(path) for key, path in placeholders.items()})
 
     def work(folder: Path) -> dict[str, Any]:
         checkpoint = train(config_from_dict(resolved, source=name), folder, resume=True)
-        return {"checkpoint": str(checkpoint), **evaluate_checkpoint(cfg, checkpoint, folder / "eval")}
+        return {"checkpoint": checkpoint, **evaluate_checkpoint(cfg, checkpoint, folder / "eval")}
 
     payload = {
         "kind": "train",
@@ -99,7 +102,7 @@ def pseudo_label_stage(stages: Stages, cfg: PipelineConfig, name: str, model: St
             device=cfg.device,
             workers=0,
         )
-        return {"store": str(store), **regime_of_store(cfg, store)}
+        return {"store": store, **regime_of_store(cfg, store)}
 
     payload = {
         "kind": "pseudo_label",

@@ -16,6 +16,8 @@ import yaml
 
 from crossregion.app.pipeline.cache import STAGE_FILE
 from crossregion.app.pipeline.config import BASELINE_TITLES
+from crossregion.engine.logging import read_metrics
+from crossregion.files import read_json
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.yaml"
@@ -79,7 +81,7 @@ def load_run(path: Path, label: str) -> Run:
 
 
 def _load_pipeline(path: Path, label: str) -> Run:
-    results = json.loads((path / RESULTS_FILE).read_text())
+    results = read_json(path / RESULTS_FILE)
     # Stage folders are looked up under ``path`` by name: results.json records absolute paths,
     # which break when a run folder is moved or copied.
     stages = {name: _load_stage(path / name, name) for name in results["stages"] if (path / name).is_dir()}
@@ -112,7 +114,7 @@ def _load_pipeline(path: Path, label: str) -> Run:
                 method,
                 series,
                 panel if panel.is_file() else None,
-                json.loads(stats_path.read_text()) if stats_path.is_file() else None,
+                read_json(stats_path) if stats_path.is_file() else None,
                 row,
             )
         )
@@ -126,13 +128,13 @@ def _load_stage(folder: Path, name: str) -> Stage:
     record_path = folder / STAGE_FILE
     rows = []
     if metrics_path.is_file():
-        rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        rows = read_metrics(metrics_path)
     return Stage(
         name=name,
         config=yaml.safe_load(config_path.read_text()) if config_path.is_file() else None,
         metric_rows=rows,
-        per_class_iou=json.loads(eval_path.read_text())["per_class_iou"] if eval_path.is_file() else None,
-        record=json.loads(record_path.read_text()) if record_path.is_file() else None,
+        per_class_iou=read_json(eval_path)["per_class_iou"] if eval_path.is_file() else None,
+        record=read_json(record_path) if record_path.is_file() else None,
     )
 
 
