@@ -85,7 +85,15 @@ def test_zero_trusted_batch_gives_finite_losses_and_a_finite_update(tmp_path):
     trusted, untrusted = method.region_masks(batch)
     assert not trusted.any() and untrusted.any()
     losses = method.training_step(models, {"target": batch}, step_context(optimizers))
-    assert set(losses) == {"loss/seg_trusted", "loss/adv_untrusted", "loss/disc_trusted", "loss/disc_untrusted"}
+    assert set(losses) == {
+        "loss/seg_trusted",
+        "loss/adv_untrusted",
+        "loss/disc_trusted",
+        "loss/disc_untrusted",
+        "diag/disc_acc_trusted",
+        "diag/disc_acc_untrusted",
+    }
+    assert float(losses["diag/disc_acc_trusted"]) == 0.0  # no trusted pixel: counted 0, not NaN
     assert losses["loss/seg_trusted"] == 0
     assert all(torch.isfinite(value) for value in losses.values())
     assert all(torch.isfinite(p).all() for model in models.values() for p in model.parameters())
