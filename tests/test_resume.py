@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crossregion.engine.checkpoint import load_checkpoint, periodic_checkpoints, write_checkpoint
+from crossregion.engine.checkpoint import REQUIRED_ENTRIES, load_checkpoint, periodic_checkpoints, write_checkpoint
 from crossregion.files import save_torch_atomically
 
 SCRIPT = Path(__file__).with_name("tiny_training.py")
@@ -66,8 +66,9 @@ def test_resume_with_another_config_names_the_difference(tmp_path):
 
 
 def test_checkpoint_writes_are_atomic_and_pruned(tmp_path):
+    entries = {entry: {} for entry in REQUIRED_ENTRIES}  # what load_checkpoint requires
     for iteration in (2, 4, 6):
-        write_checkpoint({"format": "crossregion", "iteration": iteration}, tmp_path, keep_last=2)
+        write_checkpoint({**entries, "format": "crossregion", "iteration": iteration}, tmp_path, keep_last=2)
     assert [p.name for p in periodic_checkpoints(tmp_path)] == ["model_iter000004.pth", "model_iter000006.pth"]
     assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 6
 
