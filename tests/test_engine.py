@@ -44,6 +44,25 @@ def test_segmenter_optimizer_keeps_head_multiplier_and_poly_schedule(name, optim
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3 * factor, 1e-2 * factor])
 
 
+def test_warmup_ramps_every_group_linearly_then_follows_poly():
+    optim = OptimConfig(name="adam", lr=1e-3, head_lr_mult=10.0, max_iters=10, poly_power=0.9, warmup_iters=4)
+    optimizer = build_segmenter_optimizer(TinySegmenter(), optim)
+    scheduler = build_scheduler(optimizer, optim)
+    lrs = []
+    for _ in range(6):
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    for iteration, ramp in enumerate([0.25, 0.5, 0.75, 1.0, 1.0, 1.0]):
+        factor = ramp * poly_factor(iteration, 10, 0.9)
+        assert lrs[iteration] == pytest.approx([1e-3 * factor, 1e-2 * factor])
+
+
+def test_negative_warmup_is_refused():
+    with pytest.raises(ValueError, match="optim.warmup_iters"):
+        OptimConfig(max_iters=10, warmup_iters=-1)
+
+
 def test_cosine_schedule_anneals_every_group_to_the_floor():
     """IAST's CosineAnnealingLR_with_Restart over one cycle: lr, half-way the mean, then 0.001 lr."""
     optim = OptimConfig(name="adam", lr=1e-3, head_lr_mult=10.0, max_iters=10, schedule="cosine")

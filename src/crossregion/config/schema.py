@@ -157,6 +157,9 @@ class OptimConfig:
     schedule: str = "poly"
     poly_power: float = 0.9
     cosine_min_ratio: float = 0.001
+    # Linear warm-up: the schedule's factor is multiplied by min(1, (t + 1) / warmup_iters) for
+    # every optimiser. 0 (the official codes) starts at the full base lr.
+    warmup_iters: int = 0
     # Poly horizon.
     max_iters: int = 62_500
     # Training stops here; None = max_iters. Official CRA/FADA: 40k of a 62.5k horizon.
@@ -174,6 +177,8 @@ class OptimConfig:
             raise ValueError(f"optim.name must be one of {SEGMENTER_OPTIMIZERS}, got {self.name!r}")
         if self.max_iters <= 0:
             raise ValueError(f"optim.max_iters must be positive, got {self.max_iters}")
+        if self.warmup_iters < 0:
+            raise ValueError(f"optim.warmup_iters must be 0 (no warm-up) or positive, got {self.warmup_iters}")
         if self.stop_iter is not None and not 0 < self.stop_iter <= self.max_iters:
             raise ValueError(
                 f"optim.stop_iter ({self.stop_iter}) must be in 1..optim.max_iters ({self.max_iters}); "

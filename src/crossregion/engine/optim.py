@@ -2,8 +2,9 @@
 
 Every optimiser follows lr_t = base_lr * factor(t), with t the number of finished iterations:
 poly, (1 - t / max_iters) ** power (FADA/CRA, ProDA), or cosine annealing to ``cosine_min_ratio``
-over max_iters (IAST). The schedule scales each parameter group's own base lr, so the head's
-x10 group keeps its ratio without anything indexing ``param_groups[1]``.
+over max_iters (IAST), times a linear warm-up over the first ``warmup_iters`` when set. The
+schedule scales each parameter group's own base lr, so the head's x10 group keeps its ratio
+without anything indexing ``param_groups[1]``.
 """
 
 from __future__ import annotations
@@ -28,15 +29,23 @@ def cosine_factor(iteration: int, max_iters: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR with ``optim.schedule``'s factor over ``optim.max_iters``; step it once per iteration."""
+def warmup_factor(iteration: int, warmup_iters: int) -> float:
+    """min(1, (t + 1) / warmup_iters): the first step already moves, at 1 / warmup_iters of the lr."""
+    return 1.0 if warmup_iters == 0 else min(1.0, (iteration + 1) / warmup_iters)
+
+
+def schedule_factor(iteration: int, optim: OptimConfig) -> float:
+    """The factor of every base lr at iteration t: ``optim.schedule``'s, times the warm-up."""
     if optim.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda iteration: cosine_factor(iteration, optim.max_iters, optim.cosine_min_ratio)
-        )
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda iteration: poly_factor(iteration, optim.max_iters, optim.poly_power)
-    )
+        factor = cosine_factor(iteration, optim.max_iters, optim.cosine_min_ratio)
+    else:
+        factor = poly_factor(iteration, optim.max_iters, optim.poly_power)
+    return factor * warmup_factor(iteration, optim.warmup_iters)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR with ``schedule_factor`` over ``optim.max_iters``; step it once per iteration."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: schedule_factor(iteration, optim))
 
 
 def build_segmenter_optimizer(segmenter: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
