@@ -211,12 +211,25 @@ class PseudoLabelMethod(Method):
         """One phase: backpropagate ``target_losses``' total, one SGD step of the segmenter.
 
         Returns:
-            ``target_losses``' named terms, detached.
+            ``target_losses``' named terms, detached, and ``step_diagnostics``.
         """
-        total, terms = self.target_losses(models["segmenter"], batches["target"])
+        segmenter = models["segmenter"]
+        self.prepare_segmenter(segmenter)
+        total, terms = self.target_losses(segmenter, batches["target"])
+        logged = {name: value.detach() for name, value in terms.items()}
+        logged.update(self.step_diagnostics(terms, segmenter, ctx))
         ctx.backward(total)
         ctx.step("segmenter")
-        return {name: value.detach() for name, value in terms.items()}
+        return logged
+
+    def prepare_segmenter(self, segmenter: nn.Module) -> None:
+        """Called at the start of every step, before the forward pass; nothing by default."""
+
+    def step_diagnostics(
+        self, terms: Mapping[str, torch.Tensor], segmenter: nn.Module, ctx: StepContext
+    ) -> dict[str, torch.Tensor]:
+        """Extra values to log, computed before the backward pass; none by default."""
+        return {}
 
     def target_losses(
         self, segmenter: nn.Module, target: Mapping[str, Any]
@@ -261,28 +274,23 @@ class RegionMethod(PseudoLabelMethod):
                     module.momentum = self.cfg.bn_momentum
         return super().build_models(segmenter)
 
-    def training_step(
-        self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
+    def step_diagnostics(
+        self, terms: Mapping[str, torch.Tensor], segmenter: nn.Module, ctx: StepContext
     ) -> dict[str, torch.Tensor]:
-        """``PseudoLabelMethod``'s one phase, with the BatchNorm rule and the gradient-ratio diagnostic."""
-        segmenter = models["segmenter"]
-        self.prepare_segmenter(segmenter)
-        total, terms = self.target_losses(segmenter, batches["target"])
-        logged = {name: value.detach() for name, value in terms.items()}
+        """Every ``diagnostics_period`` iterations: ``diag/grad_ratio``, the region term's gradient
+        norm over the trusted CE's (docs/benchmarks.md, the self-training diagnosis)."""
         region = self.weighted_region_loss(terms)
-        if region is not None and self.diagnostics_due(ctx):
-            logged["diag/grad_ratio"] = gradient_norm_ratio(region, terms["loss/seg_trusted"], segmenter)
-        ctx.backward(total)
-        ctx.step("segmenter")
-        return logged
+        if region is None or not self.diagnostics_due(ctx):
+            return {}
+        return {"diag/grad_ratio": gradient_norm_ratio(region, terms["loss/seg_trusted"], segmenter)}
 
     def weighted_region_loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """The untrusted-region part of ``target_losses``' total, as weighted there; None = none."""
         return None
 
     def prepare_segmenter(self, segmenter: nn.Module) -> None:
-        """Called at the start of every step: holds BatchNorm statistics if configured (the
-        trainer puts every model back in train mode after an evaluation)."""
+        """Holds BatchNorm statistics if configured (the trainer puts every model back in train
+        mode after an evaluation)."""
         if self.cfg.freeze_bn_statistics:
             hold_batchnorm_statistics(segmenter)
 
