@@ -28,7 +28,7 @@ from pathlib import Path
 
 from common import add_benchmark_arguments, cpu_description, mean_std, prepared_benchmark, with_seed
 
-from crossregion.app.pipeline.analysis import feature_gap, per_class_regime
+from crossregion.app.pipeline.analysis import alignment_course, feature_gap, per_class_regime
 from crossregion.app.pipeline.cache import STAGE_FILE, Stages
 from crossregion.app.pipeline.config import StageSpec
 from crossregion.app.pipeline.stages import bn_target_stage, cda_stage, pseudo_label_stage, training_stage
@@ -114,19 +114,16 @@ def read_run(folder: Path) -> dict | None:
     state = json.loads(marker.read_text())
     if not state.get("complete"):
         return None
-    course, diagnostics = {}, {}
+    course = {}
     for line in (folder / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "eval/miou" in row:
             course[row["iteration"]] = row["eval/miou"]
-        diag = {key: value for key, value in row.items() if key.startswith("diag/")}
-        if diag:
-            diagnostics[row["iteration"]] = diag
     gap_file = folder / "feature_gap.json"
     return {
         "miou": state["outputs"]["miou"],
         "course": course,
-        "diagnostics": diagnostics,
+        "diagnostics": alignment_course(folder / "metrics.jsonl"),
         "feature_gap": json.loads(gap_file.read_text())["mean"] if gap_file.exists() else None,
         "wall_seconds": state.get("wall_seconds"),
     }
@@ -201,10 +198,10 @@ def markdown(results: dict[int, dict]) -> str:
         ]
         for variant, runs in res["runs"].items():
             for method, run in runs.items():
-                diag = [run["diagnostics"][it] for it in sorted(run["diagnostics"])]
-                ratios = [d["diag/grad_ratio"] for d in diag if "diag/grad_ratio" in d]
-                acc_t = [d["diag/disc_acc_trusted"] for d in diag if "diag/disc_acc_trusted" in d]
-                acc_u = [d["diag/disc_acc_untrusted"] for d in diag if "diag/disc_acc_untrusted" in d]
+                ratios, acc_t, acc_u = (
+                    [value for _, value in run["diagnostics"].get(key, [])]
+                    for key in ("grad_ratio", "disc_acc_trusted", "disc_acc_untrusted")
+                )
                 lines.append(
                     f"| {variant} | {method} | "
                     f"{f'{ratios[0]:.1e} / {ratios[-1]:.1e}' if ratios else '–'} | "
