@@ -60,6 +60,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("data.target.color_jitter=[0.5, 0.5, 0.5, 0.0]", "optim.lr=4e-5"),
         ("cra", "pseudo_label_only"),
     ),
+    # The third round: the same screen without any colour jitter.
+    "no colour jitter": (("data.target.color_jitter=[0.0, 0.0, 0.0, 0.0]",), ("cra", "pseudo_label_only")),
 }
 MATCHED = "matched weight"
 
