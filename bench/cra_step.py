@@ -136,8 +136,8 @@ def make_batch(num_classes: int, batch: int, height: int, width: int, device: to
     }
 
 
-def official_step(segmenter, discriminator, opt_g, opt_d, batch, factors: np.ndarray, cfg) -> None:
-    """zhijiew/CRA train_cra.py, one iteration, literally (docs/spec.md §1.5)."""
+def official_step(segmenter, discriminator, opt_g, opt_d, batch, factors: np.ndarray, threshold: float, cfg) -> None:
+    """zhijiew/CRA train_cra.py, one iteration, literally (docs/spec.md §1.5); ``threshold`` is λ."""
     temperature, clip = cfg.seg_temperature, cfg.soft_label_clip
     image = batch["image"]
     height, width = image.shape[-2:]
@@ -148,8 +148,8 @@ def official_step(segmenter, discriminator, opt_g, opt_d, batch, factors: np.nda
     table = np.ones(256)
     table[:num_classes] = factors
     entropy = np.where(entropy == -1, entropy, entropy * table[label])
-    src_mask = ((entropy <= cfg.entropy_threshold) & (entropy != -1)).astype(np.float64)
-    tgt_mask = (entropy > cfg.entropy_threshold).astype(np.float64)
+    src_mask = ((entropy <= threshold) & (entropy != -1)).astype(np.float64)
+    tgt_mask = (entropy > threshold).astype(np.float64)
     src_label = np.where(src_mask > 0, label, IGNORE_INDEX)
     src_mask_t = torch.from_numpy(src_mask).to(image.device)
     tgt_mask_t = torch.from_numpy(tgt_mask).to(image.device)
@@ -231,6 +231,7 @@ def run_case(backbone: str, batch_size: int, height: int, width: int, args: argp
                 optimizers["discriminator"],
                 batch,
                 factors,
+                method.entropy_threshold,
                 cfg.method,
             )
 

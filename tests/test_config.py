@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from crossregion.config import available_presets, config_from_dict, config_to_dict, load_config
@@ -24,6 +27,33 @@ def test_wrong_type_names_the_key():
         load_config("demo_source_only", ["model.freeze_bn=1"])
     with pytest.raises(ValueError, match=r"'data.source.crop' expects 2 values"):
         load_config("demo_source_only", ["data.source.crop=[1,2,3]"])
+
+
+def test_a_dataset_override_on_a_preset_without_that_dataset_says_so():
+    with pytest.raises(
+        KeyError, match=r"demo_source_only: the preset has no target dataset .*data.target.root.*remove it"
+    ):
+        load_config("demo_source_only", ["data.target.root=/data/cityscapes"])
+    with pytest.raises(KeyError, match=r"demo_iast: the preset has no source dataset"):
+        load_config("demo_iast", ["data.source.root=/data/gta5"])
+    # Giving the whole dataset is a real change, not a stray override.
+    cfg = load_config(
+        "demo_source_only",
+        ["data.target.name=cityscapes", "data.target.root=/data/cityscapes", "data.target.labelled=false"],
+    )
+    assert cfg.data.target.root == "/data/cityscapes"
+
+
+def test_the_config_loader_alone_finds_every_registered_name():
+    """A script that imports only the config loader (as bench/cra_step.py does) loads any preset."""
+    code = (
+        "from crossregion.config import load_config\n"
+        "cfg = load_config('cra', ['method.pseudo_label_store=/tmp/store'])\n"
+        "print(cfg.data.target.name, cfg.model.backbone)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["cityscapes", "resnet101"]
 
 
 def test_base_inheritance_merges_sections(tmp_path):

@@ -2,12 +2,15 @@
 
 The config loader looks dataset, backbone and method names up here; each layer fills its own
 registry when imported (``data`` the datasets, ``models`` the backbones, ``methods`` the method
-configs), so the loader imports none of those layers. The application layer imports them all.
+configs), so the loader imports none of those layers. A lookup in a registry still empty imports
+the module that fills it, so every entry point (a command, a benchmark script, a notebook) finds the
+names whatever it imported first.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -19,7 +22,7 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str, filled_by: str | None = None) -> None:
         self.kind = kind
-        # The module whose import fills this registry, named when a lookup finds it empty.
+        # The module whose import fills this registry, imported by the first lookup that finds it empty.
         self.filled_by = filled_by
         self._entries: dict[str, T] = {}
 
@@ -32,23 +35,27 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def get(self, name: str) -> T:
+    def _filled(self) -> dict[str, T]:
         if not self._entries and self.filled_by is not None:
-            raise KeyError(f"no {self.kind} is registered yet: import {self.filled_by} first (the command line does)")
-        if name not in self._entries:
-            close = difflib.get_close_matches(name, self._entries, n=3)
+            importlib.import_module(self.filled_by)
+        return self._entries
+
+    def get(self, name: str) -> T:
+        entries = self._filled()
+        if name not in entries:
+            close = difflib.get_close_matches(name, entries, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._entries))}.{hint}")
-        return self._entries[name]
+            raise KeyError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(entries))}.{hint}")
+        return entries[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._filled()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
+        return iter(sorted(self._filled()))
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(self._filled())
 
 
 # Filled by the layers named; typed loosely because the classes live above this module.

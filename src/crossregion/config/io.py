@@ -171,7 +171,19 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Load a preset, apply overrides and build the typed, validated config."""
-    data = apply_overrides(load_raw(name_or_path), overrides)
+    raw = load_raw(name_or_path)
+    preset_data = raw.get("data") or {}
+    data = apply_overrides(raw, overrides)
+    for kind in ("source", "target", "target_val"):
+        added = (data.get("data") or {}).get(kind)
+        # An override such as data.target.root=... on a preset without a target dataset would
+        # otherwise fail as a missing data.target.name, which hides the cause.
+        if preset_data.get(kind) is None and isinstance(added, dict) and "name" not in added:
+            keys = ", ".join(f"data.{kind}.{key}" for key in added)
+            raise KeyError(
+                f"{name_or_path}: the preset has no {kind} dataset (data.{kind} is not set), so the override of "
+                f"{keys} has nothing to change: remove it"
+            )
     return config_from_dict(data, source=str(name_or_path))
 
 
