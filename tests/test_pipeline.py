@@ -209,3 +209,23 @@ def test_the_documented_pseudo_label_command_is_the_official_stage_2():
     pseudo_label.add_arguments(parser)
     args = parser.parse_args(shlex.split(command))
     assert args.dataset == "cityscapes" and tuple(args.input_size) == (1024, 512)
+
+
+def test_two_runs_sharing_an_output_folder_generate_the_benchmark_once(tmp_path):
+    """Seeds trained side by side into one output folder: both wait for one generation, neither fails."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from crossregion.app.demo import QUICK_SYNTH_ARGUMENTS, ensure_benchmark\n"
+        "ensure_benchmark(Path(sys.argv[1]), QUICK_SYNTH_ARGUMENTS)\n"
+    )
+    data_dir = tmp_path / "data"
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stderr=subprocess.PIPE) for _ in range(2)]
+    errors = [run.communicate()[1].decode() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    summary = json.loads((data_dir / "synth.json").read_text())
+    assert summary["target_val_images"] == 4
+    assert not (data_dir / ".synth-running.json").exists()

@@ -9,6 +9,7 @@ AVX2 CPU (docs/benchmarks.md), and a second run reuses every finished stage.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import time
@@ -56,6 +57,15 @@ def ensure_benchmark(data_dir: Path, arguments: dict[str, int] = SYNTH_ARGUMENTS
         ValueError: ``data_dir`` holds files the generator did not write (a user's datasets, say):
             they are never deleted to make room.
     """
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(data_dir.parent / f".{data_dir.name}.lock", "w") as lock:
+        # Runs that share an output folder (training seeds side by side) would otherwise generate
+        # into it at once; the second waits here and then finds the benchmark up to date.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _ensure_benchmark_locked(data_dir, arguments)
+
+
+def _ensure_benchmark_locked(data_dir: Path, arguments: dict[str, int]) -> None:
     from crossregion.synth.benchmark import GENERATOR_VERSION, generate_into, holds_only_a_benchmark
 
     try:
