@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import add_benchmark_arguments, cpu_description, mean_std, prepared_benchmark, with_seed
+from common import add_benchmark_arguments, cpu_description, mean_std, prepared_benchmark, quick_stage, with_seed
 
 from crossregion.app.pipeline.analysis import alignment_course, feature_gap, per_class_regime
 from crossregion.app.pipeline.cache import STAGE_FILE, Stages
@@ -92,7 +92,7 @@ def base_stages(output: Path, cfg, seed: int):
     return cfg, stages, cda, bn_target, pseudo
 
 
-def run_variants(output: Path, cfg, seed: int, variants: list[str], matched_weight: float | None) -> None:
+def run_variants(output: Path, cfg, seed: int, variants: list[str], matched_weight: float | None, quick: bool) -> None:
     cfg, stages, cda, _, pseudo = base_stages(output, cfg, seed)
     wiring = {"cda_checkpoint": cda.outputs["checkpoint"], "pseudo_labels": pseudo.outputs["store"]}
     for variant in variants:
@@ -102,6 +102,8 @@ def run_variants(output: Path, cfg, seed: int, variants: list[str], matched_weig
                 continue
             base = cfg.cra if method == "cra" else cfg.baselines[method]
             spec = StageSpec(base.preset, (*base.overrides, *DIAGNOSTICS, *overrides))
+            if quick:  # the variants' own lengths (2x, 4x) too
+                spec = quick_stage(spec)
             record = training_stage(stages, cfg, f"03_diag_{slug(variant)}_{method}", spec, wiring, [cda, pseudo])
             gap_file = record.folder / "feature_gap.json"
             if not gap_file.exists():
@@ -285,7 +287,7 @@ def main() -> int:
     variants = list(args.variants) + ([MATCHED] if args.matched_weight is not None else [])
     if not args.report_only:
         for seed in args.seeds:
-            run_variants(args.output, cfg, seed, variants, args.matched_weight)
+            run_variants(args.output, cfg, seed, variants, args.matched_weight, args.quick)
     results = {seed: collect(args.output, cfg, seed, args.matched_weight) for seed in args.seeds}
     text = markdown(results)
     (args.output / "cra_diagnosis.md").write_text(text)

@@ -159,3 +159,18 @@ def test_loss_window_averages_a_sparse_diagnostic_over_its_own_iterations():
     window.add({"loss": torch.tensor(2.0)}, 3)
     means = window.flush()
     assert means == {"loss": pytest.approx(2.0), "diag/ratio": pytest.approx(0.5)}
+
+
+def test_inference_batches_keep_the_order_one_size_per_batch_and_the_pixel_budget():
+    from crossregion.eval.inference import inference_batches
+
+    sizes = [(8, 16)] * 5 + [(4, 8)] * 2 + [(8, 16)]
+    samples = [{"image": torch.zeros(3, *size), "mask": torch.zeros(size), "id": i} for i, size in enumerate(sizes)]
+    # 3 images of 8x16 fit 3 * 128 pixels; the fourth starts a new batch, as does a new size.
+    batches = list(inference_batches(samples, max_pixels=3 * 128))
+    assert [[sample["id"] for sample in batch] for batch in batches] == [[0, 1, 2], [3, 4], [5, 6], [7]]
+    # An image larger than the budget still goes, alone.
+    assert [len(batch) for batch in inference_batches(samples[:2], max_pixels=10)] == [1, 1]
+    # The output size counts: the same image size with another label size is another batch.
+    samples[1]["mask"] = torch.zeros(16, 32)
+    assert [len(batch) for batch in inference_batches(samples[:3], max_pixels=10**6)] == [1, 1, 1]

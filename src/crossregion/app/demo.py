@@ -57,25 +57,36 @@ def ensure_benchmark(data_dir: Path, arguments: dict[str, int] = SYNTH_ARGUMENTS
         ValueError: ``data_dir`` holds files the generator did not write (a user's datasets, say):
             they are never deleted to make room.
     """
+    if _benchmark_is_up_to_date(data_dir, arguments):
+        logger.info("synthetic benchmark in %s is up to date", data_dir)
+        return
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(data_dir.parent / f".{data_dir.name}.lock", "w") as lock:
+    lock_path = data_dir.parent / f".{data_dir.name}.lock"
+    with open(lock_path, "w") as lock:
         # Runs that share an output folder (training seeds side by side) would otherwise generate
         # into it at once; the second waits here and then finds the benchmark up to date.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _ensure_benchmark_locked(data_dir, arguments)
+        try:
+            if not _benchmark_is_up_to_date(data_dir, arguments):
+                _generate_benchmark(data_dir, arguments)
+        finally:
+            lock_path.unlink(missing_ok=True)
 
 
-def _ensure_benchmark_locked(data_dir: Path, arguments: dict[str, int]) -> None:
-    from crossregion.synth.benchmark import GENERATOR_VERSION, generate_into, holds_only_a_benchmark
+def _benchmark_is_up_to_date(data_dir: Path, arguments: dict[str, int]) -> bool:
+    from crossregion.synth.benchmark import GENERATOR_VERSION
 
     try:
         summary = json.loads((data_dir / "synth.json").read_text())
     except (OSError, ValueError):
-        summary = None
+        return False
     expected = {"generator_version": GENERATOR_VERSION, **arguments}
-    if isinstance(summary, dict) and all(summary.get(key) == value for key, value in expected.items()):
-        logger.info("synthetic benchmark in %s is up to date", data_dir)
-        return
+    return isinstance(summary, dict) and all(summary.get(key) == value for key, value in expected.items())
+
+
+def _generate_benchmark(data_dir: Path, arguments: dict[str, int]) -> None:
+    from crossregion.synth.benchmark import generate_into, holds_only_a_benchmark
+
     if data_dir.is_dir() and any(data_dir.iterdir()) and not holds_only_a_benchmark(data_dir):
         raise ValueError(
             f"{data_dir} holds files the demo did not write; the demo generates its benchmark there and "

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from crossregion.data.datasets import DATASETS, build_dataset
 from crossregion.data.pseudo_labels import PseudoLabelWriter
 from crossregion.data.transforms import WithOriginalSize, eval_transform
-from crossregion.eval.inference import predict_probs
+from crossregion.eval.inference import inference_batches, predict_probs
 from crossregion.files import check_output_folder, check_output_outside, loader_workers
 from crossregion.trust import (
     OFFICIAL_RARE_FACTOR,
@@ -178,15 +178,18 @@ def write_pseudo_labels(
     )
     images.transform = WithOriginalSize(eval_transform(size=input_size, input_norm=segmenter.input_norm))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(images, indices), batch_size=1, num_workers=loader_workers(workers)
+        torch.utils.data.Subset(images, indices), batch_size=None, num_workers=loader_workers(workers)
     )
     segmenter.eval()
-    progress = tqdm(loader, desc="pseudo-label", unit="img", total=len(images), initial=len(images) - len(indices))
-    for sample in progress:
-        batch = sample["image"].to(torch_device, non_blocking=True)
-        output_size = tuple(int(size) for size in sample["original_size"][0])
-        probs = predict_probs(segmenter, batch, output_size=output_size, flip=flip)
-        pseudo_label = probs.argmax(dim=1)[0].to(torch.uint8)
-        entropy = normalized_entropy(probs)[0]
-        writer.write(sample["name"][0], pseudo_label.cpu().numpy(), entropy.float().cpu().numpy())
+    progress = tqdm(desc="pseudo-label", unit="img", total=len(images), initial=len(images) - len(indices))
+    for batch in inference_batches(loader):
+        inputs = torch.stack([sample["image"] for sample in batch]).to(torch_device, non_blocking=True)
+        output_size = tuple(int(size) for size in batch[0]["original_size"])
+        probs = predict_probs(segmenter, inputs, output_size=output_size, flip=flip)
+        pseudo_labels = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        entropies = normalized_entropy(probs).float().cpu().numpy()
+        for sample, pseudo_label, entropy in zip(batch, pseudo_labels, entropies):
+            writer.write(sample["name"], pseudo_label, entropy)
+        progress.update(len(batch))
+    progress.close()
     return writer.finish()

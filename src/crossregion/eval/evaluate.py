@@ -20,6 +20,7 @@ from crossregion.data.datasets import SegmentationDataset
 from crossregion.data.transforms import eval_transform
 from crossregion.dist import unwrap
 from crossregion.eval.inference import (
+    inference_batches,
     predict_probs,
 )
 from crossregion.eval.metrics import ConfusionMatrix, metrics_dict
@@ -65,16 +66,17 @@ def evaluate_segmenter(
         raise ValueError(f"{type(dataset).__name__} {dataset.split!r} at {dataset.root} is unlabelled; cannot evaluate")
     rank, world_size = _rank_and_world_size()
     shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
-    loader = torch.utils.data.DataLoader(shard, batch_size=1, num_workers=loader_workers(num_workers))
+    loader = torch.utils.data.DataLoader(shard, batch_size=None, num_workers=loader_workers(num_workers))
     confusion = ConfusionMatrix(dataset.num_classes, device=device)
     was_training = segmenter.training
     saved_transform = dataset.transform
     dataset.transform = eval_transform(size=input_size, input_norm=unwrap(segmenter).input_norm)
     segmenter.to(device).eval()
     try:
-        for sample in tqdm(loader, desc="evaluate", unit="img", disable=not progress or rank != 0):
-            images = sample["image"].to(device, non_blocking=True)
-            labels = sample["mask"].to(device, non_blocking=True)
+        progress_bar = tqdm(total=len(shard), desc="evaluate", unit="img", disable=not progress or rank != 0)
+        for batch in inference_batches(loader):
+            images = torch.stack([sample["image"] for sample in batch]).to(device, non_blocking=True)
+            labels = torch.stack([sample["mask"] for sample in batch]).to(device, non_blocking=True)
             probs = predict_probs(
                 segmenter,
                 images,
@@ -85,6 +87,8 @@ def evaluate_segmenter(
                 stride=stride,
             )
             confusion.update(probs.argmax(dim=1), labels)
+            progress_bar.update(len(batch))
+        progress_bar.close()
     finally:
         dataset.transform = saved_transform
         segmenter.train(was_training)

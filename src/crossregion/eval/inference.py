@@ -8,11 +8,43 @@ is resized bilinearly with ``align_corners=True`` as the official ``multi_scale_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# Output pixels per inference batch. Images of the embedded benchmark (80×160) go 20 at a time,
+# about 3× faster per image than one by one on a 2-core CPU; a Cityscapes or GTA5 image (2M
+# pixels) goes alone, so the memory of real-data inference stays what it was.
+INFERENCE_BATCH_PIXELS = 2**18
+
+
+def _sample_sizes(sample: dict) -> tuple:
+    """The image size and the output size of a sample (its label, or its recorded original size)."""
+    if "mask" in sample:
+        output = tuple(sample["mask"].shape[-2:])
+    elif "original_size" in sample:
+        output = tuple(int(value) for value in sample["original_size"])
+    else:
+        output = tuple(sample["image"].shape[-2:])
+    return tuple(sample["image"].shape), output
+
+
+def inference_batches(samples: Iterable[dict], max_pixels: int = INFERENCE_BATCH_PIXELS) -> Iterator[list[dict]]:
+    """Consecutive single samples (a DataLoader with ``batch_size=None``) gathered into lists of one
+    image size and one output size, together at most ``max_pixels`` output pixels (at least one
+    sample), in order: what ``predict_probs`` can run as one batch."""
+    batch: list[dict] = []
+    for sample in samples:
+        sizes = _sample_sizes(sample)
+        pixels = sizes[1][0] * sizes[1][1]
+        if batch and (sizes != _sample_sizes(batch[0]) or (len(batch) + 1) * pixels > max_pixels):
+            yield batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch
 
 
 @torch.inference_mode()

@@ -20,6 +20,11 @@ def _trusted_map(
     return trusted
 
 
+def _samples(dataset):
+    """Every sample of ``dataset`` in order, for ``inference_batches``."""
+    return (dataset[index] for index in range(len(dataset)))
+
+
 def regime_of_store(cfg: PipelineConfig, store_path: Path) -> dict[str, Any]:
     """The paper's premises, measured against target-train ground truth (report only).
 
@@ -110,6 +115,7 @@ def feature_gap(cfg: PipelineConfig, checkpoint: str, store_path: str, min_cells
     from crossregion.data.pseudo_labels import PseudoLabelStore
     from crossregion.data.transforms import eval_transform
     from crossregion.eval.alignment import FeatureGap
+    from crossregion.eval.inference import inference_batches
     from crossregion.models.checkpoint_io import load_segmenter
     from crossregion.trust import rare_class_factors
 
@@ -121,16 +127,18 @@ def feature_gap(cfg: PipelineConfig, checkpoint: str, store_path: str, min_cells
     dataset = target_dataset(cfg, store.num_classes, labelled=True)
     dataset.transform = eval_transform(size=cfg.target.input_size, input_norm=segmenter.input_norm)
     gap = FeatureGap(store.num_classes)
-    for index, name in enumerate(dataset.names):
-        features = segmenter(dataset[index]["image"].unsqueeze(0).to(device))["features"][0].cpu()
-        pseudo, entropy = store.load(name)
-        pseudo_label = torch.from_numpy(pseudo.astype(np.int64))
-        trusted = _trusted_map(cfg, pseudo_label, torch.from_numpy(entropy), factors)
-        # The label and region at each feature cell (nearest), so both regions are sampled alike.
-        grid = tuple(features.shape[-2:])
-        cell_label = torch.nn.functional.interpolate(pseudo_label[None, None].float(), size=grid, mode="nearest")
-        cell_trusted = torch.nn.functional.interpolate(trusted[None, None].float(), size=grid, mode="nearest")
-        gap.add(features, cell_label[0, 0].long(), cell_trusted[0, 0] > 0.5)
+    for batch in inference_batches(_samples(dataset)):
+        images = torch.stack([sample["image"] for sample in batch]).to(device)
+        batch_features = segmenter(images)["features"].cpu()
+        for sample, features in zip(batch, batch_features):
+            pseudo, entropy = store.load(sample["name"])
+            pseudo_label = torch.from_numpy(pseudo.astype(np.int64))
+            trusted = _trusted_map(cfg, pseudo_label, torch.from_numpy(entropy), factors)
+            # The label and region at each feature cell (nearest), so both regions are sampled alike.
+            grid = tuple(features.shape[-2:])
+            cell_label = torch.nn.functional.interpolate(pseudo_label[None, None].float(), size=grid, mode="nearest")
+            cell_trusted = torch.nn.functional.interpolate(trusted[None, None].float(), size=grid, mode="nearest")
+            gap.add(features, cell_label[0, 0].long(), cell_trusted[0, 0] > 0.5)
     per_class = dict(zip(dataset.label_set.class_names, gap.per_class(min_cells)))
     values = [v for v in per_class.values() if v is not None]
     return {"mean": sum(values) / len(values) if values else None, "per_class": per_class}
@@ -141,7 +149,7 @@ def error_share_untrusted(cfg: PipelineConfig, checkpoint: str, store_path: str)
     """Share of a model's target-train errors that lie in the store's untrusted region (report only)."""
     from crossregion.data.pseudo_labels import PseudoLabelStore
     from crossregion.data.transforms import eval_transform
-    from crossregion.eval.inference import predict_probs
+    from crossregion.eval.inference import inference_batches, predict_probs
     from crossregion.models.checkpoint_io import load_segmenter
     from crossregion.trust import rare_class_factors
 
@@ -152,16 +160,17 @@ def error_share_untrusted(cfg: PipelineConfig, checkpoint: str, store_path: str)
     dataset = target_dataset(cfg, store.num_classes, labelled=True)
     dataset.transform = eval_transform(size=cfg.target.input_size, input_norm=segmenter.input_norm)
     errors = errors_untrusted = 0
-    for index, name in enumerate(dataset.names):
-        sample = dataset[index]
-        truth = sample["mask"]
-        probs = predict_probs(segmenter, sample["image"].unsqueeze(0).to(device), output_size=tuple(truth.shape))
-        prediction = probs.argmax(dim=1)[0].cpu()
-        pseudo, entropy = store.load(name)
-        trusted = _trusted_map(cfg, torch.from_numpy(pseudo.astype(np.int64)), torch.from_numpy(entropy), factors)
-        wrong = (truth != 255) & (prediction != truth)
-        errors += int(wrong.sum())
-        errors_untrusted += int((wrong & ~trusted).sum())
+    for batch in inference_batches(_samples(dataset)):
+        images = torch.stack([sample["image"] for sample in batch]).to(device)
+        label_size = tuple(batch[0]["mask"].shape)
+        predictions = predict_probs(segmenter, images, output_size=label_size).argmax(dim=1).cpu()
+        for sample, prediction in zip(batch, predictions):
+            pseudo, entropy = store.load(sample["name"])
+            pseudo_label = torch.from_numpy(pseudo.astype(np.int64))
+            trusted = _trusted_map(cfg, pseudo_label, torch.from_numpy(entropy), factors)
+            wrong = (sample["mask"] != 255) & (prediction != sample["mask"])
+            errors += int(wrong.sum())
+            errors_untrusted += int((wrong & ~trusted).sum())
     return errors_untrusted / max(errors, 1)
 
 
