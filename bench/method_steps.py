@@ -41,6 +41,10 @@ METHOD_PRESETS = (
     ("cra", "demo_cra"),
     ("pseudo_label_only", "demo_pseudo_label_only"),
     ("entropy_min", "demo_entropy_min"),
+    ("proda_warmup", "demo_proda_warmup"),
+    ("proda", "demo_proda"),
+    ("proda_distill", "demo_proda_distill"),
+    ("self_distill", "demo_self_distill"),
 )
 QUICK_CROP = (32, 64)
 QUICK_BATCH = 2
@@ -129,24 +133,35 @@ def measure(preset: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as scratch:
+        # Stage-1 methods start from a checkpoint; a freshly built model stands in (speed only).
+        init = Path(scratch) / "init.pth"
         overrides = [
             "engine.device=cpu",
             f"engine.amp={args.amp}",
             f"engine.channels_last={args.channels_last}",
-            "model.init_checkpoint=null",
+            f"model.init_checkpoint={init}",
         ]
         if args.quick:
             overrides.append(f"data.batch_size={QUICK_BATCH}")
+        # The model's architecture, read before the checkpoint that the full config loads exists.
+        model_cfg = load_config(preset, [*overrides, "model.init_checkpoint=null", "model.init_backbone_only=false"])
+        _write_fresh_checkpoint(init, model_cfg)
         cfg = load_config(preset, overrides)
-        # Stage-1 methods start from a checkpoint; a freshly built model stands in (speed only).
-        overrides.append(f"model.init_checkpoint={_write_fresh_checkpoint(Path(scratch) / 'init.pth', cfg)}")
-        cfg = load_config(preset, overrides)
+        if hasattr(cfg.method, "teacher_checkpoint"):
+            overrides.append(f"method.teacher_checkpoint={init}")
+            cfg = load_config(preset, overrides)
         if hasattr(cfg.method, "pseudo_label_store"):
             store = _write_random_store(Path(scratch) / "store", cfg)
             cfg = load_config(preset, [*overrides, f"method.pseudo_label_store={store}"])
         method = build_method(cfg)
         segmenter, model_args = build_model(cfg.model)
         models = method.build_models(segmenter)
+        if hasattr(method, "prototypes"):
+            # ProDA computes its prototypes over the target set first; zero ones stand in (speed only).
+            from crossregion.methods.proda_losses import Prototypes
+
+            prototypes = Prototypes(cfg.model.num_classes, segmenter.feature_channels)
+            method.load_state_dict({"prototypes": prototypes.state_dict()})
         for model in models.values():
             if cfg.engine.channels_last:
                 model.to(memory_format=torch.channels_last)

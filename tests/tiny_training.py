@@ -1,4 +1,4 @@
-"""A tiny source-only run through ``engine.launch.run_training``, for the resume and DDP tests.
+"""A tiny source-only run through ``app.train.run_training``, for the resume and DDP tests.
 
 Run as a script (also under torchrun): ``python tests/tiny_training.py RUN_DIR [--resume]
 [--iters N] [--batch B] [--no-augment] [--sleep S] [--class-balanced]``. Deterministic on CPU: one thread,

@@ -81,7 +81,7 @@ def load_raw(name_or_path: str, preset_dir: Path = PRESET_DIR) -> dict[str, Any]
     """The preset as a plain dict with its chain of ``base:`` presets merged in, the nearest last.
 
     A base may have a base of its own, so a new method's preset can build on a shared one
-    (``demo_iast`` -> ``demo_adaptsegnet`` -> ``demo_source_only``), and ``base:`` may list several
+    (``demo_proda_stage3`` -> ``demo_proda_distill`` -> ``demo_source_only``), and ``base:`` may list several
     presets (fragments such as a dataset or a backbone), merged in order. A chain that comes back
     to a preset it already holds is an error naming the chain.
     """

@@ -246,8 +246,6 @@ SYNTHIA_19 = LabelSet(
 # The 13-class subset reported for SYNTHIA (mIoU13): the 16 classes without wall, fence, pole.
 SYNTHIA_13_CLASS_NAMES = tuple(n for n in _SYNTHIA16_CLASSES if n not in ("wall", "fence", "pole"))
 
-LABEL_SETS = {s.name: s for s in (CITYSCAPES_19, CITYSCAPES_16, SYNTHIA_16, SYNTHIA_19)}
-
 
 def label_set_for(num_classes: int) -> LabelSet:
     """The Cityscapes-side label set a model with ``num_classes`` outputs predicts."""

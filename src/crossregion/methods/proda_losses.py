@@ -40,9 +40,9 @@ RCE_COUNT_EPS = 1e-6
 # sets --proto_consistW 10 (parser default 1.0).
 PROTO_CONSIST_WEIGHT = 10.0
 # Weight of the confidence regulariser: --regular_w 0.1 in README's GTA5 stage-1 command; the
-# SYNTHIA command leaves it at the parser default 0. --regular_type defaults to MRKLD.
+# SYNTHIA command leaves it at the parser default 0 (synthia_proda sets it). --regular_type
+# defaults to MRKLD.
 REGULAR_WEIGHT_GTA5 = 0.1
-REGULAR_WEIGHT_SYNTHIA = 0.0
 REGULAR_TYPES: tuple[str, ...] = ("mrkld", "mrent")
 # Rectified pseudo labels whose renormalised score is below --train_thred are ignored; default
 # 0, so stage 1 ignores nothing on that account.
