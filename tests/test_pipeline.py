@@ -229,3 +229,15 @@ def test_two_runs_sharing_an_output_folder_generate_the_benchmark_once(tmp_path)
     summary = json.loads((data_dir / "synth.json").read_text())
     assert summary["target_val_images"] == 4
     assert not (data_dir / ".synth-running.json").exists()
+
+
+def test_the_benchmark_pipeline_is_the_same_whichever_way_its_output_is_spelled(tmp_path, monkeypatch):
+    """The stage cache keys hold the dataset roots: a relative and an absolute --output must give the
+    same config, or every cached stage would be trained again."""
+    from crossregion.app.demo import demo_pipeline_config
+
+    monkeypatch.chdir(tmp_path)
+    relative = demo_pipeline_config(Path("runs/bench/data"))
+    absolute = demo_pipeline_config(tmp_path / "runs" / "bench" / "data")
+    assert relative == absolute
+    assert Path(relative.dataset_roots["cityscapes"]).is_absolute()

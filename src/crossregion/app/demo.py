@@ -102,6 +102,9 @@ def demo_pipeline_config(data_dir: Path, overrides: list[str] | tuple[str, ...] 
     accuracy benchmarks use ``synth_benchmark``)."""
     from crossregion.app.pipeline.config import load_pipeline_config
 
+    # Absolute roots: the stages' cache keys hold them, so `--output runs/bench` and
+    # `--output /abs/path/runs/bench` must name the same stages, not retrain them all.
+    data_dir = data_dir.resolve()
     roots = [
         f"dataset_roots={{gta5: {data_dir / 'gta5'}, cityscapes: {data_dir / 'cityscapes'}}}",
         f"target.root={data_dir / 'cityscapes'}",
