@@ -18,8 +18,6 @@ import torch
 from crossregion.methods.iast_losses import (
     ENTROPY_REGULARISATION_WEIGHT,
     KLD_REGULARISATION_WEIGHT,
-    SOURCE_DOMAIN_LABEL,
-    TARGET_DOMAIN_LABEL,
     InstanceAdaptiveSelector,
     domain_mse,
     entropy_regularisation,
@@ -28,7 +26,7 @@ from crossregion.methods.iast_losses import (
     region_guided_regularisation,
     threshold_pseudo_labels,
 )
-from crossregion.methods.losses import upsample_logits
+from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN, upsample_logits
 from crossregion.models import load_segmenter
 from crossregion.models.checkpoint_io import detect_format
 
@@ -209,10 +207,10 @@ def test_domain_mse_is_the_official_least_squares_loss():
     generator = torch.Generator().manual_seed(6)
     outputs = torch.randn(2, 1, 3, 5, generator=generator)
     torch.testing.assert_close(
-        domain_mse(outputs, SOURCE_DOMAIN_LABEL),
+        domain_mse(outputs, SOURCE_DOMAIN),
         torch.nn.MSELoss()(outputs, torch.zeros_like(outputs)),
     )
-    torch.testing.assert_close(domain_mse(outputs, TARGET_DOMAIN_LABEL), ((outputs - 1) ** 2).mean())
+    torch.testing.assert_close(domain_mse(outputs, TARGET_DOMAIN), ((outputs - 1) ** 2).mean())
 
 
 # --- official IAST checkpoints ------------------------------------------------------------------

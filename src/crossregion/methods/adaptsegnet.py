@@ -19,13 +19,8 @@ from torch import nn
 from crossregion.config.schema import ExperimentConfig, MethodConfig
 from crossregion.engine.trainer import StepContext
 from crossregion.methods.base import Method, frozen, register_method
-from crossregion.methods.losses import segmentation_cross_entropy, upsample_logits
+from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN, segmentation_cross_entropy, upsample_logits
 from crossregion.models import OutputSpaceDiscriminator
-
-# BCE labels of the output-space discriminators (docs/spec.md §4.1): the generator wants target maps
-# scored as source.
-SOURCE_LABEL = 0.0
-TARGET_LABEL = 1.0
 
 # Output levels of a multi-level segmenter: the main head on layer4, the auxiliary one on layer3.
 LOGIT_KEYS = {"main": "logits", "aux": "aux_logits"}
@@ -172,7 +167,7 @@ class OutputSpaceAdaptation(Method):
         loss_adversarial = 0.0
         for level in levels:
             with frozen(models[f"discriminator_{level}"]) as discriminator:
-                loss = self.domain_loss(discriminator(maps_tgt[level]), SOURCE_LABEL)
+                loss = self.domain_loss(discriminator(maps_tgt[level]), SOURCE_DOMAIN)
             losses[f"loss/adv_tgt{_suffix(level)}"] = loss
             loss_adversarial = loss_adversarial + weights[level] * loss
         ctx.backward(loss_adversarial)
@@ -182,8 +177,8 @@ class OutputSpaceAdaptation(Method):
         for level in levels:
             name = f"discriminator_{level}"
             discriminator = models[name]
-            loss_src = self.domain_loss(discriminator(maps_src[level]), SOURCE_LABEL)
-            loss_tgt = self.domain_loss(discriminator(maps_tgt[level].detach()), TARGET_LABEL)
+            loss_src = self.domain_loss(discriminator(maps_src[level]), SOURCE_DOMAIN)
+            loss_tgt = self.domain_loss(discriminator(maps_tgt[level].detach()), TARGET_DOMAIN)
             ctx.backward(self.cfg.disc_domain_weight * (loss_src + loss_tgt))
             ctx.step(name)
             losses[f"loss/disc_src{_suffix(level)}"] = loss_src

@@ -10,10 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Index of the two halves of a fine-grained discriminator's 2K channels: [0, K) is the
-# source (trusted) domain, [K, 2K) the target (untrusted) domain.
-SOURCE_DOMAIN = 0
-TARGET_DOMAIN = 1
+from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN
 
 
 def soft_domain_labels(logits: torch.Tensor, temperature: float = 1.8, clip: float = 0.9) -> torch.Tensor:

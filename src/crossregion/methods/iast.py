@@ -29,7 +29,6 @@ from crossregion.config.schema import ExperimentConfig, MethodConfig
 from crossregion.data.labels import IGNORE_INDEX
 from crossregion.dist import unwrap
 from crossregion.engine.trainer import StepContext
-from crossregion.methods import adaptsegnet
 from crossregion.methods.adaptsegnet import AdaptSegNetConfig, LeastSquaresAdaptation
 from crossregion.methods.base import Method, register_method
 from crossregion.methods.iast_losses import (
@@ -37,8 +36,6 @@ from crossregion.methods.iast_losses import (
     INITIAL_CLASS_THRESHOLD,
     KLD_REGULARISATION_WEIGHT,
     ROUND_PROPORTIONS,
-    SOURCE_DOMAIN_LABEL,
-    TARGET_DOMAIN_LABEL,
     THRESHOLD_CAP,
     THRESHOLD_DECAY,
     THRESHOLD_MOMENTUM,
@@ -51,9 +48,6 @@ from crossregion.models import OutputSpaceDiscriminator
 
 # IAST's FCDiscriminator: AdaptSegNet's with a 3x3 first conv.
 IAST_DISCRIMINATOR_FIRST_KERNEL = 3
-
-# The shared step labels domains as AdaptSegNet does; IAST's LSGAN uses the same 0/1.
-assert (adaptsegnet.SOURCE_LABEL, adaptsegnet.TARGET_LABEL) == (SOURCE_DOMAIN_LABEL, TARGET_DOMAIN_LABEL)
 
 
 # ------------------------------------------------------------------------------- warm-up

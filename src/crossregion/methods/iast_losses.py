@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from crossregion.data.labels import IGNORE_INDEX
 
 # The warm-up's least-squares GAN loss, shared with ProDA's warm-up: D learns the average of
-# domain_mse(D(source), SOURCE_DOMAIN_LABEL) and domain_mse(D(target), TARGET_DOMAIN_LABEL); the
-# segmenter's adversarial term is λ_adv · domain_mse(D(target), SOURCE_DOMAIN_LABEL).
+# domain_mse(D(source), SOURCE_DOMAIN) and domain_mse(D(target), TARGET_DOMAIN); the
+# segmenter's adversarial term is λ_adv · domain_mse(D(target), SOURCE_DOMAIN).
 from crossregion.methods.adaptsegnet import domain_mse
 from crossregion.methods.losses import upsample_logits
 
@@ -52,10 +52,9 @@ KLD_REGULARISATION_WEIGHT = 0.1
 
 # --- Warm-up adversarial stage ------------------------------------------------------------------
 
-# Least-squares GAN labels of the output-space discriminator: D learns source → 0, target → 1;
-# the segmenter wants target maps scored 0 (official UDASegmentor).
-SOURCE_DOMAIN_LABEL = 0.0
-TARGET_DOMAIN_LABEL = 1.0
+# The least-squares GAN of the output-space discriminator uses the shared domain labels
+# (methods/losses.py): D learns source → 0, target → 1; the segmenter wants target maps scored 0
+# (official UDASegmentor).
 # λ_adv of the target adversarial term (official warmup_at.yaml).
 WARMUP_ADVERSARIAL_WEIGHTS: Mapping[str, float] = {"gta5": 0.05, "synthia": 0.001}
 
@@ -331,8 +330,6 @@ __all__ = [
     "KLD_REGULARISATION_WEIGHT",
     "ROUND_PROPORTIONS",
     "SELECTION_PROPORTION",
-    "SOURCE_DOMAIN_LABEL",
-    "TARGET_DOMAIN_LABEL",
     "THRESHOLD_CAP",
     "THRESHOLD_DECAY",
     "THRESHOLD_MOMENTUM",

@@ -7,6 +7,13 @@ import torch.nn.functional as F
 
 from crossregion.data.labels import IGNORE_INDEX
 
+# The two domain labels of every discriminator: source 0, target 1. The output-space
+# discriminators (AdaptSegNet, ADVENT, IAST's and ProDA's warm-ups) take them as BCE or LS-GAN
+# targets, and the generator wants target maps scored as source; the fine-grained discriminators
+# (FADA, CRA) index the halves of their 2K channels with them, CRA's trusted pixels playing source.
+SOURCE_DOMAIN = 0
+TARGET_DOMAIN = 1
+
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling with ``align_corners=True``, as the official FADA/CRA/ADVENT code.
