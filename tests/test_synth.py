@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -94,6 +95,43 @@ def test_all_19_classes_appear_in_a_small_set():
 def test_second_run_is_byte_identical(benchmark_dir, tmp_path):
     _generate(tmp_path)
     assert _all_files(tmp_path) == _all_files(benchmark_dir)
+
+
+# sha256 of the files two small benchmarks consist of (see _output_digest), one per source layout,
+# as generator version OUTPUT_DIGESTS_VERSION writes them.
+OUTPUT_DIGESTS_VERSION = 2
+OUTPUT_DIGESTS = {
+    (80, 160, 0, "gta5"): "bc08b6e85f5042e51726d5f54914adce037eaa0893a7c6b0f5a87aac54d232f8",
+    (96, 192, 7, "synthia"): "923fc7aaf4bc4a78b5846f6fa080b115446bfe841a1d192515a95f323961b048",
+}
+
+
+def _output_digest(root: Path) -> str:
+    """sha256 over the sorted relative paths and bytes of every file but synth.json, which also
+    records the package version."""
+    digest = hashlib.sha256()
+    for name, data in _all_files(root).items():
+        if name != synth.SUMMARY_FILE:
+            digest.update(name.encode() + b"\0" + data)
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("height, width, seed, layout", list(OUTPUT_DIGESTS))
+def test_output_is_fixed_for_the_generator_version(tmp_path, height, width, seed, layout):
+    """The generator writes the same bytes as when GENERATOR_VERSION was set: a change of these
+    digests needs a GENERATOR_VERSION bump (and new digests here)."""
+    assert synth.GENERATOR_VERSION == OUTPUT_DIGESTS_VERSION, "new generator version: record its digests"
+    synth.generate_benchmark(
+        tmp_path,
+        source_images=6,
+        target_train_images=4,
+        target_val_images=3,
+        height=height,
+        width=width,
+        seed=seed,
+        source_layout=layout,
+    )
+    assert _output_digest(tmp_path) == OUTPUT_DIGESTS[height, width, seed, layout]
 
 
 def test_target_colours_differ_from_source_for_the_same_class():
