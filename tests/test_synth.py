@@ -14,6 +14,9 @@ from PIL import Image
 from crossregion import cli
 from crossregion.data.labels import CITYSCAPES_19, SYNTHIA_CLASS_NAMES
 from crossregion.synth import benchmark as synth
+from crossregion.synth.label_ids import ID
+from crossregion.synth.layouts import CITYSCAPES_ID_TO_SYNTHIA_ID, TRAIN_CITIES, cityscapes_stem
+from crossregion.synth.render import render_sample
 
 HEIGHT, WIDTH = 48, 96
 VOID_IDS = {0, 1, 4, 6, 9}
@@ -52,9 +55,9 @@ def test_gta5_and_cityscapes_layouts_use_official_names(benchmark_dir):
     train_cities = {p.name for p in (benchmark_dir / "cityscapes/leftImg8bit/train").iterdir()}
     val_cities = {p.name for p in (benchmark_dir / "cityscapes/leftImg8bit/val").iterdir()}
     assert train_cities and val_cities and not train_cities & val_cities
-    stem = synth.cityscapes_stem(synth.TRAIN_CITIES[0], 0)
-    assert stem == f"{synth.TRAIN_CITIES[0]}_000000_000019"
-    city = synth.TRAIN_CITIES[0]
+    stem = cityscapes_stem(TRAIN_CITIES[0], 0)
+    assert stem == f"{TRAIN_CITIES[0]}_000000_000019"
+    city = TRAIN_CITIES[0]
     assert f"cityscapes/leftImg8bit/train/{city}/{stem}_leftImg8bit.png" in names
     assert f"cityscapes/gtFine/train/{city}/{stem}_gtFine_labelIds.png" in names
     image_count = sum(n.endswith("_leftImg8bit.png") for n in names)
@@ -86,7 +89,7 @@ def test_all_19_classes_appear_in_a_small_set():
     present = np.zeros(256, dtype=bool)
     for domain in ("source", "target"):
         for index in range(24):
-            _, labels = synth.render_sample(0, domain, "train", index, HEIGHT * 2, WIDTH * 2)
+            _, labels = render_sample(0, domain, "train", index, HEIGHT * 2, WIDTH * 2)
             present[np.unique(lut[labels])] = True
     missing = [name for train_id, name in enumerate(CITYSCAPES_19.class_names) if not present[train_id]]
     assert not missing
@@ -139,17 +142,17 @@ def test_target_colours_differ_from_source_for_the_same_class():
     sums = {domain: {} for domain in ("source", "target")}
     for domain in sums:
         for index in range(6):
-            image, labels = synth.render_sample(1, domain, "train", index, HEIGHT, WIDTH)
+            image, labels = render_sample(1, domain, "train", index, HEIGHT, WIDTH)
             for name in ("road", "sidewalk", "building", "vegetation", "sky"):
-                mask = labels == synth.ID[name]
+                mask = labels == ID[name]
                 sums[domain].setdefault(name, []).append(image[mask].astype(np.float64))
     for name in ("road", "sidewalk", "building", "vegetation", "sky"):
         source_mean = np.concatenate(sums["source"][name]).mean(axis=0)
         target_mean = np.concatenate(sums["target"][name]).mean(axis=0)
         assert np.abs(source_mean - target_mean).max() > 20, name
     # Photographed target pixels vary within a class; rendered source pixels are flat.
-    image, labels = synth.render_sample(1, "target", "train", 0, HEIGHT, WIDTH)
-    road = image[labels == synth.ID["road"]].astype(np.float64)
+    image, labels = render_sample(1, "target", "train", 0, HEIGHT, WIDTH)
+    road = image[labels == ID["road"]].astype(np.float64)
     assert road.std(axis=0).mean() > 3
 
 
@@ -164,8 +167,8 @@ def test_synthia_layout_labels_decode_to_synthia_ids_in_channel_0(tmp_path):
     assert ids <= set(SYNTHIA_CLASS_NAMES)
     assert 3 in ids  # road is SYNTHIA ID 3
     # Channel 0 equals the Cityscapes rendering mapped through the SYNTHIA table.
-    _, labels = synth.render_sample(0, "source", "train", 0, HEIGHT, WIDTH)
-    expected = np.vectorize(lambda i: synth.CITYSCAPES_ID_TO_SYNTHIA_ID.get(i, 0))(labels)
+    _, labels = render_sample(0, "source", "train", 0, HEIGHT, WIDTH)
+    expected = np.vectorize(lambda i: CITYSCAPES_ID_TO_SYNTHIA_ID.get(i, 0))(labels)
     assert np.array_equal(channels[..., 0], expected)
     assert not (tmp_path / "gta5").exists()
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from crossregion.synth.benchmark import (
-    ARGUMENT_KEYS,
-    DEFAULT_ARGUMENTS,
-    SOURCE_LAYOUTS,
-    generate_into,
-)
+from crossregion.synth.benchmark import ARGUMENT_KEYS, DEFAULT_ARGUMENTS, generate_into
+from crossregion.synth.layouts import SOURCE_LAYOUTS
 
 logger = logging.getLogger(__name__)
 
