@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from crossregion.config import available_presets, config_from_dict, config_to_dict, load_config
-from crossregion.config.io import parse_override
+from crossregion.config.io import config_to_yaml, parse_override
+
+# sha256 of each shipped preset's resolved config as `crossregion dump-config PRESET` prints it.
+PRESET_DIGESTS = Path(__file__).resolve().parent / "data" / "preset_digests.json"
 
 
 def test_every_preset_loads():
     assert {"gta5_source_only", "synthia_source_only", "demo_source_only", "demo_oracle"} <= set(available_presets())
     for preset in available_presets():
         assert load_config(preset).method.name
+
+
+def test_every_preset_resolves_to_its_recorded_config():
+    """Rewriting presets (new fragments, bases) must not change what any of them trains. A change
+    that is meant to change a preset updates its line in tests/data/preset_digests.json: the
+    failure message lists the new lines."""
+    recorded = json.loads(PRESET_DIGESTS.read_text(encoding="utf-8"))
+    resolved = {
+        name: hashlib.sha256(config_to_yaml(load_config(name)).encode()).hexdigest() for name in available_presets()
+    }
+    changed = {name: digest for name, digest in resolved.items() if recorded.get(name) != digest}
+    gone = sorted(set(recorded) - set(resolved))
+    assert not changed and not gone, (
+        f"presets whose dump-config output changed or is new: {json.dumps(changed, indent=1)}; "
+        f"recorded but no longer shipped: {gone}"
+    )
 
 
 def test_typo_suggests_the_closest_key():
