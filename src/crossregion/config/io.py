@@ -82,8 +82,10 @@ def load_raw(name_or_path: str, preset_dir: Path = PRESET_DIR) -> dict[str, Any]
 
     A base may have a base of its own, so a new method's preset can build on a shared one
     (``demo_proda_stage3`` -> ``demo_proda_distill`` -> ``demo_source_only``), and ``base:`` may list several
-    presets (fragments such as a dataset or a backbone), merged in order. A chain that comes back
-    to a preset it already holds is an error naming the chain.
+    presets (fragments such as a dataset or a backbone), merged in order. The shipped fragments are
+    ``configs/fragments/*.yaml``, named ``fragments/<name>``: a name is a path under ``preset_dir``,
+    and ``available_presets`` lists only the folder's own files. A chain that comes back to a
+    preset it already holds is an error naming the chain.
     """
     return _load_chain(find_preset(name_or_path, preset_dir), preset_dir, ())
 
