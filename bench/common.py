@@ -92,7 +92,9 @@ def prepared_benchmark(args: argparse.Namespace) -> tuple[PipelineConfig, dict[s
     ensure_benchmark(data_dir, synth)
     cfg = benchmark_pipeline(data_dir, args.quick)
     if getattr(args, "methods", None):
-        cfg = dataclasses.replace(cfg, cda_methods=tuple(args.methods))
+        # The Table-3 baselines run after the methods that are both asked for and configured for them.
+        baseline_methods = tuple(m for m in cfg.baseline_methods if m in args.methods)
+        cfg = dataclasses.replace(cfg, cda_methods=tuple(args.methods), baseline_methods=baseline_methods)
     return cfg, synth
 
 

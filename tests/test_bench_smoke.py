@@ -68,6 +68,14 @@ def test_accuracy_script_smoke(script: str, prefix: str, bench_output: Path) -> 
     assert line.startswith(prefix), line
 
 
+def test_accuracy_runs_methods_without_the_baselines_method(bench_output: Path) -> None:
+    """``--methods`` without FADA (the Table-3 baselines' method) runs those methods without the baselines."""
+    command = [sys.executable, "bench/accuracy.py", "--quick", "--output", str(bench_output), "--seeds", "0"]
+    line = headline(run_script([*command, "--methods", "adaptsegnet"]))
+    assert line.startswith("accuracy CRA Δ adaptsegnet"), line
+    assert "fada" not in line, line
+
+
 def test_demo_speed_smoke(bench_output: Path) -> None:
     line = headline(run_script([sys.executable, "bench/demo_speed.py", "--quick", "--output", str(bench_output)]))
     assert line.startswith("demo_speed loading"), line
