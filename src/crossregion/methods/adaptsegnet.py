@@ -18,8 +18,8 @@ from torch import nn
 
 from crossregion.config.schema import ExperimentConfig, MethodConfig
 from crossregion.engine.trainer import StepContext
-from crossregion.methods.base import Method, frozen, register_method
-from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN, segmentation_cross_entropy, upsample_logits
+from crossregion.methods.base import Method, check_non_negative, check_positive, frozen, register_method
+from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN, resize_aligned, segmentation_cross_entropy
 from crossregion.models import OutputSpaceDiscriminator
 
 # Output levels of a multi-level segmenter: the main head on layer4, the auxiliary one on layer3.
@@ -68,11 +68,8 @@ class AdaptSegNetConfig(MethodConfig):
     disc_width: int = 64
 
     def __post_init__(self) -> None:
-        for key in ("seg_aux_weight", "adv_main_weight", "adv_aux_weight", "disc_domain_weight"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
-        if self.disc_width <= 0:
-            raise ValueError(f"method.disc_width must be positive, got {self.disc_width}")
+        check_non_negative(self, "seg_aux_weight", "adv_main_weight", "adv_aux_weight", "disc_domain_weight")
+        check_positive(self, "disc_width")
 
 
 class OutputSpaceAdaptation(Method):
@@ -125,7 +122,7 @@ class OutputSpaceAdaptation(Method):
     ) -> dict[str, torch.Tensor]:
         """Each level's discriminator input at the image size (docs/spec.md §4.1 upsamples before D)."""
         return {
-            level: self.discriminator_input(F.softmax(upsample_logits(outputs[LOGIT_KEYS[level]], size), dim=1))
+            level: self.discriminator_input(F.softmax(resize_aligned(outputs[LOGIT_KEYS[level]], size), dim=1))
             for level in levels
         }
 

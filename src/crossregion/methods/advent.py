@@ -20,8 +20,8 @@ from torch import nn
 from crossregion.config.schema import MethodConfig
 from crossregion.engine.trainer import StepContext
 from crossregion.methods.adaptsegnet import OutputSpaceAdaptation
-from crossregion.methods.base import register_method
-from crossregion.methods.losses import upsample_logits
+from crossregion.methods.base import check_choice, check_non_negative, check_positive, register_method
+from crossregion.methods.losses import resize_aligned
 
 VARIANTS = ("advent", "minent")
 
@@ -77,13 +77,9 @@ class AdventConfig(MethodConfig):
     disc_width: int = 64
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"method.variant must be one of {VARIANTS}, got {self.variant!r}")
-        for key in ("seg_aux_weight", "target_main_weight", "target_aux_weight", "disc_domain_weight"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
-        if self.disc_width <= 0:
-            raise ValueError(f"method.disc_width must be positive, got {self.disc_width}")
+        check_choice(self, "variant", VARIANTS)
+        check_non_negative(self, "seg_aux_weight", "target_main_weight", "target_aux_weight", "disc_domain_weight")
+        check_positive(self, "disc_width")
 
 
 @register_method
@@ -121,11 +117,11 @@ class Advent(OutputSpaceAdaptation):
         # (2) Minimise the entropy of target predictions at the image size.
         outputs_tgt = segmenter(target["image"])
         size_tgt = tuple(target["image"].shape[-2:])
-        probs_tgt = F.softmax(upsample_logits(outputs_tgt["logits"], size_tgt), dim=1)
+        probs_tgt = F.softmax(resize_aligned(outputs_tgt["logits"], size_tgt), dim=1)
         losses["loss/ent_tgt"] = entropy_loss(probs_tgt)
         loss_tgt = self.cfg.target_main_weight * losses["loss/ent_tgt"]
         if "aux_logits" in outputs_tgt:
-            probs_aux = F.softmax(upsample_logits(outputs_tgt["aux_logits"], size_tgt), dim=1)
+            probs_aux = F.softmax(resize_aligned(outputs_tgt["aux_logits"], size_tgt), dim=1)
             losses["loss/ent_tgt_aux"] = entropy_loss(probs_aux)
             loss_tgt = loss_tgt + self.cfg.target_aux_weight * losses["loss/ent_tgt_aux"]
         ctx.backward(loss_tgt)
