@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossregion.config.schema import MethodConfig
 from crossregion.engine.trainer import StepContext
-from crossregion.methods.adaptsegnet import OutputSpaceAdaptation
-from crossregion.methods.base import check_choice, check_non_negative, check_positive, register_method
+from crossregion.methods.adaptsegnet import OutputSpaceAdaptation, OutputSpaceConfig
+from crossregion.methods.base import check_choice, check_non_negative, register_method
 from crossregion.methods.losses import resize_aligned
 
 VARIANTS = ("advent", "minent")
@@ -59,27 +58,22 @@ def entropy_loss(probs: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class AdventConfig(MethodConfig):
-    """ADVENT weights (docs/spec.md §4.3). Single-level training is ``model.multi_level: false``."""
+class AdventConfig(OutputSpaceConfig):
+    """ADVENT weights (docs/spec.md §4.3). Single-level training is ``model.multi_level: false``;
+    the discriminator fields are used by AdvEnt only (MinEnt has none)."""
 
     name: str = "advent"
     # "advent": discriminators on weighted self-information maps; "minent": entropy loss, no D.
     variant: str = "advent"
-    # Weight of the auxiliary head's source CE.
-    seg_aux_weight: float = 0.1
     # Weight of the target loss of the main and auxiliary heads: the adversarial loss (AdvEnt)
     # or the entropy loss (MinEnt); both are 0.001 / 0.0002 in ADVENT.
     target_main_weight: float = 0.001
     target_aux_weight: float = 0.0002
-    # AdvEnt only: each discriminator's loss is this times BCE(source, 0) plus BCE(target, 1).
-    disc_domain_weight: float = 0.5
-    # AdvEnt only: width of the discriminators' first conv (official: 64).
-    disc_width: int = 64
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice(self, "variant", VARIANTS)
-        check_non_negative(self, "seg_aux_weight", "target_main_weight", "target_aux_weight", "disc_domain_weight")
-        check_positive(self, "disc_width")
+        check_non_negative(self, "target_main_weight", "target_aux_weight")
 
 
 @register_method
