@@ -34,14 +34,9 @@ from common import cpu_description
 
 from crossregion.data.datasets import build_dataset
 from crossregion.data.transforms import eval_transform
-from crossregion.methods.cra_losses import (
-    SOURCE_DOMAIN,
-    domain_targets,
-    soft_domain_labels,
-    soft_label_cross_entropy,
-)
+from crossregion.methods.cra_losses import domain_targets, soft_domain_labels, soft_label_cross_entropy
 from crossregion.methods.entropy_min import masked_entropy_loss
-from crossregion.methods.losses import upsample_logits
+from crossregion.methods.losses import SOURCE_DOMAIN, resize_aligned
 from crossregion.methods.self_training import gradient_norm_ratio, trusted_cross_entropy
 from crossregion.models import FineGrainedDiscriminator
 from crossregion.models.deeplabv2 import build_segmenter
@@ -75,7 +70,7 @@ def fit(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, crop: 
         left = int(torch.randint(0, image.shape[2] - crop[1] + 1, (1,), generator=generator))
         batch = image[None, :, top : top + crop[0], left : left + crop[1]]
         labels = label[None, top : top + crop[0], left : left + crop[1]]
-        logits = upsample_logits(model(batch)["logits"], crop)
+        logits = resize_aligned(model(batch)["logits"], crop)
         loss = F.cross_entropy(logits, labels, ignore_index=255)
         optimizer.zero_grad()
         loss.backward()
@@ -90,7 +85,7 @@ def train_mode_probs(model: torch.nn.Module, image: torch.Tensor) -> torch.Tenso
     """Softmax of the full crop with BatchNorm on the crop's own statistics, as in the measured
     step: after a short fit the running statistics are still near their initial values, so an
     eval-mode pass would label a different model."""
-    return F.softmax(upsample_logits(model(image[None])["logits"], tuple(image.shape[-2:])), dim=1)
+    return F.softmax(resize_aligned(model(image[None])["logits"], tuple(image.shape[-2:])), dim=1)
 
 
 def trusted_share(model: torch.nn.Module, image: torch.Tensor) -> float:
@@ -108,10 +103,10 @@ def measure(model: torch.nn.Module, image: torch.Tensor, num_classes: int) -> di
     for parameter in discriminator.parameters():
         parameter.requires_grad_(False)
     outputs = model(image[None])
-    logits = upsample_logits(outputs["logits"], crop)
+    logits = resize_aligned(outputs["logits"], crop)
     loss_seg = trusted_cross_entropy(logits, pseudo_label, trusted, SEG_TEMPERATURE, "per_image")
     soft_labels = soft_domain_labels(logits, SOFT_TEMPERATURE, CLIP)
-    disc_logits = upsample_logits(discriminator(outputs["features"]), crop)
+    disc_logits = resize_aligned(discriminator(outputs["features"]), crop)
     loss_adv = soft_label_cross_entropy(disc_logits, domain_targets(soft_labels, SOURCE_DOMAIN), untrusted)
     loss_ent = masked_entropy_loss(logits, untrusted)
     return {

@@ -128,7 +128,7 @@ def measure(preset: str, args: argparse.Namespace) -> dict:
 
     from crossregion.app.train import build_method, build_model
     from crossregion.config import load_config
-    from crossregion.engine.trainer import Trainer
+    from crossregion.engine.trainer import Trainer, set_train_modes
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -158,7 +158,7 @@ def measure(preset: str, args: argparse.Namespace) -> dict:
         models = method.build_models(segmenter)
         if hasattr(method, "prototypes"):
             # ProDA computes its prototypes over the target set first; zero ones stand in (speed only).
-            from crossregion.methods.proda_losses import Prototypes
+            from crossregion.methods.proda_prototypes import Prototypes
 
             prototypes = Prototypes(cfg.model.num_classes, segmenter.feature_channels)
             method.load_state_dict({"prototypes": prototypes.state_dict()})
@@ -177,8 +177,7 @@ def measure(preset: str, args: argparse.Namespace) -> dict:
             run_dir=scratch,
             model_args=model_args,
         )
-        for model in models.values():
-            model.train()
+        set_train_modes(models, optimizers, method.frozen_models())
         rss_before = _max_rss_mib()
         seconds = []
         for iteration in range(args.warmup + args.iters):

@@ -7,13 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crossregion.methods.cra_losses import (
-    SOURCE_DOMAIN,
-    TARGET_DOMAIN,
-    domain_targets,
-    soft_domain_labels,
-    soft_label_cross_entropy,
-)
+from crossregion.methods.cra_losses import domain_targets, soft_domain_labels, soft_label_cross_entropy
+from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN
 from crossregion.trust import ENTROPY_IGNORE_VALUE, rare_class_factors, region_masks, scaled_entropy
 
 

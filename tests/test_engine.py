@@ -22,6 +22,8 @@ from crossregion.engine.trainer import (
     NonFiniteLossError,
     ResumableClassBalancedSampler,
 )
+from crossregion.methods import UNAUGMENTED_TARGET
+from crossregion.methods.base import frozen_copy
 from crossregion.methods.source_only import SourceOnly
 
 
@@ -129,6 +131,63 @@ def test_nan_loss_stops_naming_the_iteration_and_loss(tmp_path):
             resume=False,
         )
     assert not (tmp_path / "final.pth").exists()
+
+
+class _WithCopies(SourceOnly):
+    """Source-only with a frozen teacher and an unfrozen copy (as ProDA's EMA in train mode);
+    records the model modes and batch names of every step and the datasets ``on_train_start`` gets."""
+
+    needs_unaugmented_target = True
+
+    def __init__(self, cfg, *, num_classes):
+        super().__init__(cfg, num_classes=num_classes)
+        self.modes, self.start_datasets = [], None
+
+    def build_models(self, segmenter):
+        return {"segmenter": segmenter, "teacher": frozen_copy(segmenter), "follower": frozen_copy(segmenter)}
+
+    def frozen_models(self):
+        return ("teacher",)
+
+    def on_train_start(self, models, datasets):
+        self.start_datasets = sorted(datasets)
+
+    def training_step(self, models, batches, ctx):
+        self.modes.append(({name: model.training for name, model in models.items()}, sorted(batches)))
+        return super().training_step(models, batches, ctx)
+
+
+def test_frozen_models_stay_in_eval_mode_and_start_datasets_reach_on_train_start(tmp_path):
+    cfg = tiny_config(iters=3, batch=2)
+    seed_everything(cfg)
+    method = _WithCopies(cfg.method, num_classes=NUM_CLASSES)
+    run_training(
+        cfg,
+        tmp_path,
+        method=method,
+        segmenter=TinySegmenter(),
+        model_args={},
+        datasets={
+            "source": TinyDataset(augment=False, sleep=0),
+            UNAUGMENTED_TARGET: TinyDataset(augment=False, sleep=0),
+        },
+        device=torch.device("cpu"),
+        resume=False,
+    )
+    assert method.start_datasets == ["source", UNAUGMENTED_TARGET]
+    # The un-augmented set reaches on_train_start only: no loader draws batches from it.
+    assert method.modes == [({"segmenter": True, "teacher": False, "follower": True}, ["source"])] * 3
+
+
+def test_a_frozen_model_must_be_known_and_without_optimiser():
+    models = {"segmenter": TinySegmenter(), "teacher": TinySegmenter()}
+    optimizers = {"segmenter": build_segmenter_optimizer(models["segmenter"], OptimConfig())}
+    with pytest.raises(ValueError, match=r"with an optimiser: \['segmenter'\]"):
+        trainer.set_train_modes(models, optimizers, ["segmenter"])
+    with pytest.raises(ValueError, match=r"unknown: \['ema'\]"):
+        trainer.set_train_modes(models, optimizers, ["ema"])
+    trainer.set_train_modes(models, optimizers, ["teacher"])
+    assert models["segmenter"].training and not models["teacher"].training
 
 
 def test_existing_run_needs_resume(tmp_path):

@@ -15,18 +15,16 @@ import numpy as np
 import pytest
 import torch
 
+from crossregion.methods.adaptsegnet import domain_mse
 from crossregion.methods.iast_losses import (
     ENTROPY_REGULARISATION_WEIGHT,
     KLD_REGULARISATION_WEIGHT,
-    InstanceAdaptiveSelector,
-    domain_mse,
     entropy_regularisation,
     kld_regularisation,
-    proportion_for_round,
     region_guided_regularisation,
-    threshold_pseudo_labels,
 )
-from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN, upsample_logits
+from crossregion.methods.iast_selector import InstanceAdaptiveSelector, proportion_for_round, threshold_pseudo_labels
+from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN, resize_aligned
 from crossregion.models import load_segmenter
 from crossregion.models.checkpoint_io import detect_format
 
@@ -175,7 +173,7 @@ def test_regularisers_match_the_official_formulas(logit_size):
     generator = torch.Generator().manual_seed(3)
     logits = torch.randn(2, NUM_CLASSES, *logit_size, generator=generator) * 3
     pseudo_label = random_pseudo_label(4)
-    expected_kld, expected_entropy = official_regularisers(upsample_logits(logits, (16, 20)), pseudo_label)
+    expected_kld, expected_entropy = official_regularisers(resize_aligned(logits, (16, 20)), pseudo_label)
     torch.testing.assert_close(kld_regularisation(logits, pseudo_label), expected_kld)
     torch.testing.assert_close(entropy_regularisation(logits, pseudo_label), expected_entropy)
     weighted = region_guided_regularisation(logits, pseudo_label)
@@ -287,7 +285,7 @@ def test_official_iast_checkpoint_gives_the_official_logits(reference, warmup_ch
         **tolerance,
     )
     # IAST's predictor upsamples to the input size, bilinear with align_corners=True.
-    logits = upsample_logits(stride8, tuple(images.shape[-2:]))
+    logits = resize_aligned(stride8, tuple(images.shape[-2:]))
     assert list(logits.shape) == reference["logits_shape"]
     expected = {
         "logits_row32_cols30to34": logits[0, :, 32, 30:35],

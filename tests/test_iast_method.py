@@ -19,10 +19,12 @@ from test_cda_methods import NUM_CLASSES, RecordingContext, _batches, _weights, 
 from crossregion.cli import main
 from crossregion.config.schema import DataConfig, DatasetSpec, ExperimentConfig, ModelConfig
 from crossregion.engine.checkpoint import load_checkpoint
+from crossregion.engine.trainer import set_train_modes
 from crossregion.methods import METHODS
+from crossregion.methods.adaptsegnet import domain_mse
 from crossregion.methods.iast import IastConfig, IastWarmupConfig
-from crossregion.methods.iast_losses import InstanceAdaptiveSelector, domain_mse, threshold_pseudo_labels
-from crossregion.methods.losses import upsample_logits
+from crossregion.methods.iast_selector import InstanceAdaptiveSelector, threshold_pseudo_labels
+from crossregion.methods.losses import resize_aligned
 
 
 def _step(method_cfg):
@@ -30,8 +32,7 @@ def _step(method_cfg):
     method = METHODS.get(method_cfg.name)(method_cfg, num_classes=NUM_CLASSES)
     models = method.build_models(build_segmenter())
     optimizers = method.build_optimizers(models, ExperimentConfig(method=method_cfg).optim)
-    for model in models.values():
-        model.train()
+    set_train_modes(models, optimizers, method.frozen_models())
     before = {name: _weights(model) for name, model in models.items()}
     ctx = RecordingContext(models, optimizers)
     batches = _batches()
@@ -64,17 +65,16 @@ def test_round_step_trains_the_student_only_from_the_teachers_selected_labels() 
     assert list(optimizers) == ["segmenter"] and ctx.stepped == ["segmenter"]
     teacher, student = models["teacher"], models["segmenter"]
     # The teacher: no gradient, unchanged (BatchNorm statistics included: it ran in eval mode).
+    assert method.frozen_models() == ("teacher",)
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(before["teacher"][k], v) for k, v in _weights(teacher).items())
-    assert not teacher.training
     assert any(not torch.equal(before["segmenter"][k], v) for k, v in _weights(student).items())
     # The selector moved once, with the teacher's softmax of this batch.
     assert method.selector.num_updates == 1
     reference = InstanceAdaptiveSelector(NUM_CLASSES)
-    teacher.eval()
     with torch.no_grad():
         image = batches["target"]["image"]
-        probs = F.softmax(upsample_logits(teacher(image)["logits"], tuple(image.shape[-2:])), dim=1)
+        probs = F.softmax(resize_aligned(teacher(image)["logits"], tuple(image.shape[-2:])), dim=1)
     expected_labels = reference.select(probs)
     assert torch.equal(method.selector.thresholds, reference.thresholds)
     assert torch.equal(threshold_pseudo_labels(probs, method.selector.thresholds), expected_labels)

@@ -18,21 +18,18 @@ from proda_fixtures import deterministic_state, load_reference, reference_input,
 from torch import nn
 
 from crossregion.config.schema import ModelConfig
+from crossregion.methods.ema import update_ema_model
 from crossregion.methods.proda_losses import (
     OFFICIAL_IGNORE_INDEX,
-    PROTO_COUNT_CAP,
-    Prototypes,
-    class_mean_features,
     confidence_regularizer,
-    initial_prototypes,
     prototype_consistency_loss,
     prototype_distances,
     prototype_weights,
     rectify_pseudo_labels,
     reverse_cross_entropy,
     symmetric_cross_entropy,
-    update_ema_model,
 )
+from crossregion.methods.proda_prototypes import PROTO_COUNT_CAP, Prototypes, class_mean_features, initial_prototypes
 from crossregion.models import ProDAClassifier, build_segmenter, export_official, load_segmenter
 
 IGNORE = OFFICIAL_IGNORE_INDEX

@@ -12,7 +12,7 @@ from crossregion.cli import main
 from crossregion.config.schema import ExperimentConfig
 from crossregion.engine.amp import build_grad_scaler
 from crossregion.engine.checkpoint import load_checkpoint
-from crossregion.engine.trainer import StepContext
+from crossregion.engine.trainer import StepContext, set_train_modes
 from crossregion.methods.proda_distill import (
     ProdaDistill,
     ProdaDistillConfig,
@@ -69,15 +69,15 @@ def test_one_step_trains_only_the_student(tmp_path):
     torch.manual_seed(0)
     teacher_file = _teacher_file(tmp_path, build_segmenter("resnet18", NUM_CLASSES, head="proda"))
     cfg = ProdaDistillConfig(teacher_checkpoint=str(teacher_file), pseudo_threshold=0.0)
-    method = ProdaDistill(cfg, num_classes=NUM_CLASSES)
+    method = ProdaDistill(cfg, num_classes=NUM_CLASSES, backbone="resnet18", head="proda")
     models = method.build_models(build_segmenter("resnet18", NUM_CLASSES, head="proda"))
     assert sorted(models) == ["segmenter", "teacher"]
     expected_teacher = torch.load(teacher_file, weights_only=True)["models"]["segmenter"]
     assert all(torch.equal(models["teacher"].state_dict()[k], v) for k, v in expected_teacher.items())
-    for model in models.values():
-        model.train()
     optimizers = method.build_optimizers(models, ExperimentConfig(method=cfg).optim)
     assert sorted(optimizers) == ["segmenter"]
+    set_train_modes(models, optimizers, method.frozen_models())
+    assert models["segmenter"].training and not models["teacher"].training
     generator = torch.Generator().manual_seed(1)
     batches = {
         "source": {
@@ -119,7 +119,7 @@ def test_bad_config_values_are_clear_errors(key, value, message):
 
 def test_missing_teacher_file_names_the_field(tmp_path):
     cfg = ProdaDistillConfig(teacher_checkpoint=str(tmp_path / "absent.pth"))
-    method = ProdaDistill(cfg, num_classes=NUM_CLASSES)
+    method = ProdaDistill(cfg, num_classes=NUM_CLASSES, backbone="resnet18", head="proda")
     with pytest.raises(ValueError, match="method.teacher_checkpoint"):
         method.build_models(build_segmenter("resnet18", NUM_CLASSES, head="proda"))
 

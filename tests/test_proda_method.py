@@ -14,10 +14,11 @@ from crossregion.cli import main
 from crossregion.config.schema import DataConfig, DatasetSpec, ExperimentConfig, ModelConfig
 from crossregion.engine.amp import build_grad_scaler
 from crossregion.engine.checkpoint import load_checkpoint
-from crossregion.engine.trainer import StepContext
+from crossregion.engine.trainer import StepContext, set_train_modes
+from crossregion.methods import UNAUGMENTED_TARGET
 from crossregion.methods import proda as proda_module
 from crossregion.methods.proda import Proda, ProdaConfig
-from crossregion.methods.proda_losses import Prototypes
+from crossregion.methods.proda_prototypes import Prototypes
 from crossregion.models import build_segmenter
 
 NUM_CLASSES = 4
@@ -28,17 +29,17 @@ def _tiny_models(cfg: ProdaConfig):
     torch.manual_seed(0)
     method = Proda(cfg, num_classes=NUM_CLASSES)
     models = method.build_models(build_segmenter("resnet18", NUM_CLASSES, head="proda"))
+    optimizers = method.build_optimizers(models, ExperimentConfig(method=cfg).optim)
     generator = torch.Generator().manual_seed(1)
     target = [{"image": torch.randn(3, 32, 64, generator=generator)} for _ in range(2)]
-    method.on_train_start(models, {"target": target})
-    for model in models.values():
-        model.train()
+    method.on_train_start(models, {UNAUGMENTED_TARGET: target})
+    set_train_modes(models, optimizers, method.frozen_models())
     mask = torch.randint(0, NUM_CLASSES, (2, 32, 64), generator=generator)
     batches = {
         "source": {"image": torch.randn(2, 3, 32, 64, generator=generator), "mask": mask},
         "target": {"image": torch.randn(2, 3, 32, 64, generator=generator)},
     }
-    return method, models, batches
+    return method, models, optimizers, batches
 
 
 def _clone(module):
@@ -48,9 +49,10 @@ def _clone(module):
 @pytest.mark.parametrize("ema_mode", ["train", "eval"])
 def test_one_step_trains_only_the_student_then_updates_ema_and_prototypes_once(ema_mode):
     cfg = ProdaConfig(proto_momentum=0.5, ema_decay=0.9, prototype_epochs=1, ema_mode=ema_mode)
-    method, models, batches = _tiny_models(cfg)
-    optimizers = method.build_optimizers(models, ExperimentConfig(method=cfg).optim)
+    method, models, optimizers, batches = _tiny_models(cfg)
     assert sorted(optimizers) == ["segmenter"]  # the EMA teacher and warm-up model get none
+    # The warm-up model runs in eval mode, the EMA teacher in its configured mode.
+    assert not models["warmup"].training and models["ema"].training == (ema_mode == "train")
     before = {name: _clone(model) for name, model in models.items()}
     ctx = StepContext(iteration=0, device=CPU, optimizers=optimizers, scaler=build_grad_scaler(CPU, "none"))
     losses = method.training_step(models, batches, ctx)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from crossregion.data.datasets import DATASETS
 from crossregion.eval.metrics import summary_line, write_metrics
 from crossregion.models.checkpoint_io import CHECKPOINT_FORMATS
 
@@ -27,14 +28,45 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_dataset_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    split_default: str,
+    root_help: str = "dataset root folder",
+    split_help: str | None = None,
+) -> None:
+    """``--dataset``, ``--root`` and ``--split``: the images a command reads (``build_dataset``)."""
+    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root")
+    parser.add_argument("--root", type=Path, required=True, help=root_help)
+    parser.add_argument(
+        "--split", default=split_default, help=split_help or f"split name or list file (default {split_default})"
+    )
+
+
+def add_width_height_argument(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    """An option that takes a size as two integers ``W H``; ``height_width`` reads it."""
+    parser.add_argument(flag, nargs=2, type=int, metavar=("W", "H"), help=help_text)
+
+
+def height_width(width_height: Sequence[int] | None, option: str) -> tuple[int, int] | None:
+    """A ``W H`` option's value as (height, width), the order tensors use; ``None`` when not given.
+
+    Command-line sizes are W×H (like image tools); ``option`` names the value in the error.
+    """
+    if width_height is None:
+        return None
+    width, height = width_height
+    if width < 1 or height < 1:
+        raise ValueError(f"{option} must be positive, got {width} {height}")
+    return (height, width)
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """The options shared by ``evaluate`` and ``predict``: input size, flip, scales, window."""
-    parser.add_argument(
+    add_width_height_argument(
+        parser,
         "--input-size",
-        nargs=2,
-        type=int,
-        metavar=("W", "H"),
-        help="resize each image to W×H before inference (FADA/CRA: 1024 512 for CDA, 2048 1024 for CRA); "
+        "resize each image to W×H before inference (FADA/CRA: 1024 512 for CDA, 2048 1024 for CRA); "
         "default: the image size",
     )
     parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
@@ -45,13 +77,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S1,S2,...",
         help="comma-separated input scales whose softmax maps are averaged, e.g. 0.75,1.0,1.25 (default 1.0)",
     )
-    parser.add_argument("--window", nargs=2, type=int, metavar=("W", "H"), help="sliding-window crop size")
-    parser.add_argument(
-        "--stride",
-        nargs=2,
-        type=int,
-        metavar=("W", "H"),
-        help="sliding-window step (needs --window; default two thirds of the window)",
+    add_width_height_argument(parser, "--window", "sliding-window crop size")
+    add_width_height_argument(
+        parser, "--stride", "sliding-window step (needs --window; default two thirds of the window)"
     )
 
 
@@ -70,29 +98,18 @@ def _parse_scales(text: str) -> tuple[float, ...]:
 def inference_options(args: argparse.Namespace) -> dict:
     """Keyword arguments for ``predict_probs`` and the input size, from parsed options.
 
-    Command-line sizes are W×H (like image tools); tensors use (height, width).
-
     Returns:
         ``input_size`` (H, W) or ``None``, ``flip``, ``scales``, ``window`` and ``stride``.
     """
     if args.stride is not None and args.window is None:
         raise ValueError("--stride needs --window W H")
     return {
-        "input_size": _height_width(args.input_size),
+        "input_size": height_width(args.input_size, "sizes"),
         "flip": args.flip,
         "scales": tuple(args.scales),
-        "window": _height_width(args.window),
-        "stride": _height_width(args.stride),
+        "window": height_width(args.window, "sizes"),
+        "stride": height_width(args.stride, "sizes"),
     }
-
-
-def _height_width(width_height: Sequence[int] | None) -> tuple[int, int] | None:
-    if width_height is None:
-        return None
-    width, height = width_height
-    if width < 1 or height < 1:
-        raise ValueError(f"sizes must be positive, got {width} {height}")
-    return (height, width)
 
 
 def write_cli_metrics(

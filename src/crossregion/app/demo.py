@@ -113,17 +113,13 @@ def demo_pipeline_config(data_dir: Path, overrides: list[str] | tuple[str, ...] 
 
 
 def main(args: argparse.Namespace) -> int:
-    from crossregion.app.pipeline.run import run_pipeline
-    from crossregion.app.report import write_run_report
+    from crossregion.app.pipeline.run import run_pipeline, show_results
 
     check_output_folder(args.output)
     start = time.perf_counter()
     data_dir = args.output / "data"
     ensure_benchmark(data_dir)
     run_pipeline(demo_pipeline_config(data_dir, args.overrides), args.output)
-    print((args.output / "results.md").read_text())
-    print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {args.output / 'results.md'}")
-    report = write_run_report(args.output)
-    if report is not None:
-        print(f"report: {report} (open it in any browser)")
+    seconds = time.perf_counter() - start
+    show_results(args.output, f"demo finished in {seconds:.0f} s; results in {args.output / 'results.md'}")
     return 0

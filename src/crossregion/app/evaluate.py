@@ -8,11 +8,12 @@ from pathlib import Path
 
 from crossregion.app.arguments import (
     add_checkpoint_arguments,
+    add_dataset_arguments,
     add_inference_arguments,
     inference_options,
     write_cli_metrics,
 )
-from crossregion.data.datasets import DATASETS, build_dataset
+from crossregion.data.datasets import build_dataset
 from crossregion.eval.evaluate import evaluate_segmenter
 from crossregion.files import check_writable_folder
 
@@ -21,9 +22,7 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_arguments(parser)
-    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root")
-    parser.add_argument("--root", type=Path, required=True, help="dataset root folder")
-    parser.add_argument("--split", default="val", help="split name or list file (default val)")
+    add_dataset_arguments(parser, split_default="val")
     parser.add_argument("--output", type=Path, required=True, help="folder for metrics.json and metrics.md")
     parser.add_argument(
         "--num-classes",

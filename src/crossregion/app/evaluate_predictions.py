@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crossregion.app.arguments import write_cli_metrics
-from crossregion.data.datasets import DATASETS, build_dataset
+from crossregion.app.arguments import add_dataset_arguments, write_cli_metrics
+from crossregion.data.datasets import build_dataset
 from crossregion.eval.predictions import ID_TYPES, evaluate_predictions
 from crossregion.files import check_output_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root")
-    parser.add_argument("--root", type=Path, required=True, help="dataset root folder")
-    parser.add_argument("--split", default="val", help="split name or list file (default val)")
+    add_dataset_arguments(parser, split_default="val")
     parser.add_argument(
         "--predictions",
         type=Path,

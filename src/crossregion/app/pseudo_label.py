@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from crossregion.data.datasets import DATASETS, build_dataset
+from crossregion.app.arguments import add_dataset_arguments, add_width_height_argument, height_width
+from crossregion.data.datasets import build_dataset
 from crossregion.data.pseudo_labels import PseudoLabelWriter
 from crossregion.data.transforms import WithOriginalSize, eval_transform
 from crossregion.eval.inference import inference_batches, predict_probs
@@ -45,16 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="the CDA model (crossregion or official FADA/CRA checkpoint)"
     )
-    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root")
-    parser.add_argument("--root", type=Path, required=True, help="target dataset root folder")
-    parser.add_argument("--split", default="train", help="split name or list file (default train)")
+    add_dataset_arguments(parser, split_default="train", root_help="target dataset root folder")
     parser.add_argument("--output", type=Path, required=True, help="the pseudo-label store folder")
-    parser.add_argument(
+    add_width_height_argument(
+        parser,
         "--input-size",
-        nargs=2,
-        type=int,
-        metavar=("W", "H"),
-        help="resize each image to W×H before inference (official: 1024 512); default: the image size",
+        "resize each image to W×H before inference (official: 1024 512); default: the image size",
     )
     parser.add_argument(
         "--flip", action="store_true", help="average with the horizontally flipped image (not official)"
@@ -83,19 +80,13 @@ def main(args: argparse.Namespace) -> int:
     check_output_outside(
         args.output, args.root, "--output", "--root", "the store would be written into the dataset (often shared)"
     )
-    input_size = None
-    if args.input_size is not None:
-        width, height = args.input_size
-        if width < 1 or height < 1:
-            raise ValueError(f"--input-size must be positive, got {width} {height}")
-        input_size = (height, width)
     stats = write_pseudo_labels(
         args.checkpoint,
         dataset=args.dataset,
         root=args.root,
         split=args.split,
         output=args.output,
-        input_size=input_size,
+        input_size=height_width(args.input_size, "--input-size"),
         flip=args.flip,
         threshold=args.threshold,
         rare_share=args.rare_share,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from crossregion.app.arguments import add_dataset_arguments, add_width_height_argument, height_width
 from crossregion.data.datasets import DATASETS, build_dataset
 from crossregion.data.transforms import WithOriginalSize, eval_transform
 from crossregion.engine.checkpoint import periodic_checkpoints
@@ -57,9 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CANDIDATE",
         help="checkpoint files, run folders (every model_iter*.pth) or pipeline folders (every stage's)",
     )
-    parser.add_argument("--dataset", required=True, choices=DATASETS.names(), help="dataset layout of --root")
-    parser.add_argument("--root", type=Path, required=True, help="target dataset root (its labels are not read)")
-    parser.add_argument("--split", default="train", help="target split name or list file (default train)")
+    add_dataset_arguments(
+        parser,
+        split_default="train",
+        root_help="target dataset root (its labels are not read)",
+        split_help="target split name or list file (default train)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="the JSON file of scores and rankings")
     parser.add_argument(
         "--criteria",
@@ -67,9 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=tuple(CRITERIA),
         help=f"default: {' '.join(TARGET_CRITERIA)}, and dev when --source-dataset is given",
     )
-    parser.add_argument(
-        "--input-size", nargs=2, type=int, metavar=("W", "H"), help="resize target images to W×H for the model"
-    )
+    add_width_height_argument(parser, "--input-size", "resize target images to W×H for the model")
     parser.add_argument("--images", type=int, default=100, help="target images scored, evenly spaced (default 100)")
     parser.add_argument("--pixels", type=int, default=512, help="pixels drawn per target image (default 512)")
     parser.add_argument(
@@ -86,9 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="source split or list file (default train); hold images out of training where you can",
     )
     parser.add_argument("--source-images", type=int, default=100, help="source images for dev (default 100)")
-    parser.add_argument(
-        "--source-input-size", nargs=2, type=int, metavar=("W", "H"), help="resize source images to W×H"
-    )
+    add_width_height_argument(parser, "--source-input-size", "resize source images to W×H")
     parser.add_argument("--seed", type=int, default=0, help="fixes the sampled pixels (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2)")
@@ -104,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
             args.source_dataset,
             str(args.source_root),
             args.source_split,
-            _height_width(args.source_input_size, "--source-input-size"),
+            height_width(args.source_input_size, "--source-input-size"),
             _positive(args.source_images, "--source-images"),
         )
     criteria = args.criteria or [*TARGET_CRITERIA, *(["dev"] if source is not None else [])]
@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
         args.dataset,
         str(args.root),
         args.split,
-        _height_width(args.input_size, "--input-size"),
+        height_width(args.input_size, "--input-size"),
         _positive(args.images, "--images"),
     )
     report = rank_checkpoints(
@@ -136,15 +136,6 @@ def _positive(value: int, option: str) -> int:
     if value < 1:
         raise ValueError(f"{option} must be at least 1, got {value}")
     return value
-
-
-def _height_width(width_height: list[int] | None, option: str) -> tuple[int, int] | None:
-    if width_height is None:
-        return None
-    width, height = width_height
-    if width < 1 or height < 1:
-        raise ValueError(f"{option} must be positive, got {width} {height}")
-    return (height, width)
 
 
 def candidate_checkpoints(paths: list[Path]) -> list[Path]:

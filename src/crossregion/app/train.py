@@ -42,7 +42,7 @@ from crossregion.engine import checkpoint as ckpt
 from crossregion.engine.logging import truncate_metrics
 from crossregion.engine.trainer import InfiniteLoader, ResumableClassBalancedSampler, Trainer
 from crossregion.files import check_output_folder, exclusive_writer, remove_stale_temp_files
-from crossregion.methods import METHODS, Method
+from crossregion.methods import METHODS, UNAUGMENTED_TARGET, Method
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def with_resolved_precision(cfg: ExperimentConfig, device: torch.device) -> Expe
 
 def build_method(cfg: ExperimentConfig) -> Method:
     """The configured method, after it checked that ``cfg`` has the data it needs."""
-    method = METHODS.get(cfg.method.name)(cfg.method, num_classes=cfg.model.num_classes)
+    method = METHODS.get(cfg.method.name).from_config(cfg)
     method.check_config(cfg)
     return method
 
@@ -221,9 +221,12 @@ def build_model(model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
 def build_train_datasets(cfg: ExperimentConfig, method: Method) -> dict[str, Dataset]:
     """One training dataset per batch the method draws; target images carry the method's pseudo
     labels (joined with the store, augmented jointly with the image) when it trains on a store.
+    With ``method.needs_unaugmented_target`` also data.target under ``UNAUGMENTED_TARGET``: the
+    same images, resized as for evaluation, without flip, crop or jitter.
     """
     from crossregion.data.datasets import build_dataset
     from crossregion.data.pseudo_labelled import PseudoLabelledDataset
+    from crossregion.data.transforms import eval_transform
 
     datasets: dict[str, Dataset] = {}
     for kind in method.required_batches:
@@ -234,6 +237,16 @@ def build_train_datasets(cfg: ExperimentConfig, method: Method) -> dict[str, Dat
             datasets[kind] = PseudoLabelledDataset(images, method.pseudo_label_store, transform)
         else:
             datasets[kind] = build_train_dataset(spec, cfg.model.num_classes, cfg.model.input_norm)
+    if method.needs_unaugmented_target:
+        spec = cfg.data.target
+        datasets[UNAUGMENTED_TARGET] = build_dataset(
+            spec.name,
+            spec.root,
+            spec.split,
+            num_classes=cfg.model.num_classes,
+            transform=eval_transform(size=spec.resize, input_norm=cfg.model.input_norm),
+            labelled=False,
+        )
     return datasets
 
 
@@ -303,16 +316,16 @@ def run_training(
         wrapped = {name: wrap_ddp(model, device) for name, model in models.items()}
         loaders = {
             kind: InfiniteLoader(
-                dataset,
+                datasets[kind],
                 batch_size=cfg.data.batch_size // world_size,
                 num_workers=cfg.data.num_workers,
                 seed=cfg.engine.seed,
                 name=kind,
-                sampler=build_class_balanced_sampler(cfg, kind, dataset, run_dir)
+                sampler=build_class_balanced_sampler(cfg, kind, datasets[kind], run_dir)
                 if getattr(cfg.data, kind).class_balanced
                 else None,
             )
-            for kind, dataset in datasets.items()
+            for kind in method.required_batches
         }
         trainer = Trainer(
             cfg=cfg,
@@ -320,6 +333,7 @@ def run_training(
             models=wrapped,
             optimizers=optimizers,
             loaders=loaders,
+            start_datasets={name: dataset for name, dataset in datasets.items() if name not in loaders},
             device=device,
             run_dir=run_dir,
             model_args=model_args,

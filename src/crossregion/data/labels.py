@@ -172,43 +172,23 @@ _SYNTHIA16_CLASSES = (
     "motorcycle",
     "bicycle",
 )
-_SYNTHIA_ID_TO_16 = {
-    3: 0,
-    4: 1,
-    2: 2,
-    21: 3,
-    5: 4,
-    7: 5,
-    15: 6,
-    9: 7,
-    6: 8,
-    1: 9,
-    10: 10,
-    17: 11,
-    8: 12,
-    19: 13,
-    12: 14,
-    11: 15,
-}
 _CITYSCAPES_TRAIN_ID_BY_NAME = {label.name: label.train_id for label in CITYSCAPES_LABELS}
+
+
+def _train_id_16(train_id_19: int) -> int:
+    """The 16-class train ID of a 19-class one; terrain, truck, train and void become void."""
+    if train_id_19 == IGNORE_INDEX:
+        return IGNORE_INDEX
+    name = CITYSCAPES_19.class_names[train_id_19]
+    return _SYNTHIA16_CLASSES.index(name) if name in _SYNTHIA16_CLASSES else IGNORE_INDEX
+
 
 # Cityscapes label IDs scored in the 16-class setting; terrain, truck and train become void.
 CITYSCAPES_16 = LabelSet(
     name="cityscapes16",
     class_names=_SYNTHIA16_CLASSES,
     palette=tuple(CITYSCAPES_19.palette[_CITYSCAPES_TRAIN_ID_BY_NAME[n]] for n in _SYNTHIA16_CLASSES),
-    id_to_train_id={
-        label.id: (_SYNTHIA16_CLASSES.index(label.name) if label.name in _SYNTHIA16_CLASSES else 255)
-        for label in CITYSCAPES_LABELS
-        if label.id >= 0
-    },
-)
-
-SYNTHIA_16 = LabelSet(
-    name="synthia16",
-    class_names=_SYNTHIA16_CLASSES,
-    palette=CITYSCAPES_16.palette,
-    id_to_train_id={synthia_id: _SYNTHIA_ID_TO_16.get(synthia_id, 255) for synthia_id in SYNTHIA_CLASS_NAMES},
+    id_to_train_id={label_id: _train_id_16(train_id) for label_id, train_id in CITYSCAPES_19.id_to_train_id.items()},
 )
 
 # SYNTHIA IDs mapped onto the 19 Cityscapes train IDs (the mapping common in the literature).
@@ -241,6 +221,14 @@ SYNTHIA_19 = LabelSet(
         14: 255,
         22: 255,
     },
+)
+
+# SYNTHIA IDs in the 16-class setting: the 19-class mapping without terrain, truck and train.
+SYNTHIA_16 = LabelSet(
+    name="synthia16",
+    class_names=_SYNTHIA16_CLASSES,
+    palette=CITYSCAPES_16.palette,
+    id_to_train_id={synthia_id: _train_id_16(train_id) for synthia_id, train_id in SYNTHIA_19.id_to_train_id.items()},
 )
 
 # The 13-class subset reported for SYNTHIA (mIoU13): the 16 classes without wall, fence, pole.

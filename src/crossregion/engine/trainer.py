@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -239,6 +239,8 @@ class StepContext:
 class TrainableMethod(Protocol):
     """What the trainer needs of a method (``methods.base.Method`` is the implementation)."""
 
+    def frozen_models(self) -> tuple[str, ...]: ...
+
     def training_step(
         self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
     ) -> dict[str, torch.Tensor]: ...
@@ -252,6 +254,29 @@ class TrainableMethod(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
+def set_train_modes(
+    models: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer], frozen: Iterable[str]
+) -> None:
+    """Train mode for every model except the ``frozen`` ones, which stay in eval mode.
+
+    A frozen model (a teacher, a warm-up copy) runs with dropout off and BatchNorm on its running
+    statistics, as the official methods run theirs; a model without an optimiser that is not
+    frozen (ProDA's EMA teacher in its official train mode) trains in train mode like the others.
+
+    Raises:
+        ValueError: a frozen model is unknown or has an optimiser (it would train in eval mode).
+    """
+    frozen = set(frozen)
+    unknown, trained = frozen - set(models), frozen & set(optimizers)
+    if unknown or trained:
+        raise ValueError(
+            f"frozen models must be models without an optimiser; unknown: {sorted(unknown)}, "
+            f"with an optimiser: {sorted(trained)}"
+        )
+    for name, model in models.items():
+        model.train(name not in frozen)
+
+
 class Trainer:
     """Runs a method from the current iteration to ``cfg.optim.last_iter``.
 
@@ -261,6 +286,7 @@ class Trainer:
         models: name -> module, on ``device`` and DDP-wrapped where several processes run.
         optimizers: name -> optimiser; each gets a poly schedule.
         loaders: batch name (``source``, ``target``) -> ``InfiniteLoader``.
+        start_datasets: datasets that only ``method.on_train_start`` reads, by name (no loader).
         device: where batches go.
         run_dir: checkpoints, ``metrics.jsonl``; only rank 0 writes.
         model_args: the ``build_segmenter`` arguments, stored in checkpoints.
@@ -275,6 +301,7 @@ class Trainer:
         models: Mapping[str, nn.Module],
         optimizers: Mapping[str, torch.optim.Optimizer],
         loaders: Mapping[str, InfiniteLoader],
+        start_datasets: Mapping[str, Dataset] | None = None,
         device: torch.device,
         run_dir: str | Path,
         model_args: Mapping[str, Any],
@@ -287,6 +314,7 @@ class Trainer:
         self.schedulers = {name: build_scheduler(opt, cfg.optim) for name, opt in self.optimizers.items()}
         self.scaler = build_grad_scaler(device, cfg.engine.amp)
         self.loaders = dict(loaders)
+        self.start_datasets = dict(start_datasets or {})
         self.device = device
         self.run_dir = Path(run_dir)
         self.model_args = dict(model_args)
@@ -348,10 +376,10 @@ class Trainer:
         # Data-derived state first (restored state is already in place after a resume); it must
         # not move the training RNG, so a resumed run continues exactly.
         rng = ckpt.capture_rng()
-        self.method.on_train_start(self.models, {name: loader.dataset for name, loader in self.loaders.items()})
+        datasets = {name: loader.dataset for name, loader in self.loaders.items()}
+        self.method.on_train_start(self.models, {**datasets, **self.start_datasets})
         ckpt.restore_rng(rng)
-        for model in self.models.values():
-            model.train()
+        set_train_modes(self.models, self.optimizers, self.method.frozen_models())
         window = _LossWindow(self.device)
         window_start, window_start_iter = time.perf_counter(), self.iteration
         try:

@@ -14,6 +14,6 @@ from crossregion.methods import (  # noqa: F401  (importing a method registers i
     self_distill,
     source_only,
 )
-from crossregion.methods.base import BATCH_KINDS, METHODS, Method, frozen
+from crossregion.methods.base import BATCH_KINDS, METHODS, UNAUGMENTED_TARGET, Method, frozen
 
-__all__ = ["BATCH_KINDS", "METHODS", "Method", "frozen"]
+__all__ = ["BATCH_KINDS", "METHODS", "UNAUGMENTED_TARGET", "Method", "frozen"]

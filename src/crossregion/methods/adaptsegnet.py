@@ -18,8 +18,8 @@ from torch import nn
 
 from crossregion.config.schema import ExperimentConfig, MethodConfig
 from crossregion.engine.trainer import StepContext
-from crossregion.methods.base import Method, frozen, register_method
-from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN, segmentation_cross_entropy, upsample_logits
+from crossregion.methods.base import Method, check_non_negative, check_positive, frozen, register_method
+from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN, resize_aligned, segmentation_cross_entropy
 from crossregion.models import OutputSpaceDiscriminator
 
 # Output levels of a multi-level segmenter: the main head on layer4, the auxiliary one on layer3.
@@ -49,7 +49,26 @@ def domain_mse(disc_outputs: torch.Tensor, label: float) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class AdaptSegNetConfig(MethodConfig):
+class OutputSpaceConfig(MethodConfig):
+    """What every ``OutputSpaceAdaptation`` method has: the auxiliary head's source CE weight and
+    its output-space discriminators (AdaptSegNet's; ADVENT and the warm-ups of IAST and ProDA
+    build on them)."""
+
+    # λ_seg: weight of the auxiliary head's source CE.
+    seg_aux_weight: float = 0.1
+    # Each discriminator's loss is this times the GAN loss on the source (label 0) plus this times
+    # the GAN loss on the target (label 1).
+    disc_domain_weight: float = 0.5
+    # Width of the discriminators' first conv (official: 64).
+    disc_width: int = 64
+
+    def __post_init__(self) -> None:
+        check_non_negative(self, "seg_aux_weight", "disc_domain_weight")
+        check_positive(self, "disc_width")
+
+
+@dataclass(frozen=True)
+class AdaptSegNetConfig(OutputSpaceConfig):
     """AdaptSegNet weights (docs/spec.md §4.2; official multi-level defaults).
 
     The single-level variant is ``model.multi_level: false``: then only the main head and its
@@ -57,22 +76,13 @@ class AdaptSegNetConfig(MethodConfig):
     """
 
     name: str = "adaptsegnet"
-    # λ_seg: weight of the auxiliary head's source CE.
-    seg_aux_weight: float = 0.1
     # λ_adv of the main (layer4) and auxiliary (layer3) heads on the target.
     adv_main_weight: float = 0.001
     adv_aux_weight: float = 0.0002
-    # Each discriminator's loss is this times BCE(source, 0) plus this times BCE(target, 1).
-    disc_domain_weight: float = 0.5
-    # Width of the discriminators' first conv (official: 64).
-    disc_width: int = 64
 
     def __post_init__(self) -> None:
-        for key in ("seg_aux_weight", "adv_main_weight", "adv_aux_weight", "disc_domain_weight"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
-        if self.disc_width <= 0:
-            raise ValueError(f"method.disc_width must be positive, got {self.disc_width}")
+        super().__post_init__()
+        check_non_negative(self, "adv_main_weight", "adv_aux_weight")
 
 
 class OutputSpaceAdaptation(Method):
@@ -125,7 +135,7 @@ class OutputSpaceAdaptation(Method):
     ) -> dict[str, torch.Tensor]:
         """Each level's discriminator input at the image size (docs/spec.md §4.1 upsamples before D)."""
         return {
-            level: self.discriminator_input(F.softmax(upsample_logits(outputs[LOGIT_KEYS[level]], size), dim=1))
+            level: self.discriminator_input(F.softmax(resize_aligned(outputs[LOGIT_KEYS[level]], size), dim=1))
             for level in levels
         }
 

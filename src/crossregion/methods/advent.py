@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossregion.config.schema import MethodConfig
 from crossregion.engine.trainer import StepContext
-from crossregion.methods.adaptsegnet import OutputSpaceAdaptation
-from crossregion.methods.base import register_method
-from crossregion.methods.losses import upsample_logits
+from crossregion.methods.adaptsegnet import OutputSpaceAdaptation, OutputSpaceConfig
+from crossregion.methods.base import check_choice, check_non_negative, register_method
+from crossregion.methods.losses import resize_aligned
 
 VARIANTS = ("advent", "minent")
 
@@ -59,31 +58,22 @@ def entropy_loss(probs: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class AdventConfig(MethodConfig):
-    """ADVENT weights (docs/spec.md §4.3). Single-level training is ``model.multi_level: false``."""
+class AdventConfig(OutputSpaceConfig):
+    """ADVENT weights (docs/spec.md §4.3). Single-level training is ``model.multi_level: false``;
+    the discriminator fields are used by AdvEnt only (MinEnt has none)."""
 
     name: str = "advent"
     # "advent": discriminators on weighted self-information maps; "minent": entropy loss, no D.
     variant: str = "advent"
-    # Weight of the auxiliary head's source CE.
-    seg_aux_weight: float = 0.1
     # Weight of the target loss of the main and auxiliary heads: the adversarial loss (AdvEnt)
     # or the entropy loss (MinEnt); both are 0.001 / 0.0002 in ADVENT.
     target_main_weight: float = 0.001
     target_aux_weight: float = 0.0002
-    # AdvEnt only: each discriminator's loss is this times BCE(source, 0) plus BCE(target, 1).
-    disc_domain_weight: float = 0.5
-    # AdvEnt only: width of the discriminators' first conv (official: 64).
-    disc_width: int = 64
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"method.variant must be one of {VARIANTS}, got {self.variant!r}")
-        for key in ("seg_aux_weight", "target_main_weight", "target_aux_weight", "disc_domain_weight"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
-        if self.disc_width <= 0:
-            raise ValueError(f"method.disc_width must be positive, got {self.disc_width}")
+        super().__post_init__()
+        check_choice(self, "variant", VARIANTS)
+        check_non_negative(self, "target_main_weight", "target_aux_weight")
 
 
 @register_method
@@ -121,11 +111,11 @@ class Advent(OutputSpaceAdaptation):
         # (2) Minimise the entropy of target predictions at the image size.
         outputs_tgt = segmenter(target["image"])
         size_tgt = tuple(target["image"].shape[-2:])
-        probs_tgt = F.softmax(upsample_logits(outputs_tgt["logits"], size_tgt), dim=1)
+        probs_tgt = F.softmax(resize_aligned(outputs_tgt["logits"], size_tgt), dim=1)
         losses["loss/ent_tgt"] = entropy_loss(probs_tgt)
         loss_tgt = self.cfg.target_main_weight * losses["loss/ent_tgt"]
         if "aux_logits" in outputs_tgt:
-            probs_aux = F.softmax(upsample_logits(outputs_tgt["aux_logits"], size_tgt), dim=1)
+            probs_aux = F.softmax(resize_aligned(outputs_tgt["aux_logits"], size_tgt), dim=1)
             losses["loss/ent_tgt_aux"] = entropy_loss(probs_aux)
             loss_tgt = loss_tgt + self.cfg.target_aux_weight * losses["loss/ent_tgt_aux"]
         ctx.backward(loss_tgt)

@@ -1,24 +1,31 @@
 """The method interface: a method declares its models and optimisers and implements one step.
 
-The trainer (``engine/trainer.py``) owns the loop. Each iteration it draws one batch from each
-of the method's ``required_batches`` (names of ``DataConfig`` fields: ``source`` = labelled
-source, ``target`` = unlabelled target train) and calls ``training_step(models, batches, ctx)``.
-The step decides the order of forward passes, ``ctx.backward(loss)`` and ``ctx.step(name)``
-(adversarial methods need that control) and returns detached loss tensors under stable keys
-such as ``loss/seg_src``. A step never copies a tensor to the host: the trainer syncs at its log
-period. Before the first step ``on_train_start`` may compute state from the data; around the
-step, ``after_step`` runs once per iteration after every optimiser stepped
-(EMA teachers, prototype and threshold updates), and ``state_dict`` / ``load_state_dict`` carry
-a method's own per-run state through checkpoints and ``--resume``.
+The app builds a method with ``Method.from_config(cfg)`` (the constructor with ``cfg.method``,
+``num_classes`` and, where a method overrides it, more keyword arguments), then calls
+``check_config(cfg)``, a pure check. The trainer (``engine/trainer.py``) owns the loop. Each
+iteration it draws one batch from each of the method's ``required_batches`` (names of
+``DataConfig`` fields: ``source`` = labelled source, ``target`` = unlabelled target train) and
+calls ``training_step(models, batches, ctx)``. The step decides the order of forward passes,
+``ctx.backward(loss)`` and ``ctx.step(name)`` (adversarial methods need that control) and returns
+detached loss tensors under stable keys such as ``loss/seg_src``. A step never copies a tensor
+to the host: the trainer syncs at its log period. The trainer keeps the models a method names in
+``frozen_models()`` (teachers, warm-up copies made with ``frozen_copy``) in eval mode and every
+other model in train mode. Before the first step ``on_train_start`` may compute state from the
+data (the un-augmented target set comes under ``UNAUGMENTED_TARGET`` when
+``needs_unaugmented_target``); ``after_step`` runs once per iteration after every optimiser
+stepped (EMA teachers, prototype and threshold updates), and ``state_dict`` /
+``load_state_dict`` carry a method's own per-run state through checkpoints and ``--resume``.
 
 Adding a method = one file here with a ``MethodConfig`` subclass (its ``name`` default is the
-method's name) and a ``Method`` subclass decorated with ``@register_method``, an import in
-``methods/__init__.py``, and a YAML preset (docs/architecture.md).
+method's name; ``check_non_negative`` and its siblings check its fields) and a ``Method``
+subclass decorated with ``@register_method``, an import in ``methods/__init__.py``, and a YAML
+preset (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,6 +49,9 @@ METHODS: Registry[type[Method]] = Registry("method", filled_by="crossregion.meth
 BATCH_KINDS = ("source", "target")
 # Models whose name starts with this get a discriminator optimiser (Adam) by default.
 DISCRIMINATOR_PREFIX = "discriminator"
+# The name under which ``on_train_start`` gets the un-augmented target set
+# (``Method.needs_unaugmented_target``).
+UNAUGMENTED_TARGET = "target_unaugmented"
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -57,6 +67,9 @@ def register_method(cls: type[Method]) -> type[Method]:
 class Method:
     """Base class of training methods.
 
+    The app builds a method with ``from_config``; the constructor takes the method's config and
+    keyword arguments (what a method needs of the rest of the config, by name).
+
     Args:
         cfg: this method's config (an instance of ``config_class``).
         num_classes: classes of the segmenter.
@@ -65,6 +78,12 @@ class Method:
     config_class: ClassVar[type[MethodConfig]]
     # DataConfig fields drawn once per iteration, in this order.
     required_batches: ClassVar[tuple[str, ...]] = ("source",)
+    # True: ``on_train_start`` reads data.target without augmentation (resized as for evaluation,
+    # no flip, crop or jitter), under ``UNAUGMENTED_TARGET`` in its ``datasets``.
+    needs_unaugmented_target: ClassVar[bool] = False
+    # What model.init_checkpoint is to a method that cannot start without one (the error says
+    # it); None: the method trains from whatever the model section builds.
+    init_checkpoint_role: ClassVar[str | None] = None
 
     def __init__(self, cfg: MethodConfig, *, num_classes: int) -> None:
         self.cfg = cfg
@@ -72,8 +91,17 @@ class Method:
         # The pseudo labels that the target batches carry; None: plain target images.
         self.pseudo_label_store: PseudoLabelStore | None = None
 
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> Method:
+        """The method of ``cfg``: the constructor with ``cfg.method`` and the segmenter's class count.
+
+        A method that needs more of ``cfg`` overrides this and passes it by keyword.
+        """
+        return cls(cfg.method, num_classes=cfg.model.num_classes)
+
     def check_config(self, cfg: ExperimentConfig) -> None:
-        """Raise ``ValueError`` if ``cfg`` lacks data this method needs (before anything is built)."""
+        """Raise ``ValueError`` if ``cfg`` lacks data or a model this method needs (before anything
+        is built). A pure check: what a method keeps of ``cfg`` comes through ``from_config``."""
         for kind in self.required_batches:
             if kind not in BATCH_KINDS:
                 raise ValueError(f"{type(self).__name__} requires unknown batch {kind!r}; known: {BATCH_KINDS}")
@@ -81,6 +109,8 @@ class Method:
                 raise ValueError(f"method {cfg.method.name!r} trains on data.{kind}; set data.{kind} in the config")
         if "source" in self.required_batches and not cfg.data.source.labelled:
             raise ValueError(f"method {cfg.method.name!r} needs labels on data.source; set data.source.labelled: true")
+        if self.init_checkpoint_role is not None and cfg.model.init_checkpoint is None:
+            raise ValueError(f"method {cfg.method.name} needs model.init_checkpoint: {self.init_checkpoint_role}")
 
     def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
         """The models this method trains; the segmenter is always ``"segmenter"``."""
@@ -96,6 +126,13 @@ class Method:
             if name.startswith(DISCRIMINATOR_PREFIX):
                 optimizers[name] = build_discriminator_adam(model, optim)
         return optimizers
+
+    def frozen_models(self) -> tuple[str, ...]:
+        """Models the trainer keeps in eval mode (dropout off, BatchNorm on its running statistics):
+        copies without an optimiser, such as frozen teachers and warm-up models. Every other model
+        trains in train mode. Default: none.
+        """
+        return ()
 
     def training_step(
         self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
@@ -117,7 +154,8 @@ class Method:
 
         The place for state computed from the data before training (ProDA's initial class
         prototypes). A resumed run has already restored ``load_state_dict``'s state by then:
-        compute only what is missing. ``datasets`` are the training datasets by batch name.
+        compute only what is missing. ``datasets`` are the training datasets by batch name, plus
+        the un-augmented target set under ``UNAUGMENTED_TARGET`` when ``needs_unaugmented_target``.
         """
 
     def after_step(self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]]) -> None:
@@ -135,6 +173,35 @@ class Method:
         """Restore ``state_dict``'s state on ``--resume``; default: there is none to restore."""
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds {sorted(state)}")
+
+
+# Checks of method config fields, for the configs' ``__post_init__``: each raises ``ValueError``
+# naming ``method.<key>`` and its value, for the first key that fails.
+def check_non_negative(cfg: MethodConfig, *keys: str) -> None:
+    """Each of ``keys`` is >= 0 (a loss weight)."""
+    for key in keys:
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"method.{key} must be >= 0, got {getattr(cfg, key)}")
+
+
+def check_positive(cfg: MethodConfig, *keys: str) -> None:
+    """Each of ``keys`` is > 0 (a temperature, a width)."""
+    for key in keys:
+        if getattr(cfg, key) <= 0:
+            raise ValueError(f"method.{key} must be positive, got {getattr(cfg, key)}")
+
+
+def check_fraction(cfg: MethodConfig, *keys: str) -> None:
+    """Each of ``keys`` is in [0, 1] (a probability, a momentum, a threshold)."""
+    for key in keys:
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise ValueError(f"method.{key} must be in [0, 1], got {getattr(cfg, key)}")
+
+
+def check_choice(cfg: MethodConfig, key: str, choices: tuple[str, ...]) -> None:
+    """``key`` is one of ``choices``."""
+    if getattr(cfg, key) not in choices:
+        raise ValueError(f"method.{key} must be one of {choices}, got {getattr(cfg, key)!r}")
 
 
 @contextlib.contextmanager
@@ -155,3 +222,14 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for parameter, requires_grad in previous:
             parameter.requires_grad_(requires_grad)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` that no gradient reaches, in eval mode: a teacher or a warm-up model.
+
+    Name it in the method's ``frozen_models`` to keep it in eval mode while training (the trainer
+    puts the other models in train mode).
+    """
+    copied = copy.deepcopy(module)
+    copied.requires_grad_(False)
+    return copied.eval()

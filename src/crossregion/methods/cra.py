@@ -29,20 +29,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from crossregion.config.schema import ExperimentConfig, OptimConfig
+from crossregion.config.schema import OptimConfig
 from crossregion.dist import unwrap
 from crossregion.engine.optim import build_discriminator_adam, build_segmenter_optimizer
 from crossregion.engine.trainer import StepContext
-from crossregion.methods.base import frozen, register_method
+from crossregion.methods.base import check_choice, check_non_negative, check_positive, frozen, register_method
 from crossregion.methods.cra_losses import (
-    SOURCE_DOMAIN,
-    TARGET_DOMAIN,
     discriminator_region_accuracy,
     domain_targets,
     soft_domain_labels,
     soft_label_cross_entropy,
 )
-from crossregion.methods.losses import upsample_logits
+from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN, resize_aligned
 from crossregion.methods.self_training import (
     RegionConfig,
     RegionMethod,
@@ -77,8 +75,7 @@ class CRAConfig(RegionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.update_mode not in UPDATE_MODES:
-            raise ValueError(f"method.update_mode must be one of {UPDATE_MODES}, got {self.update_mode!r}")
+        check_choice(self, "update_mode", UPDATE_MODES)
         if self.update_mode == "successive" and self.bn_momentum is not None:
             # bn_momentum stands for the official step's two BatchNorm updates per iteration
             # folded into our single forward (0.19 = 1 - 0.9^2). "successive" forwards the batch
@@ -90,13 +87,10 @@ class CRAConfig(RegionConfig):
                 f"{self.bn_momentum} would be applied on top of that. Set method.bn_momentum=null with "
                 "update_mode=successive (as cra_paper does), or keep bn_momentum=0.19 with update_mode=summed"
             )
-        if self.soft_label_temperature <= 0:
-            raise ValueError(f"method.soft_label_temperature must be positive, got {self.soft_label_temperature}")
+        check_positive(self, "soft_label_temperature")
         if not 0.0 < self.soft_label_clip <= 1.0:
             raise ValueError(f"method.soft_label_clip must be in (0, 1], got {self.soft_label_clip}")
-        for key in ("adv_weight", "disc_weight_trusted", "disc_weight_untrusted"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
+        check_non_negative(self, "adv_weight", "disc_weight_trusted", "disc_weight_untrusted")
 
 
 @register_method
@@ -111,14 +105,7 @@ class CRA(RegionMethod):
     """
 
     config_class = CRAConfig
-
-    def check_config(self, cfg: ExperimentConfig) -> None:
-        super().check_config(cfg)
-        if cfg.model.init_checkpoint is None:
-            raise ValueError(
-                "CRA starts from a stage-1 (CDA) model: set model.init_checkpoint to the checkpoint "
-                "the pseudo-label store was made with"
-            )
+    init_checkpoint_role = "the stage-1 (CDA) model the pseudo-label store was made with"
 
     def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
         from crossregion.models import FineGrainedDiscriminator
@@ -167,19 +154,19 @@ class CRA(RegionMethod):
 
         # (1) self-training on the trusted region.
         outputs = models["segmenter"](target["image"])
-        logits = upsample_logits(outputs["logits"], crop_size)
+        logits = resize_aligned(outputs["logits"], crop_size)
         loss_seg = trusted_cross_entropy(logits, pseudo_label, trusted, cfg.seg_temperature, cfg.trusted_ce_weighting)
         if cfg.update_mode == "successive":
             ctx.backward(loss_seg)
             ctx.step("segmenter")
             # The paper's second G update is computed at the updated weights: a second forward.
             outputs = models["segmenter"](target["image"])
-            logits = upsample_logits(outputs["logits"], crop_size)
+            logits = resize_aligned(outputs["logits"], crop_size)
         soft_labels = soft_domain_labels(logits, cfg.soft_label_temperature, cfg.soft_label_clip)
 
         # (2) generator: untrusted features should look trusted, with the same class distribution.
         with frozen(models["discriminator"]) as discriminator:
-            disc_logits = upsample_logits(discriminator(outputs["features"]), crop_size)
+            disc_logits = resize_aligned(discriminator(outputs["features"]), crop_size)
             loss_adv = soft_label_cross_entropy(disc_logits, domain_targets(soft_labels, SOURCE_DOMAIN), untrusted)
         diagnostics = {}
         if cfg.update_mode == "summed" and self.diagnostics_due(ctx):
@@ -194,7 +181,7 @@ class CRA(RegionMethod):
             ctx.step("segmenter")
 
         # (3) discriminator on detached features: D must not push gradients into the segmenter.
-        disc_logits = upsample_logits(models["discriminator"](outputs["features"].detach()), crop_size)
+        disc_logits = resize_aligned(models["discriminator"](outputs["features"].detach()), crop_size)
         loss_disc_trusted = soft_label_cross_entropy(disc_logits, domain_targets(soft_labels, SOURCE_DOMAIN), trusted)
         loss_disc_untrusted = soft_label_cross_entropy(
             disc_logits, domain_targets(soft_labels, TARGET_DOMAIN), untrusted

@@ -10,15 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from crossregion.methods.base import register_method
-from crossregion.methods.losses import upsample_logits
-from crossregion.methods.self_training import RegionConfig, RegionMethod, trusted_cross_entropy
+from crossregion.methods.base import check_non_negative, register_method
+from crossregion.methods.self_training import RegionConfig, RegionMethod
 
 
 @dataclass(frozen=True)
@@ -32,8 +29,7 @@ class EntropyMinConfig(RegionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.entropy_weight < 0:
-            raise ValueError(f"method.entropy_weight must be >= 0, got {self.entropy_weight}")
+        check_non_negative(self, "entropy_weight")
 
 
 def masked_entropy_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -60,19 +56,8 @@ class EntropyMin(RegionMethod):
 
     config_class = EntropyMinConfig
 
-    def target_losses(
-        self, segmenter: nn.Module, target: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        trusted, untrusted = self.region_masks(target)
-        logits = upsample_logits(segmenter(target["image"])["logits"], tuple(target["pseudo_mask"].shape[-2:]))
-        loss_seg = trusted_cross_entropy(
-            logits, target["pseudo_mask"], trusted, self.cfg.seg_temperature, self.cfg.trusted_ce_weighting
-        )
-        loss_entropy = masked_entropy_loss(logits, untrusted)
-        return loss_seg + self.cfg.entropy_weight * loss_entropy, {
-            "loss/seg_trusted": loss_seg,
-            "loss/ent_untrusted": loss_entropy,
-        }
+    def untrusted_terms(self, logits: torch.Tensor, untrusted: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss/ent_untrusted": masked_entropy_loss(logits, untrusted)}
 
     def weighted_region_loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.cfg.entropy_weight * terms["loss/ent_untrusted"]

@@ -16,15 +16,9 @@ from torch import nn
 
 from crossregion.config.schema import ExperimentConfig, MethodConfig
 from crossregion.engine.trainer import StepContext
-from crossregion.methods.base import Method, frozen, register_method
-from crossregion.methods.cra_losses import (
-    SOURCE_DOMAIN,
-    TARGET_DOMAIN,
-    domain_targets,
-    soft_domain_labels,
-    soft_label_cross_entropy,
-)
-from crossregion.methods.losses import segmentation_cross_entropy, upsample_logits
+from crossregion.methods.base import Method, check_non_negative, check_positive, frozen, register_method
+from crossregion.methods.cra_losses import domain_targets, soft_domain_labels, soft_label_cross_entropy
+from crossregion.methods.losses import SOURCE_DOMAIN, TARGET_DOMAIN, resize_aligned, segmentation_cross_entropy
 from crossregion.models import FineGrainedDiscriminator
 
 
@@ -47,13 +41,10 @@ class FadaConfig(MethodConfig):
     disc_mid_channels: int = 256
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"method.temperature must be positive, got {self.temperature}")
+        check_positive(self, "temperature")
         if not 0 < self.soft_label_clip <= 1:
             raise ValueError(f"method.soft_label_clip must be in (0, 1], got {self.soft_label_clip}")
-        for key in ("adv_weight", "disc_source_weight", "disc_target_weight"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
+        check_non_negative(self, "adv_weight", "disc_source_weight", "disc_target_weight")
         if self.disc_mid_channels < 2:
             raise ValueError(f"method.disc_mid_channels must be >= 2, got {self.disc_mid_channels}")
 
@@ -94,7 +85,7 @@ class Fada(Method):
 
         # (1) Source CE with temperature; backward now so the source graph is freed.
         outputs_src = segmenter(source["image"])
-        logits_src = upsample_logits(outputs_src["logits"], size_src)
+        logits_src = resize_aligned(outputs_src["logits"], size_src)
         loss_seg = segmentation_cross_entropy(logits_src, source["mask"], temperature=temperature)
         ctx.backward(loss_seg)
         soft_labels_src = soft_domain_labels(logits_src, temperature, clip)
@@ -103,19 +94,19 @@ class Fada(Method):
 
         # (2) Fool the frozen discriminator: target features should look like source of the same class.
         outputs_tgt = segmenter(target["image"])
-        logits_tgt = upsample_logits(outputs_tgt["logits"], size_tgt)
+        logits_tgt = resize_aligned(outputs_tgt["logits"], size_tgt)
         soft_labels_tgt = soft_domain_labels(logits_tgt, temperature, clip)
         with frozen(discriminator) as frozen_discriminator:
-            disc_logits = upsample_logits(frozen_discriminator(outputs_tgt["features"]), size_tgt).float()
+            disc_logits = resize_aligned(frozen_discriminator(outputs_tgt["features"]), size_tgt).float()
             loss_adv = soft_label_cross_entropy(disc_logits, domain_targets(soft_labels_tgt, SOURCE_DOMAIN))
         ctx.backward(self.cfg.adv_weight * loss_adv)
         ctx.step("segmenter")
 
         # (3) Discriminator on detached features: source -> [a_s; 0], target -> [0; a_t].
-        disc_logits_src = upsample_logits(discriminator(features_src), size_src).float()
+        disc_logits_src = resize_aligned(discriminator(features_src), size_src).float()
         targets_src = domain_targets(soft_labels_src, SOURCE_DOMAIN)
         loss_disc_src = soft_label_cross_entropy(disc_logits_src, targets_src)
-        disc_logits_tgt = upsample_logits(discriminator(outputs_tgt["features"].detach()), size_tgt).float()
+        disc_logits_tgt = resize_aligned(discriminator(outputs_tgt["features"].detach()), size_tgt).float()
         targets_tgt = domain_targets(soft_labels_tgt, TARGET_DOMAIN)
         loss_disc_tgt = soft_label_cross_entropy(disc_logits_tgt, targets_tgt)
         ctx.backward(self.cfg.disc_source_weight * loss_disc_src + self.cfg.disc_target_weight * loss_disc_tgt)

@@ -1,8 +1,9 @@
 """IAST: the adversarial warm-up and one online self-training round (docs/iast.md, phase 2).
 
 *Instance Adaptive Self-Training for Unsupervised Domain Adaptation*, Mei et al., ECCV 2020,
-arXiv:2008.12197. The pure pieces (selector, regularisers, LSGAN loss, constants) live in
-``methods/iast_losses.py``; this file puts them on the method API:
+arXiv:2008.12197. The selector is ``methods/iast_selector.py``, the regularisers
+``methods/iast_losses.py``, the warm-up's LSGAN loss ``methods/adaptsegnet.py``; this file puts
+them on the method API:
 
 - ``iast_warmup``: the single-level least-squares output-space step (``LeastSquaresAdaptation``,
   shared with ProDA's warm-up) with IAST's discriminator (3x3 first conv) and λ_adv.
@@ -16,7 +17,6 @@ arXiv:2008.12197. The pure pieces (selector, regularisers, LSGAN loss, constants
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,25 +25,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossregion.config.schema import ExperimentConfig, MethodConfig
+from crossregion.config.schema import MethodConfig
 from crossregion.data.labels import IGNORE_INDEX
 from crossregion.dist import unwrap
 from crossregion.engine.trainer import StepContext
 from crossregion.methods.adaptsegnet import AdaptSegNetConfig, LeastSquaresAdaptation
-from crossregion.methods.base import Method, register_method
+from crossregion.methods.base import Method, check_non_negative, frozen_copy, register_method
 from crossregion.methods.iast_losses import (
     ENTROPY_REGULARISATION_WEIGHT,
-    INITIAL_CLASS_THRESHOLD,
     KLD_REGULARISATION_WEIGHT,
+    WARMUP_ADVERSARIAL_WEIGHTS,
+    region_guided_regularisation,
+)
+from crossregion.methods.iast_selector import (
+    INITIAL_CLASS_THRESHOLD,
     ROUND_PROPORTIONS,
     THRESHOLD_CAP,
     THRESHOLD_DECAY,
     THRESHOLD_MOMENTUM,
-    WARMUP_ADVERSARIAL_WEIGHTS,
     InstanceAdaptiveSelector,
-    region_guided_regularisation,
 )
-from crossregion.methods.losses import upsample_logits
+from crossregion.methods.losses import masked_cross_entropy, resize_aligned
 from crossregion.models import OutputSpaceDiscriminator
 
 # IAST's FCDiscriminator: AdaptSegNet's with a 3x3 first conv.
@@ -113,25 +115,7 @@ class IastConfig(MethodConfig):
         for key in ("initial_threshold", "cap"):
             if not 0.0 < getattr(self, key) < 1.0:
                 raise ValueError(f"method.{key} must be in (0, 1), got {getattr(self, key)}")
-        for key in ("kld_weight", "entropy_weight"):
-            if getattr(self, key) < 0.0:
-                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
-
-
-def selected_cross_entropy(logits: torch.Tensor, pseudo_label: torch.Tensor) -> torch.Tensor:
-    """CE of logits upsampled to the labels (``align_corners=True``), mean over selected pixels.
-
-    The official CE is a plain mean over non-ignored pixels, NaN when none is selected; here
-    such a batch gives 0 (as the regularisers do, docs/iast.md point 7).
-
-    Shape:
-        - logits: (N, K, h, w)
-        - pseudo_label: (N, H, W) int64, ``IGNORE_INDEX`` = not selected
-        - output: scalar, float32
-    """
-    upsampled = upsample_logits(logits, tuple(pseudo_label.shape[-2:])).float()
-    total = F.cross_entropy(upsampled, pseudo_label, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (pseudo_label != IGNORE_INDEX).sum().clamp(min=1)
+        check_non_negative(self, "kld_weight", "entropy_weight")
 
 
 @register_method
@@ -139,8 +123,8 @@ class Iast(Method):
     """One online IAST round: teacher → selector → hard labels → CE + region-guided regularisation.
 
     Models: ``segmenter`` (the student, trained) and ``teacher`` (a frozen copy of the segmenter
-    as built, i.e. ``model.init_checkpoint``; eval mode, no optimiser, saved in checkpoints so a
-    resumed run has it). The selector's thresholds are ``state_dict``: they move once per step,
+    as built, i.e. ``model.init_checkpoint``; kept in eval mode by the trainer, no optimiser, saved
+    in checkpoints so a resumed run has it). The selector's thresholds are ``state_dict``: they move once per step,
     on that step's batch, and ``--resume`` restores them.
 
     Under several processes every rank carries its own thresholds over its own batches (as the
@@ -149,6 +133,9 @@ class Iast(Method):
 
     config_class = IastConfig
     required_batches = ("target",)
+    init_checkpoint_role = (
+        "the round's starting model (the warm-up's or the previous round's checkpoint), which the frozen teacher copies"
+    )
 
     def __init__(self, cfg: IastConfig, *, num_classes: int) -> None:
         super().__init__(cfg, num_classes=num_classes)
@@ -161,19 +148,11 @@ class Iast(Method):
             cap=cfg.cap,
         )
 
-    def check_config(self, cfg: ExperimentConfig) -> None:
-        super().check_config(cfg)
-        if cfg.model.init_checkpoint is None:
-            raise ValueError(
-                "method iast needs model.init_checkpoint: the round's starting model (the warm-up's or the "
-                "previous round's checkpoint), which the frozen teacher copies"
-            )
-
     def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
-        teacher = copy.deepcopy(segmenter)
-        teacher.requires_grad_(False)
-        teacher.eval()
-        return {"segmenter": segmenter, "teacher": teacher}
+        return {"segmenter": segmenter, "teacher": frozen_copy(segmenter)}
+
+    def frozen_models(self) -> tuple[str, ...]:
+        return ("teacher",)
 
     @torch.no_grad()
     def pseudo_labels(self, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -188,10 +167,9 @@ class Iast(Method):
             - output: (N, H, W) int64
         """
         teacher = unwrap(teacher)
-        teacher.eval()  # the trainer puts every model in train mode
         with torch.autocast(images.device.type, enabled=False):
             logits = teacher(images.float())["logits"]
-        probs = F.softmax(upsample_logits(logits.float(), tuple(images.shape[-2:])), dim=1)
+        probs = F.softmax(resize_aligned(logits.float(), tuple(images.shape[-2:])), dim=1)
         return self.selector.select(probs)
 
     def training_step(
@@ -200,7 +178,9 @@ class Iast(Method):
         target = batches["target"]
         labels = self.pseudo_labels(models["teacher"], target["image"])
         logits = models["segmenter"](target["image"])["logits"]
-        seg = selected_cross_entropy(logits, labels)
+        # The official CE is a plain mean over the selected pixels, NaN when none is; here such a
+        # batch gives 0 (as the regularisers do, docs/iast.md point 7).
+        seg = masked_cross_entropy(resize_aligned(logits, tuple(labels.shape[-2:])).float(), labels)
         regularisers = region_guided_regularisation(
             logits, labels, kld_weight=self.cfg.kld_weight, entropy_weight=self.cfg.entropy_weight
         )

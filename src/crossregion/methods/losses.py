@@ -1,4 +1,6 @@
-"""Loss functions shared by the methods: pure tensor functions, no state, no host syncs."""
+"""What the methods share: the domain labels, the aligned resize and the common losses.
+
+Pure tensor functions, no state, no host syncs."""
 
 from __future__ import annotations
 
@@ -15,16 +17,31 @@ SOURCE_DOMAIN = 0
 TARGET_DOMAIN = 1
 
 
-def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling with ``align_corners=True``, as the official FADA/CRA/ADVENT code.
+def resize_aligned(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize with ``align_corners=True``, as the official FADA/CRA/ADVENT/IAST/ProDA code;
+    the one resize of logits, probabilities and features in the methods (up or down).
 
     Shape:
-        - logits: (N, C, h, w)
-        - output: (N, C, H, W) with (H, W) = ``size``
+        - tensor: (N, C, h, w)
+        - output: (N, C, H, W) with (H, W) = ``size``; ``tensor`` itself when already that size
     """
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    if tuple(tensor.shape[-2:]) == tuple(size):
+        return tensor
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=True)
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled pixels; 0 (not NaN, as a plain mean) when none is.
+
+    Shape:
+        - logits: (N, K, H, W), at the labels' resolution
+        - labels: (N, H, W) int64, ``ignore_index`` = not scored
+        - output: scalar
+    """
+    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)
 
 
 def segmentation_cross_entropy(
@@ -41,7 +58,7 @@ def segmentation_cross_entropy(
         - mask: (N, H, W) int64 train IDs, ``ignore_index`` = not scored
         - output: scalar
     """
-    upsampled = upsample_logits(logits, tuple(mask.shape[-2:]))
+    upsampled = resize_aligned(logits, tuple(mask.shape[-2:]))
     if temperature != 1.0:
         upsampled = upsampled / temperature
     return F.cross_entropy(upsampled.float(), mask, ignore_index=ignore_index)

@@ -7,8 +7,8 @@ describes the official stages and where this method differs.
 
 Models: ``segmenter`` (the student; ``model.init_checkpoint``, officially a self-supervised
 SimCLR backbone with ``model.init_backbone_only: true``; the only optimiser) and ``teacher`` (the
-previous stage's model, loaded from ``method.teacher_checkpoint``, frozen, always in eval mode, no
-optimiser). Per step:
+previous stage's model, loaded from ``method.teacher_checkpoint``, frozen, kept in eval mode by
+the trainer, no optimiser). Per step:
 
 1. source CE at full resolution, backward at once;
 2. teacher, no grad: hard pseudo labels of the full target image, the softmax averaged with the
@@ -25,7 +25,6 @@ optimiser). Per step:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,10 +37,17 @@ from crossregion.config.schema import ExperimentConfig
 from crossregion.data.labels import IGNORE_INDEX
 from crossregion.dist import unwrap
 from crossregion.engine.trainer import StepContext
-from crossregion.methods.base import Method, register_method
-from crossregion.methods.losses import segmentation_cross_entropy, upsample_logits
-from crossregion.methods.proda import ProdaViewConfig, flip_where, resize_aligned, strong_view
+from crossregion.methods.base import (
+    Method,
+    check_choice,
+    check_fraction,
+    check_non_negative,
+    frozen_copy,
+    register_method,
+)
+from crossregion.methods.losses import masked_cross_entropy, resize_aligned, segmentation_cross_entropy
 from crossregion.methods.proda_losses import DISTILL_PSEUDO_THRESHOLD, DISTILL_WEIGHT
+from crossregion.methods.proda_views import ProdaViewConfig, flip_where, target_views
 
 # The teacher term's two forms (docs/proda.md, difference 12).
 KL_FORMS = ("official", "true_kl")
@@ -77,15 +83,11 @@ class ProdaDistillConfig(ProdaViewConfig):
             raise ValueError(
                 "method.teacher_checkpoint is required: the previous ProDA stage's checkpoint (the frozen teacher)"
             )
-        for key in ("source_weight", "pseudo_weight", "distill_weight"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)}")
+        check_non_negative(self, "source_weight", "pseudo_weight", "distill_weight")
         if self.pseudo_weight + self.distill_weight <= 0:
             raise ValueError("method.pseudo_weight + method.distill_weight must be positive (else no target loss)")
-        if not 0.0 <= self.pseudo_threshold <= 1.0:
-            raise ValueError(f"method.pseudo_threshold must be in [0, 1], got {self.pseudo_threshold}")
-        if self.kl_form not in KL_FORMS:
-            raise ValueError(f"method.kl_form must be one of {KL_FORMS}, got {self.kl_form!r}")
+        check_fraction(self, "pseudo_threshold")
+        check_choice(self, "kl_form", KL_FORMS)
         self.check_views()
 
 
@@ -135,12 +137,6 @@ def distillation_term(
     return F.kl_div(student, teacher_probs, reduction="none").mean()
 
 
-def _masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """CE averaged over the labelled pixels; 0 (not NaN, as the official mean) when none is."""
-    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
-
-
 @register_method
 class ProdaDistill(Method):
     """ProDA stage 2/3 (one source and one target batch per iteration); see the module docstring."""
@@ -148,23 +144,23 @@ class ProdaDistill(Method):
     config_class = ProdaDistillConfig
     required_batches = ("source", "target")
 
-    def __init__(self, cfg: ProdaDistillConfig, *, num_classes: int) -> None:
+    def __init__(self, cfg: ProdaDistillConfig, *, num_classes: int, backbone: str, head: str) -> None:
         super().__init__(cfg, num_classes=num_classes)
-        self._model_cfg = None
+        # The student's architecture, which the teacher checkpoint must have.
+        self.backbone = backbone
+        self.head = head
 
-    def check_config(self, cfg: ExperimentConfig) -> None:
-        super().check_config(cfg)
-        self._model_cfg = cfg.model
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> ProdaDistill:
+        return cls(cfg.method, num_classes=cfg.model.num_classes, backbone=cfg.model.backbone, head=cfg.model.head)
 
     def build_models(self, segmenter: nn.Module) -> dict[str, nn.Module]:
         """The student and the frozen teacher from ``method.teacher_checkpoint`` (same architecture)."""
         from crossregion.models import load_segmenter
 
         path = self.cfg.teacher_checkpoint
-        model = self._model_cfg
-        expected = {} if model is None else {"backbone": model.backbone, "head": model.head}
         try:
-            loaded, info = load_segmenter(path, num_classes=self.num_classes, **expected)
+            loaded, info = load_segmenter(path, num_classes=self.num_classes, backbone=self.backbone, head=self.head)
         except (FileNotFoundError, ValueError) as error:
             raise ValueError(f"method.teacher_checkpoint: {error}") from error
         if info["input_norm"] != segmenter.input_norm:
@@ -173,7 +169,7 @@ class ProdaDistill(Method):
                 f"method.teacher_checkpoint {path} expects {info['input_norm']}-normalised input but the "
                 f"student is fed {segmenter.input_norm}-normalised input; set model.input_norm={info['input_norm']}"
             )
-        teacher = copy.deepcopy(segmenter)
+        teacher = frozen_copy(segmenter)
         state = loaded.state_dict()
         own = teacher.state_dict()
         # A multi-level teacher's auxiliary head has no place in a single-level model.
@@ -185,10 +181,10 @@ class ProdaDistill(Method):
                 f"method.teacher_checkpoint {path} does not fit the student's model: "
                 f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
             )
-        for parameter in teacher.parameters():
-            parameter.requires_grad_(False)
-        teacher.eval()
         return {"segmenter": segmenter, "teacher": teacher}
+
+    def frozen_models(self) -> tuple[str, ...]:
+        return ("teacher",)
 
     def training_step(
         self, models: Mapping[str, nn.Module], batches: Mapping[str, dict[str, Any]], ctx: StepContext
@@ -198,21 +194,15 @@ class ProdaDistill(Method):
         source, target = batches["source"], batches["target"]
 
         # (1) Source CE at full resolution; backward at once.
-        outputs_src = segmenter(source["image"])
-        logits_src = upsample_logits(outputs_src["logits"], tuple(source["mask"].shape[-2:]))
-        loss_src = segmentation_cross_entropy(logits_src, source["mask"])
+        loss_src = segmentation_cross_entropy(segmenter(source["image"])["logits"], source["mask"])
         ctx.backward(cfg.source_weight * loss_src)
 
         full = target["image"]
-        n, _, h, w = full.shape
-        size = (max(1, h // cfg.label_downsample), max(1, w // cfg.label_downsample))
-        flip = (torch.rand(n) < cfg.weak_flip_prob).to(full.device)
-        weak = flip_where(full, flip)
-        strong, strong_valid = strong_view(weak, cfg, input_norm=unwrap(models["segmenter"]).input_norm)
+        h, w = full.shape[-2:]
+        views = target_views(full, cfg, input_norm=unwrap(segmenter).input_norm)
 
-        # (2) Teacher, no grad, eval mode (the trainer put every model in train mode).
+        # (2) Teacher, no grad, in eval mode (frozen_models).
         with torch.no_grad():
-            teacher.eval()
             probs = F.softmax(teacher(full)["logits"].float(), dim=1)
             probs = resize_aligned(probs, (h, w))
             flipped = None
@@ -221,17 +211,16 @@ class ProdaDistill(Method):
             labels, _ = flip_averaged_pseudo_labels(probs, flipped, threshold=cfg.pseudo_threshold)
             # (3) To the label resolution (nearest, as the official scale_factor 0.25), into the
             # strong view: the flip, and the cutout box ignored.
-            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
-            labels = flip_where(labels, flip)
-            valid = F.interpolate(strong_valid[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
-            labels = labels.masked_fill(~valid, IGNORE_INDEX)
+            labels = F.interpolate(labels[:, None].float(), size=views.size, mode="nearest")[:, 0].long()
+            labels = flip_where(labels, views.flip)
+            labels = labels.masked_fill(~views.label_valid, IGNORE_INDEX)
             teacher_probs = None
             if cfg.distill_weight > 0:
-                teacher_probs = F.softmax(resize_aligned(teacher(strong)["logits"].float(), size), dim=1)
+                teacher_probs = F.softmax(resize_aligned(teacher(views.strong)["logits"].float(), views.size), dim=1)
 
         # (4) Student on the strong view.
-        logits = resize_aligned(segmenter(strong)["logits"], size).float()
-        loss_pseudo = _masked_cross_entropy(logits, labels)
+        logits = resize_aligned(segmenter(views.strong)["logits"], views.size).float()
+        loss_pseudo = masked_cross_entropy(logits, labels)
         loss = cfg.pseudo_weight * loss_pseudo
         if teacher_probs is not None:
             loss_kd = distillation_term(logits, teacher_probs, cfg.kl_form)

@@ -6,16 +6,10 @@ trusted mask and self-training loss (``methods/self_training.py``), no discrimin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
 
 from crossregion.methods.base import register_method
-from crossregion.methods.losses import upsample_logits
-from crossregion.methods.self_training import RegionConfig, RegionMethod, trusted_cross_entropy
+from crossregion.methods.self_training import RegionConfig, RegionMethod
 
 
 @dataclass(frozen=True)
@@ -27,16 +21,7 @@ class PseudoLabelOnlyConfig(RegionConfig):
 
 @register_method
 class PseudoLabelOnly(RegionMethod):
-    """One phase: forward the target batch, CE on its trusted pixels, one SGD step."""
+    """One phase: forward the target batch, CE on its trusted pixels, one SGD step (``RegionMethod``'s
+    step with no untrusted-region term)."""
 
     config_class = PseudoLabelOnlyConfig
-
-    def target_losses(
-        self, segmenter: nn.Module, target: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        trusted, _ = self.region_masks(target)
-        logits = upsample_logits(segmenter(target["image"])["logits"], tuple(target["pseudo_mask"].shape[-2:]))
-        loss_seg = trusted_cross_entropy(
-            logits, target["pseudo_mask"], trusted, self.cfg.seg_temperature, self.cfg.trusted_ce_weighting
-        )
-        return loss_seg, {"loss/seg_trusted": loss_seg}

@@ -24,7 +24,8 @@ from torch import nn
 from crossregion.config.schema import ExperimentConfig, MethodConfig
 from crossregion.data.labels import IGNORE_INDEX
 from crossregion.engine.trainer import StepContext
-from crossregion.methods.base import Method
+from crossregion.methods.base import Method, check_choice, check_positive
+from crossregion.methods.losses import masked_cross_entropy, resize_aligned
 from crossregion.trust import rare_class_factors, region_masks, scaled_entropy, validate_threshold
 
 # Values of RegionConfig.trusted_ce_weighting.
@@ -90,14 +91,10 @@ class RegionConfig(PseudoLabelConfig):
     def __post_init__(self) -> None:
         if self.diagnostics_period < 0:
             raise ValueError(f"method.diagnostics_period must be >= 0 (0 = off), got {self.diagnostics_period}")
-        if self.trusted_ce_weighting not in TRUSTED_CE_WEIGHTINGS:
-            raise ValueError(
-                f"method.trusted_ce_weighting must be one of {TRUSTED_CE_WEIGHTINGS}, got {self.trusted_ce_weighting!r}"
-            )
+        check_choice(self, "trusted_ce_weighting", TRUSTED_CE_WEIGHTINGS)
         if self.bn_momentum is not None and not 0.0 < self.bn_momentum <= 1.0:
             raise ValueError(f"method.bn_momentum must be in (0, 1] or null, got {self.bn_momentum}")
-        if self.seg_temperature <= 0:
-            raise ValueError(f"method.seg_temperature must be positive, got {self.seg_temperature}")
+        check_positive(self, "seg_temperature")
         if self.rare_share is not None and not 0.0 <= self.rare_share < 1.0:
             raise ValueError(f"method.rare_share must be in [0, 1), got {self.rare_share}")
         if self.rare_factor is not None and not 0.0 < self.rare_factor <= 1.0:
@@ -142,8 +139,7 @@ def trusted_cross_entropy(
     """
     targets = torch.where(trusted, pseudo_label, torch.full_like(pseudo_label, IGNORE_INDEX))
     if weighting == "pixel":
-        pixel_sum = F.cross_entropy(logits / temperature, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-        return pixel_sum / (targets != IGNORE_INDEX).sum().clamp(min=1)
+        return masked_cross_entropy(logits / temperature, targets)
     if weighting == "per_image":
         # Ignored pixels get loss 0 with reduction="none".
         pixel_losses = F.cross_entropy(logits / temperature, targets, ignore_index=IGNORE_INDEX, reduction="none")
@@ -283,6 +279,30 @@ class RegionMethod(PseudoLabelMethod):
         if region is None or not self.diagnostics_due(ctx):
             return {}
         return {"diag/grad_ratio": gradient_norm_ratio(region, terms["loss/seg_trusted"], segmenter)}
+
+    def target_losses(
+        self, segmenter: nn.Module, target: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The trusted-region CE of the target batch plus ``weighted_region_loss`` of the
+        ``untrusted_terms``; the logits are upsampled to the pseudo labels first."""
+        trusted, untrusted = self.region_masks(target)
+        pseudo_label = target["pseudo_mask"]
+        logits = resize_aligned(segmenter(target["image"])["logits"], tuple(pseudo_label.shape[-2:]))
+        loss_seg = trusted_cross_entropy(
+            logits, pseudo_label, trusted, self.cfg.seg_temperature, self.cfg.trusted_ce_weighting
+        )
+        terms = {"loss/seg_trusted": loss_seg, **self.untrusted_terms(logits, untrusted)}
+        region = self.weighted_region_loss(terms)
+        return (loss_seg if region is None else loss_seg + region), terms
+
+    def untrusted_terms(self, logits: torch.Tensor, untrusted: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named, unweighted loss terms on the untrusted region (``loss/<what>``); none by default.
+
+        Shape:
+            - logits: (N, K, H, W), at the pseudo labels' resolution
+            - untrusted: (N, H, W) bool
+        """
+        return {}
 
     def weighted_region_loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """The untrusted-region part of ``target_losses``' total, as weighted there; None = none."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from crossregion.config.schema import MethodConfig
 from crossregion.engine.trainer import StepContext
-from crossregion.methods.base import Method, register_method
+from crossregion.methods.base import Method, check_non_negative, register_method
 from crossregion.methods.losses import segmentation_cross_entropy
 
 
@@ -29,8 +29,7 @@ class SourceOnlyConfig(MethodConfig):
     aux_loss_weight: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.aux_loss_weight < 0:
-            raise ValueError(f"method.aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
+        check_non_negative(self, "aux_loss_weight")
 
 
 @register_method

@@ -98,26 +98,15 @@ DEFAULT_ARGUMENTS = {
 }
 
 
-def validate_arguments(
-    *,
-    source_images: int,
-    target_train_images: int,
-    target_val_images: int,
-    height: int,
-    width: int,
-    seed: int,
-    source_layout: str,
-) -> None:
-    """Raise ``ValueError`` for arguments ``generate_benchmark`` cannot render, before any file is touched."""
-    if source_layout not in SOURCE_LAYOUTS:
-        raise ValueError(f"--source-layout must be one of {SOURCE_LAYOUTS}, got {source_layout!r}")
-    for name, count in (
-        ("--source-images", source_images),
-        ("--target-train-images", target_train_images),
-        ("--target-val-images", target_val_images),
-    ):
-        if count < 1:  # every split is read by the commands the benchmark is for
-            raise ValueError(f"{name} must be at least 1, got {count}")
+def validate_arguments(arguments: dict) -> None:
+    """Raise ``ValueError`` for arguments (keyed by ``ARGUMENT_KEYS``) that ``generate_benchmark``
+    cannot render, before any file is touched."""
+    if arguments["source_layout"] not in SOURCE_LAYOUTS:
+        raise ValueError(f"--source-layout must be one of {SOURCE_LAYOUTS}, got {arguments['source_layout']!r}")
+    for key in ("source_images", "target_train_images", "target_val_images"):
+        if arguments[key] < 1:  # every split is read by the commands the benchmark is for
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {arguments[key]}")
+    height, width = arguments["height"], arguments["width"]
     if height < 16 or width < 16:
         raise ValueError(f"--height and --width must be at least 16 pixels, got {height}x{width}")
 
@@ -138,22 +127,17 @@ def generate_benchmark(
     Raises:
         ValueError: a count is negative, the size is too small, or the layout is unknown.
     """
-    validate_arguments(
-        source_images=source_images,
-        target_train_images=target_train_images,
-        target_val_images=target_val_images,
-        height=height,
-        width=width,
-        seed=seed,
-        source_layout=source_layout,
-    )
-    out_dir = Path(out_dir)
     arguments = {
         "source_layout": source_layout,
         "source_images": source_images,
         "target_train_images": target_train_images,
         "target_val_images": target_val_images,
+        "height": height,
+        "width": width,
+        "seed": seed,
     }
+    validate_arguments(arguments)
+    out_dir = Path(out_dir)
     for domain, split, index, image_path, label_path in benchmark_files(out_dir, arguments):
         image, labels = render_sample(seed, domain, split, index, height, width)
         image_path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,17 +150,7 @@ def generate_benchmark(
         else:
             save_synthia_label(labels, label_path)
 
-    summary = {
-        "generator_version": GENERATOR_VERSION,
-        "crossregion_version": __version__,
-        "source_layout": source_layout,
-        "source_images": source_images,
-        "target_train_images": target_train_images,
-        "target_val_images": target_val_images,
-        "height": height,
-        "width": width,
-        "seed": seed,
-    }
+    summary = {"generator_version": GENERATOR_VERSION, "crossregion_version": __version__, **arguments}
     write_text_atomically(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
@@ -267,7 +241,7 @@ def _recorded_arguments(out_dir: Path) -> dict | None:
 def generate_into(out_dir: str | Path, arguments: dict, *, force: bool) -> dict:
     """``generate_benchmark`` behind the checks of ``prepare_out_dir``; returns the summary."""
     out_dir = Path(out_dir)
-    validate_arguments(**arguments)
+    validate_arguments(arguments)
     check_resources(out_dir, arguments)
     prepare_out_dir(out_dir, arguments, force=force)
     summary = generate_benchmark(out_dir, **arguments)

@@ -137,14 +137,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from crossregion.app.report import write_run_report
-
     check_output_folder(args.output)
     cfg = load_pipeline_config(args.config, args.overrides)
     run_pipeline(cfg, args.output)
-    print((args.output / "results.md").read_text())
-    print(f"wrote {args.output / 'results.json'} and {args.output / 'results.md'}")
-    report = write_run_report(args.output)
+    show_results(args.output, f"wrote {args.output / 'results.json'} and {args.output / 'results.md'}")
+    return 0
+
+
+def show_results(output: Path, finished: str) -> None:
+    """The end of ``pipeline`` and ``demo``: print results.md and ``finished``, then write the HTML report."""
+    from crossregion.app.report import write_run_report
+
+    print((output / "results.md").read_text())
+    print(finished)
+    report = write_run_report(output)
     if report is not None:
         print(f"report: {report} (open it in any browser)")
-    return 0
