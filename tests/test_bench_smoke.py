@@ -95,6 +95,10 @@ def test_synth_samples_smoke(tmp_path: Path) -> None:
 def test_gpu_script_on_cpu(tmp_path: Path) -> None:
     """The one script to run when a GPU is lent: it must pass from a bare checkout (no install of
     crossregion; PYTHON names an interpreter with torch, as on the lent machine)."""
-    line = headline(run_script(["bash", "bench/gpu.sh", "--device", "cpu", "--tiny"], env={"OUT": str(tmp_path), "PYTHON": sys.executable}))
+    line = headline(
+        run_script(
+            ["bash", "bench/gpu.sh", "--device", "cpu", "--tiny"], env={"OUT": str(tmp_path), "PYTHON": sys.executable}
+        )
+    )
     assert line.startswith("gpu check: fp32 cra_step speedup"), line
     assert (tmp_path / "cra_step_fp32.json").exists()
